@@ -1,0 +1,44 @@
+"""mibounds: differentiable lower and upper bounds on mutual information for PyTorch.
+
+Scores follow one convention: ``S[..., i, j] = T(x_i, y_j)``, positives on the diagonal, in nats.
+Functional bounds return the estimate; loss modules in :mod:`mibounds.nn` return the value to
+minimise.
+"""
+
+from mibounds import nn
+from mibounds._checks import get_validate_args, set_validate_args
+from mibounds._version import __version__
+from mibounds.bounds.lower import dv, fmi, infonce, interpolated, js, mine, nwj, smile, tuba
+from mibounds.divergences import (
+    Domain,
+    FDivergence,
+    get_divergence,
+    list_divergences,
+    register_divergence,
+    tsallis,
+)
+from mibounds.scores import SeparableScores, pairwise_similarity
+
+__all__ = [
+    "Domain",
+    "FDivergence",
+    "SeparableScores",
+    "__version__",
+    "dv",
+    "fmi",
+    "get_divergence",
+    "get_validate_args",
+    "infonce",
+    "interpolated",
+    "js",
+    "list_divergences",
+    "mine",
+    "nn",
+    "nwj",
+    "pairwise_similarity",
+    "register_divergence",
+    "set_validate_args",
+    "smile",
+    "tsallis",
+    "tuba",
+]

@@ -1,0 +1,200 @@
+"""Every input check of the library and its message, in one place.
+
+Shape, dtype and argument checks read metadata only: they never synchronise a device and never
+break a ``torch.compile`` graph. Value checks (NaN/Inf) follow :mod:`torch.distributions`: on by
+default in eager mode, switchable off with :func:`set_validate_args`, skipped while compiling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+_VALIDATE_ARGS = True
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def set_validate_args(value: bool) -> None:
+    r"""Turn the value checks (NaN/Inf in scores and inputs) on or off globally.
+
+    Shape, dtype and argument checks always run; only the checks that must read tensor values
+    (and so synchronise with the device) are switched. They are skipped while compiling.
+
+    Args:
+        value: ``True`` to check values (the default), ``False`` to skip those checks.
+
+    Raises:
+        TypeError: if ``value`` is not a bool.
+
+    Example:
+        >>> import mibounds
+        >>> mibounds.set_validate_args(False)
+        >>> mibounds.get_validate_args()
+        False
+        >>> mibounds.set_validate_args(True)
+    """
+    global _VALIDATE_ARGS
+    if not isinstance(value, bool):
+        raise TypeError(f"set_validate_args: value must be a bool, got {type(value).__name__}")
+    _VALIDATE_ARGS = value
+
+
+def get_validate_args() -> bool:
+    r"""Whether the value checks (NaN/Inf) are on.
+
+    Returns:
+        The current global setting (``True`` unless changed by :func:`set_validate_args`).
+
+    Example:
+        >>> import mibounds
+        >>> mibounds.get_validate_args()
+        True
+    """
+    return _VALIDATE_ARGS
+
+
+def _compiling() -> bool:
+    return bool(torch.compiler.is_compiling())
+
+
+def check_values(name: str, tensor: torch.Tensor) -> None:
+    """Raise if ``tensor`` holds NaN or Inf while value validation is on (eager only)."""
+    if not _VALIDATE_ARGS or _compiling():
+        return
+    if not bool(torch.isfinite(tensor.detach()).all()):
+        n_nan = int(torch.isnan(tensor.detach()).sum())
+        n_inf = int(torch.isinf(tensor.detach()).sum())
+        raise ValueError(
+            f"{name} must be finite, got {n_nan} NaN and {n_inf} Inf value(s) in a tensor of "
+            f"shape {tuple(tensor.shape)} (turn this check off with "
+            "mibounds.set_validate_args(False))"
+        )
+
+
+def check_tensor(name: str, value: Any, *, min_dim: int = 0) -> torch.Tensor:
+    """A floating-point tensor with at least ``min_dim`` dimensions."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), "
+            f"got {value.dtype}"
+        )
+    if value.dim() < min_dim:
+        raise ValueError(
+            f"{name} must have at least {min_dim} dimension(s), got shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def check_scores(name: str, scores: Any) -> torch.Tensor:
+    """A dense score matrix ``(..., N, N)`` with ``N >= 2`` and finite values."""
+    check_tensor(name, scores, min_dim=2)
+    n, m = scores.shape[-2], scores.shape[-1]
+    if n != m:
+        raise ValueError(
+            f"{name} must be square in its last two dimensions (..., N, N) with rows indexing x "
+            f"and columns indexing y, got shape {tuple(scores.shape)}"
+        )
+    if n < 2:
+        raise ValueError(
+            f"{name} needs N >= 2 samples (at least one negative per row), "
+            f"got shape {tuple(scores.shape)}"
+        )
+    check_values(name, scores)
+    return scores
+
+
+def check_pair(x_name: str, x: Any, y_name: str, y: Any) -> None:
+    """Two sample tensors ``(..., N, d)`` that agree on their batch size and leading dims."""
+    check_tensor(x_name, x, min_dim=2)
+    check_tensor(y_name, y, min_dim=2)
+    if x.shape[:-1] != y.shape[:-1]:
+        raise ValueError(
+            f"{x_name} and {y_name} must agree on every dimension but the last "
+            f"(..., N, d): got {x_name} {tuple(x.shape)} and {y_name} {tuple(y.shape)}"
+        )
+    if x.shape[-2] < 2:
+        raise ValueError(f"{x_name} and {y_name} need N >= 2 samples, got shape {tuple(x.shape)}")
+
+
+def check_same_last_dim(x_name: str, x: torch.Tensor, y_name: str, y: torch.Tensor) -> None:
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(
+            f"{x_name} and {y_name} must have the same feature dimension for this similarity, "
+            f"got {x_name} {tuple(x.shape)} and {y_name} {tuple(y.shape)}"
+        )
+
+
+def check_reduction(reduction: Any) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return str(reduction)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value.lower()
+
+
+def check_open_unit(name: str, value: Any) -> float:
+    """A real number strictly between 0 and 1."""
+    v = check_real(name, value)
+    if not 0.0 < v < 1.0:
+        raise ValueError(f"{name} must lie in the open interval (0, 1), got {value!r}")
+    return v
+
+
+def check_real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def check_positive(name: str, value: Any) -> float:
+    v = check_real(name, value)
+    if v <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return v
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_temperature(name: str, value: Any) -> None:
+    """A positive number, or a positive scalar tensor (checked for sign in eager mode)."""
+    if isinstance(value, torch.Tensor):
+        check_tensor(name, value)
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar tensor, got shape {tuple(value.shape)}")
+        if _VALIDATE_ARGS and not _compiling() and not bool((value.detach() > 0).all()):
+            raise ValueError(f"{name} must be > 0, got {float(value.detach())}")
+        return
+    check_positive(name, value)
+
+
+def check_broadcast(name: str, value: Any, target: torch.Size, what: str) -> torch.Tensor:
+    """A tensor that broadcasts to ``target`` (used for baselines indexed by y)."""
+    check_tensor(name, value)
+    try:
+        torch.broadcast_shapes(value.shape, target)
+    except RuntimeError:
+        raise ValueError(
+            f"{name} must broadcast to {what} {tuple(target)}, got shape {tuple(value.shape)}"
+        ) from None
+    check_values(name, value)
+    return value

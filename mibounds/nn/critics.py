@@ -1,0 +1,271 @@
+r"""Critics :math:`T(x, y)`: modules that turn a batch of pairs into scores.
+
+Separable critics (:class:`SeparableCritic`, :class:`BilinearCritic`,
+:class:`GaussianKernelCritic`) return a lazy :class:`~mibounds.scores.SeparableScores`, so the
+bounds can avoid the N x N matrix. :class:`ConcatCritic` returns a dense ``(..., N, N)`` tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import cast
+
+import torch
+from torch import Tensor, nn
+
+from mibounds import _checks
+from mibounds.scores import SIMILARITIES, SeparableScores
+
+__all__ = ["MLP", "BilinearCritic", "ConcatCritic", "GaussianKernelCritic", "SeparableCritic"]
+
+
+class MLP(nn.Sequential):
+    r"""A plain multilayer perceptron: ``Linear -> activation`` per hidden layer, then ``Linear``.
+
+    Args:
+        in_dim: input features.
+        out_dim: output features.
+        hidden: sizes of the hidden layers.
+        activation: module class used after each hidden layer.
+
+    Example:
+        >>> import torch
+        >>> MLP(3, 2, hidden=(8,))(torch.randn(5, 3)).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        _checks.check_positive_int("in_dim", in_dim)
+        _checks.check_positive_int("out_dim", out_dim)
+        sizes = [in_dim, *hidden, out_dim]
+        for h in hidden:
+            _checks.check_positive_int("hidden", h)
+        layers: list[nn.Module] = []
+        for i in range(len(sizes) - 1):
+            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+            if i < len(sizes) - 2:
+                layers.append(activation())
+        super().__init__(*layers)
+
+
+def _encode(encoder: nn.Module | None, v: Tensor) -> Tensor:
+    return v if encoder is None else encoder(v)
+
+
+class _Temperature(nn.Module):
+    """A positive scalar, fixed (buffer) or learnable (log-parameterised)."""
+
+    def __init__(self, value: float, learnable: bool, name: str) -> None:
+        super().__init__()
+        _checks.check_positive(name, value)
+        log_value = torch.tensor(math.log(value))
+        if learnable:
+            self.log_value = nn.Parameter(log_value)
+        else:
+            self.register_buffer("log_value", log_value)
+
+    def forward(self) -> Tensor:
+        return self.log_value.exp()
+
+
+class SeparableCritic(nn.Module):
+    r"""Separable critic :math:`T(x, y) = \mathrm{sim}(g(x), h(y)) / \tau`.
+
+    Args:
+        x_encoder: :math:`g`, maps ``(..., N, d_x)`` to ``(..., N, k)``; ``None`` is identity.
+        y_encoder: :math:`h`; ``None`` shares ``x_encoder`` (a siamese critic).
+        similarity: ``"dot"`` or ``"cosine"`` (``"gaussian"`` is
+            :class:`GaussianKernelCritic`).
+        temperature: :math:`\tau > 0`.
+        learn_temperature: make :math:`\tau` a parameter (stored as :math:`\log\tau`).
+
+    Returns (forward):
+        :class:`~mibounds.scores.SeparableScores` of shape ``(..., N, N)``.
+
+    Example:
+        >>> import torch, mibounds
+        >>> critic = SeparableCritic(MLP(3, 8), MLP(2, 8), similarity="cosine", temperature=0.1)
+        >>> scores = critic(torch.randn(16, 3), torch.randn(16, 2))
+        >>> mibounds.infonce(scores).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        x_encoder: nn.Module | None = None,
+        y_encoder: nn.Module | None = None,
+        *,
+        similarity: str = "dot",
+        temperature: float = 1.0,
+        learn_temperature: bool = False,
+    ) -> None:
+        super().__init__()
+        self.similarity = _checks.check_choice("similarity", similarity, SIMILARITIES[:2])
+        self.x_encoder = x_encoder
+        self.y_encoder = y_encoder
+        self.temp = _Temperature(temperature, learn_temperature, "temperature")
+
+    @property
+    def temperature(self) -> Tensor:
+        return self.temp()
+
+    def forward(self, x: Tensor, y: Tensor) -> SeparableScores:
+        gx = _encode(self.x_encoder, x)
+        hy = _encode(self.y_encoder if self.y_encoder is not None else self.x_encoder, y)
+        return SeparableScores(gx, hy, self.similarity, self.temperature)
+
+
+class GaussianKernelCritic(nn.Module):
+    r"""Log Gaussian kernel critic :math:`T(x, y) = -\|g(x) - h(y)\|^2 / (2\sigma^2)`.
+
+    Args:
+        x_encoder: :math:`g`; ``None`` is identity.
+        y_encoder: :math:`h`; ``None`` shares ``x_encoder``.
+        bandwidth: kernel width :math:`\sigma > 0`.
+        learn_bandwidth: make :math:`\sigma` a parameter (stored as :math:`\log\sigma`).
+
+    Returns (forward):
+        :class:`~mibounds.scores.SeparableScores` with ``similarity="gaussian"`` and
+        temperature :math:`2\sigma^2`.
+
+    Example:
+        >>> import torch
+        >>> critic = GaussianKernelCritic(bandwidth=0.5)
+        >>> x = torch.zeros(2, 3)
+        >>> critic(x, x).dense()
+        tensor([[0., 0.],
+                [0., 0.]])
+    """
+
+    def __init__(
+        self,
+        x_encoder: nn.Module | None = None,
+        y_encoder: nn.Module | None = None,
+        *,
+        bandwidth: float = 1.0,
+        learn_bandwidth: bool = False,
+    ) -> None:
+        super().__init__()
+        self.x_encoder = x_encoder
+        self.y_encoder = y_encoder
+        self.sigma = _Temperature(bandwidth, learn_bandwidth, "bandwidth")
+
+    @property
+    def bandwidth(self) -> Tensor:
+        return self.sigma()
+
+    def forward(self, x: Tensor, y: Tensor) -> SeparableScores:
+        gx = _encode(self.x_encoder, x)
+        hy = _encode(self.y_encoder if self.y_encoder is not None else self.x_encoder, y)
+        return SeparableScores(gx, hy, "gaussian", 2 * self.bandwidth**2)
+
+
+class BilinearCritic(nn.Module):
+    r"""Bilinear critic :math:`T(x, y) = g(x)^\top W h(y)`.
+
+    Args:
+        dim_x: feature size of :math:`g(x)` (of ``x`` if ``x_encoder`` is ``None``).
+        dim_y: feature size of :math:`h(y)`.
+        x_encoder: :math:`g`; ``None`` is identity.
+        y_encoder: :math:`h`; ``None`` is identity.
+
+    Returns (forward):
+        :class:`~mibounds.scores.SeparableScores` (``dot``) of :math:`g(x) W` and :math:`h(y)`.
+
+    Example:
+        >>> import torch
+        >>> critic = BilinearCritic(3, 2)
+        >>> critic(torch.randn(4, 3), torch.randn(4, 2)).shape
+        torch.Size([4, 4])
+    """
+
+    def __init__(
+        self,
+        dim_x: int,
+        dim_y: int,
+        x_encoder: nn.Module | None = None,
+        y_encoder: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        _checks.check_positive_int("dim_x", dim_x)
+        _checks.check_positive_int("dim_y", dim_y)
+        self.x_encoder = x_encoder
+        self.y_encoder = y_encoder
+        self.weight = nn.Parameter(torch.randn(dim_x, dim_y) / math.sqrt(dim_x * dim_y))
+
+    def forward(self, x: Tensor, y: Tensor) -> SeparableScores:
+        gx = _encode(self.x_encoder, x)
+        hy = _encode(self.y_encoder, y)
+        if gx.shape[-1] != self.weight.shape[0] or hy.shape[-1] != self.weight.shape[1]:
+            raise ValueError(
+                f"BilinearCritic expects features of size dim_x={self.weight.shape[0]} and "
+                f"dim_y={self.weight.shape[1]}, got x features {tuple(gx.shape)} and "
+                f"y features {tuple(hy.shape)}"
+            )
+        return SeparableScores(gx @ self.weight, hy, "dot")
+
+
+class ConcatCritic(nn.Module):
+    r"""Concatenation critic :math:`T(x, y) = \mathrm{MLP}([x; y])` on every pair.
+
+    The first layer :math:`W [x; y] + b = W_x x + W_y y + b` is split, so it costs
+    :math:`O(N h)` instead of :math:`O(N^2 h)`; the later layers run on all :math:`N^2` pairs.
+    The parameters (and ``state_dict``) equal a plain MLP on the concatenation.
+
+    Args:
+        dim_x: size of ``x``.
+        dim_y: size of ``y``.
+        hidden: hidden layer sizes (FactorCL's official critic: ``(512, 512)``).
+        activation: module class after each hidden layer.
+
+    Returns (forward):
+        Dense scores ``(..., N, N)`` with ``S[..., i, j] = T(x_i, y_j)``.
+
+    Example:
+        >>> import torch
+        >>> critic = ConcatCritic(3, 2, hidden=(16,))
+        >>> critic(torch.randn(5, 3), torch.randn(5, 2)).shape
+        torch.Size([5, 5])
+    """
+
+    def __init__(
+        self,
+        dim_x: int,
+        dim_y: int,
+        hidden: Sequence[int] = (512, 512),
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        _checks.check_positive_int("dim_x", dim_x)
+        _checks.check_positive_int("dim_y", dim_y)
+        if len(hidden) == 0:
+            raise ValueError("hidden must name at least one hidden layer, got ()")
+        self.dim_x = dim_x
+        self.net = MLP(dim_x + dim_y, 1, hidden, activation)
+
+    def pair_scores(self, x: Tensor, y: Tensor) -> Tensor:
+        """Scores of the matched pairs only, ``T(x_i, y_i)``, shape ``(..., N)``."""
+        return self.net(torch.cat([x, y], dim=-1)).squeeze(-1)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        _checks.check_pair("x", x, "y", y)
+        first = cast(nn.Linear, self.net[0])
+        if x.shape[-1] + y.shape[-1] != first.in_features:
+            raise ValueError(
+                f"ConcatCritic expects x and y features summing to {first.in_features} "
+                f"(dim_x={self.dim_x}), got x {tuple(x.shape)} and y {tuple(y.shape)}"
+            )
+        wx, wy = first.weight[:, : self.dim_x], first.weight[:, self.dim_x :]
+        ax = x @ wx.T + first.bias
+        ay = y @ wy.T
+        h = ax[..., :, None, :] + ay[..., None, :, :]
+        for layer in list(self.net)[1:]:
+            h = layer(h)
+        return h.squeeze(-1)

@@ -1,0 +1,101 @@
+r"""The few pairwise reductions every bound is made of.
+
+Each bound in :mod:`mibounds.bounds` is algebra over these reductions of a score matrix
+``S[..., i, j] = T(x_i, y_j)``:
+
+* the positive scores :math:`S_{ii}` (:func:`diagonal`),
+* row and column log-sum-exp (:func:`row_logsumexp`, :func:`col_logsumexp`),
+* the off-diagonal log-mean-exp :math:`\log \frac{1}{N(N-1)}\sum_{i\ne j} e^{S_{ij}}`
+  (:func:`offdiag_logmeanexp`),
+* the off-diagonal mean of an elementwise function, per row or overall
+  (:func:`offdiag_row_mean`, :func:`offdiag_mean`).
+
+Scores arrive as a dense tensor or a :class:`~mibounds.scores.SeparableScores`. The kernel is
+chosen here from the representation, never by the bound. float16/bfloat16 scores are
+accumulated in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TypeAlias
+
+import torch
+from torch import Tensor
+
+from mibounds import _checks
+from mibounds.scores import SeparableScores
+
+Scores: TypeAlias = Tensor | SeparableScores
+
+__all__ = [
+    "Scores",
+    "col_logsumexp",
+    "diagonal",
+    "offdiag_logmeanexp",
+    "offdiag_mean",
+    "offdiag_row_mean",
+    "prepare",
+    "row_logsumexp",
+]
+
+
+def prepare(scores: Scores, name: str = "scores") -> tuple[Tensor, torch.dtype]:
+    """Validate ``scores`` and return the dense float matrix to reduce and the output dtype.
+
+    Half-precision scores are upcast to float32; the caller casts its result back to the
+    returned dtype.
+    """
+    if isinstance(scores, SeparableScores):
+        dense = scores.dense()
+    else:
+        dense = _checks.check_scores(name, scores)
+    out_dtype = dense.dtype
+    if dense.dtype in (torch.float16, torch.bfloat16):
+        dense = dense.float()
+    return dense, out_dtype
+
+
+def _eye(s: Tensor) -> Tensor:
+    n = s.shape[-1]
+    return torch.eye(n, dtype=torch.bool, device=s.device)
+
+
+def diagonal(s: Tensor) -> Tensor:
+    """Positive scores ``S[..., i, i]``, shape ``(..., N)``."""
+    return torch.diagonal(s, dim1=-2, dim2=-1)
+
+
+def row_logsumexp(s: Tensor) -> Tensor:
+    r""":math:`\log\sum_j e^{S_{ij}}` for every row, shape ``(..., N)``."""
+    return torch.logsumexp(s, dim=-1)
+
+
+def col_logsumexp(s: Tensor) -> Tensor:
+    r""":math:`\log\sum_i e^{S_{ij}}` for every column, shape ``(..., N)``."""
+    return torch.logsumexp(s, dim=-2)
+
+
+def offdiag_logmeanexp(s: Tensor) -> Tensor:
+    r""":math:`\log \frac{1}{N(N-1)}\sum_{i\ne j} e^{S_{ij}}`, shape ``(...)``."""
+    n = s.shape[-1]
+    masked = s.masked_fill(_eye(s), -math.inf)
+    return torch.logsumexp(masked.flatten(-2), dim=-1) - math.log(n * (n - 1))
+
+
+def offdiag_row_mean(s: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    r""":math:`\frac{1}{N-1}\sum_{j\ne i} \mathrm{fn}(S_{ij})` for every row, shape ``(..., N)``.
+
+    ``fn`` is never evaluated on the diagonal, so an overflowing ``fn(S_ii)`` cannot leak a NaN
+    into the gradient.
+    """
+    n = s.shape[-1]
+    eye = _eye(s)
+    values = fn(s.masked_fill(eye, 0.0)).masked_fill(eye, 0.0)
+    return values.sum(-1) / (n - 1)
+
+
+def offdiag_mean(s: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    r""":math:`\frac{1}{N(N-1)}\sum_{i\ne j} \mathrm{fn}(S_{ij})`, shape ``(...)``."""
+    return offdiag_row_mean(s, fn).mean(-1)
