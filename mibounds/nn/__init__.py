@@ -10,18 +10,18 @@ from mibounds.nn.critics import (
 from mibounds.nn.losses import DV, FMI, JS, MINE, NWJ, SMILE, TUBA, InfoNCE, Interpolated
 
 __all__ = [
+    "BilinearCritic",
+    "ConcatCritic",
     "DV",
     "FMI",
+    "GaussianKernelCritic",
+    "InfoNCE",
+    "Interpolated",
     "JS",
     "MINE",
     "MLP",
     "NWJ",
     "SMILE",
-    "TUBA",
-    "BilinearCritic",
-    "ConcatCritic",
-    "GaussianKernelCritic",
-    "InfoNCE",
-    "Interpolated",
     "SeparableCritic",
+    "TUBA",
 ]

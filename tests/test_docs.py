@@ -1,0 +1,55 @@
+"""The documentation builds with warnings as errors and lists every public name."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mibounds
+import mibounds.nn
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def _api_text() -> str:
+    return (DOCS / "api.rst").read_text()
+
+
+def test_every_public_name_in_api_reference():
+    text = _api_text()
+    missing = [
+        name
+        for name in mibounds.__all__
+        if name not in ("nn", "__version__") and f"mibounds.{name}\n" not in text
+    ]
+    assert not missing, f"not in docs/api.rst: {missing}"
+    missing_nn = [n for n in mibounds.nn.__all__ if f"mibounds.nn.{n}\n" not in text]
+    assert not missing_nn, f"not in docs/api.rst: {missing_nn}"
+    assert "__version__" in text
+
+
+def test_all_is_sorted_and_importable():
+    for module in (mibounds, mibounds.nn):
+        assert list(module.__all__) == sorted(module.__all__)
+        for name in module.__all__:
+            assert hasattr(module, name), name
+
+
+@pytest.mark.slow
+def test_docs_build(tmp_path):
+    pytest.importorskip("sphinx")
+    out = tmp_path / "html"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", "-q",
+         str(DOCS), str(out)],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    api = (out / "api.html").read_text()
+    assert "mathjax" in api.lower()
+    assert re.search(r'id="mibounds\.infonce"', api)
+    assert "Keep a Changelog" in (out / "changelog.html").read_text()
