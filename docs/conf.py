@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 
-import mibounds  # noqa: E402
+import mibounds
 
 project = "mibounds"
 author = "mibounds developers"
