@@ -5,7 +5,7 @@ Functional bounds return the estimate; loss modules in :mod:`mibounds.nn` return
 minimise.
 """
 
-from mibounds import nn
+from mibounds import nn, tasks
 from mibounds._checks import get_validate_args, set_validate_args
 from mibounds._version import __version__
 from mibounds.bounds.lower import dv, fmi, infonce, interpolated, js, mine, nwj, smile, tuba
@@ -17,14 +17,17 @@ from mibounds.divergences import (
     register_divergence,
     tsallis,
 )
+from mibounds.estimate import MIEstimate, estimate_mi
 from mibounds.scores import SeparableScores, pairwise_similarity
 
 __all__ = [
     "Domain",
     "FDivergence",
+    "MIEstimate",
     "SeparableScores",
     "__version__",
     "dv",
+    "estimate_mi",
     "fmi",
     "get_divergence",
     "get_validate_args",
@@ -39,6 +42,7 @@ __all__ = [
     "register_divergence",
     "set_validate_args",
     "smile",
+    "tasks",
     "tsallis",
     "tuba",
 ]

@@ -326,6 +326,11 @@ def smile(scores: Scores, clip: float | None = 5.0) -> Tensor:
     by :math:`e^{2\tau}`; the positive term is not clipped. The gradient is the Jensen-Shannon
     objective's (see :func:`js`). ``clip=None`` reports plain :func:`dv`.
 
+    SMILE is not a strict lower bound: clipping the upper tail shrinks the partition term, so
+    at the optimal critic the value can exceed the true MI (with the oracle critic of a
+    20-dimensional Gaussian at 2 nats, N = 128 and ``clip=5``: about +0.03 nats). It trades
+    that bias for much lower variance than :func:`dv`.
+
     Args:
         scores: ``(..., N, N)`` scores or :class:`~mibounds.scores.SeparableScores`.
         clip: :math:`\tau > 0`, or ``None`` for no clipping.

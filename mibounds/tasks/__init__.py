@@ -1,0 +1,29 @@
+"""Ground-truth tasks: samplers with exact mutual information, oracle critics, transforms."""
+
+from mibounds.tasks.base import (
+    Task,
+    Transform,
+    Transformed,
+    get_transform,
+    list_transforms,
+    register_transform,
+)
+from mibounds.tasks.gaussian import CorrelatedGaussian, FMutualInformation
+from mibounds.tasks.staircase import Staircase, staircase
+from mibounds.tasks.student import MultivariateStudentT
+from mibounds.tasks.uniform import AdditiveUniformNoise
+
+__all__ = [
+    "AdditiveUniformNoise",
+    "CorrelatedGaussian",
+    "FMutualInformation",
+    "MultivariateStudentT",
+    "Staircase",
+    "Task",
+    "Transform",
+    "Transformed",
+    "get_transform",
+    "list_transforms",
+    "register_transform",
+    "staircase",
+]

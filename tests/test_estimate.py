@@ -1,0 +1,181 @@
+"""Estimators against ground truth: oracle critics, trained critics, estimate_mi, validate."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import mibounds
+from mibounds.cli import main
+from mibounds.estimate import (
+    EstimatorSpec,
+    estimate_mi,
+    get_estimator,
+    list_estimators,
+    run_staircase,
+    staircase_table,
+)
+from mibounds.tasks import CorrelatedGaussian, staircase
+
+ORACLE_BOUNDS = {
+    # name: (bound at its optimal critic, unbiased?)
+    "nwj": (lambda s: mibounds.nwj(s + 1), True),
+    "tuba": (mibounds.tuba, True),
+    "js": (mibounds.js, True),
+    "fmi-kl": (lambda s: mibounds.fmi(s + 1, "kl"), True),
+    "dv": (mibounds.dv, False),
+    "mine": (lambda s: mibounds.mine(s)[0], False),
+    "interpolated": (lambda s: mibounds.interpolated(s, alpha=0.5), False),
+    "infonce": (mibounds.infonce, False),
+    "infonce-sym": (lambda s: mibounds.infonce(s, symmetric=True), False),
+}
+
+
+def _oracle_values(task, n, reps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = {k: [] for k in [*ORACLE_BOUNDS, "smile"]}
+    for _ in range(reps):
+        x, y = task.sample(n, g, dtype=torch.float64)
+        s = task.score_matrix(x, y)
+        for k, (fn, _) in ORACLE_BOUNDS.items():
+            out[k].append(fn(s).item())
+        out["smile"].append(mibounds.smile(s, clip=5.0).item())
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dim", "mi", "n"), [(20, 2.0, 128), (5, 1.0, 64), (1, 0.5, 32)])
+def test_oracle_critic(dim, mi, n):
+    task = CorrelatedGaussian(dim, mi=mi)
+    vals = _oracle_values(task, n, reps=300)
+    for name, (_, unbiased) in ORACLE_BOUNDS.items():
+        v = vals[name]
+        mean, se = v.mean(), v.std(ddof=1) / math.sqrt(len(v))
+        if unbiased:
+            assert abs(mean - mi) < 4 * se, (name, mean, se)
+        else:
+            assert mean < mi + 4 * se, (name, mean, se)  # a lower bound on average
+    for name in ("infonce", "infonce-sym"):
+        v = vals[name]
+        assert v.max() <= math.log(n) + 1e-12
+        assert v.mean() < min(mi, math.log(n))
+    # SMILE is not a strict bound (clipping changes the partition term), but at the optimal
+    # critic its bias relative to the unclipped DV value stays small.
+    assert abs(vals["smile"].mean() - vals["dv"].mean()) < 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["infonce", "nwj", "smile"])
+def test_trained_critic_reaches_truth(estimator):
+    task = CorrelatedGaussian(20, mi=2.0)
+    x, y = task.sample(60_000, torch.Generator().manual_seed(1))
+    r = estimate_mi(
+        x, y, estimator, steps=3000, batch_size=128, eval_batch_size=512, progress=False
+    )
+    assert abs(r.estimate - 2.0) < 0.2, r
+    assert r.interval[0] < r.estimate < r.interval[1]
+    assert len(r.history) == 3000 and len(r.eval_values) == r.n_eval // 512
+
+
+def test_estimate_mi_numpy_and_1d_inputs():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(600)
+    y = x + 0.5 * rng.standard_normal(600)
+    r = estimate_mi(x, y, "infonce", steps=50, batch_size=32, progress=False)
+    assert math.isfinite(r.estimate) and r.n_train + r.n_eval == 600
+    assert "infonce (lower bound)" in str(r)
+
+
+def test_estimate_mi_errors():
+    x = torch.randn(100, 2)
+    with pytest.raises(
+        ValueError, match=r"same number of samples, got x \(100, 2\) and y \(90, 2\)"
+    ):
+        estimate_mi(x, torch.randn(90, 2), progress=False)
+    with pytest.raises(ValueError, match="batch_size must be <= the number of training samples"):
+        estimate_mi(x, x, batch_size=200, progress=False)
+    with pytest.raises(ValueError, match="eval_batch_size must be <= the number of held-out"):
+        estimate_mi(x, x, batch_size=16, eval_batch_size=64, progress=False)
+    with pytest.raises(KeyError, match="unknown estimator 'mi'; known estimators: dv"):
+        estimate_mi(x, x, "mi", progress=False)
+    with pytest.raises(TypeError, match="x must hold floating-point values"):
+        estimate_mi(np.ones((10, 2), dtype=int), x, progress=False)
+    with pytest.raises(ValueError, match=r"eval_fraction must lie in the open interval"):
+        estimate_mi(x, x, eval_fraction=1.0, progress=False)
+    with pytest.raises(ValueError, match="critic must be one of"):
+        estimate_mi(x, x, critic="mlp", batch_size=16, progress=False)
+    with pytest.raises(ValueError, match="x must be finite"):
+        estimate_mi(torch.full((100, 2), math.nan), x, progress=False)
+
+
+def test_estimator_registry():
+    names = [e.name for e in list_estimators()]
+    assert {"infonce", "nwj", "js", "smile", "mine", "dv", "tuba"} <= set(names)
+    spec = EstimatorSpec("custom-test", "lower", get_estimator("nwj").build)
+    mibounds.estimate.register_estimator(spec)
+    try:
+        assert get_estimator("CUSTOM-TEST") is spec
+        with pytest.raises(ValueError, match="already registered"):
+            mibounds.estimate.register_estimator(spec)
+    finally:
+        mibounds.estimate._ESTIMATORS.pop("custom-test")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        mibounds.estimate.register_estimator(EstimatorSpec("x", "middle", spec.build))
+
+
+def test_run_staircase_table_and_plot(tmp_path):
+    sched = staircase([1.0, 2.0], steps_per_level=30, dim=2)
+    r = run_staircase(["infonce", "smile"], sched, batch_size=32, progress=False)
+    assert r.true_mi == [1.0] * 30 + [2.0] * 30
+    rows = staircase_table(r)
+    assert [(row.estimator, row.true_mi) for row in rows] == [
+        ("infonce", 1.0),
+        ("infonce", 2.0),
+        ("smile", 1.0),
+        ("smile", 2.0),
+    ]
+    seg = np.asarray(r.estimates["smile"][45:60])
+    assert rows[3].estimate == pytest.approx(seg.mean())
+    assert rows[3].mse == pytest.approx(((seg - 2.0) ** 2).mean())
+    assert rows[3].mse == pytest.approx(rows[3].bias ** 2 + rows[3].std ** 2)
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "s.png"
+    mibounds.estimate.plot_staircase(r, str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_validate_cli(tmp_path, capsys):
+    out = tmp_path / "fig.png"
+    rc = main(
+        [
+            "validate",
+            "--steps",
+            "20",
+            "--levels",
+            "1,2",
+            "--dim",
+            "3",
+            "--batch-size",
+            "16",
+            "--estimators",
+            "nwj,infonce",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "estimator  bound  true MI  estimate  bias" in text
+    assert text.count("nwj ") == 2 and "wrote" in text
+    assert out.exists()
+
+
+def test_validate_cli_errors(capsys):
+    assert main(["validate", "--estimators", "nope", "--no-progress"]) == 2
+    assert "unknown estimator 'nope'" in capsys.readouterr().err
+    assert main(["validate", "--transform", "square", "--no-progress"]) == 2
+    assert "unknown transform" in capsys.readouterr().err
