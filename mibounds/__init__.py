@@ -9,6 +9,7 @@ from mibounds import nn, tasks
 from mibounds._checks import get_validate_args, set_validate_args
 from mibounds._version import __version__
 from mibounds.bounds.lower import dv, fmi, infonce, interpolated, js, mine, nwj, smile, tuba
+from mibounds.bounds.upper import club, club_sample, l1out, nce_club, variational_upper_bound
 from mibounds.divergences import (
     Domain,
     FDivergence,
@@ -26,6 +27,8 @@ __all__ = [
     "MIEstimate",
     "SeparableScores",
     "__version__",
+    "club",
+    "club_sample",
     "dv",
     "estimate_mi",
     "fmi",
@@ -34,8 +37,10 @@ __all__ = [
     "infonce",
     "interpolated",
     "js",
+    "l1out",
     "list_divergences",
     "mine",
+    "nce_club",
     "nn",
     "nwj",
     "pairwise_similarity",
@@ -45,4 +50,5 @@ __all__ = [
     "tasks",
     "tsallis",
     "tuba",
+    "variational_upper_bound",
 ]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from mibounds._version import __version__
 from mibounds.divergences import list_divergences
 
-DEFAULT_ESTIMATORS = ("infonce", "nwj", "js", "smile", "mine")
+DEFAULT_ESTIMATORS = ("infonce", "nwj", "js", "smile", "mine", "club", "l1out", "nce-club")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mibounds import _checks
-from mibounds.nn import losses
+from mibounds.nn import losses, upper
 from mibounds.nn.critics import MLP, ConcatCritic, SeparableCritic
 from mibounds.tasks.staircase import Staircase
 
@@ -32,6 +32,7 @@ __all__ = [
     "MIEstimate",
     "StairRow",
     "StaircaseResult",
+    "VariationalUpperEstimator",
     "estimate_mi",
     "get_estimator",
     "list_estimators",
@@ -196,6 +197,48 @@ _lower("mine", losses.MINE, "MINE: DV with moving-average gradient")
 _lower("js", losses.JS, "Jensen-Shannon critic, TUBA value")
 _lower("smile", lambda: losses.SMILE(clip=5.0), "SMILE, clip 5")
 _lower("interpolated", lambda: losses.Interpolated(alpha=0.5), "alpha-bound, alpha 0.5")
+
+
+class VariationalUpperEstimator(nn.Module):
+    """An upper-bound module trained with its own ``learning_loss``; the estimate is its bound.
+
+    The bound is evaluated on the batch before the update, without gradient.
+    """
+
+    def __init__(self, bound: nn.Module) -> None:
+        super().__init__()
+        self.bound = bound
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            estimate = self.bound(x, y)
+        return self.bound.learning_loss(x, y), estimate  # type: ignore[operator]
+
+
+def _upper(name: str, build: Builder, description: str) -> None:
+    register_estimator(EstimatorSpec(name, "upper", build, description))
+
+
+_upper(
+    "club",
+    lambda dx, dy, critic: VariationalUpperEstimator(upper.CLUB(dx, dy)),
+    "CLUB with a Gaussian q(y|x)",
+)
+_upper(
+    "club-sample",
+    lambda dx, dy, critic: VariationalUpperEstimator(upper.CLUBSample(dx, dy)),
+    "CLUB, one sampled negative per row",
+)
+_upper(
+    "l1out",
+    lambda dx, dy, critic: VariationalUpperEstimator(upper.L1Out(dx, dy)),
+    "leave-one-out bound with a Gaussian q(y|x)",
+)
+_upper(
+    "nce-club",
+    lambda dx, dy, critic: VariationalUpperEstimator(upper.NCEClub(critic)),
+    "NCE-CLUB on an InfoNCE-trained critic",
+)
 
 
 # --- data handling ---------------------------------------------------------------------------

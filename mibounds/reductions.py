@@ -37,6 +37,7 @@ __all__ = [
     "offdiag_mean",
     "offdiag_row_mean",
     "prepare",
+    "reduce_terms",
     "row_logsumexp",
 ]
 
@@ -55,6 +56,15 @@ def prepare(scores: Scores, name: str = "scores") -> tuple[Tensor, torch.dtype]:
     if dense.dtype in (torch.float16, torch.bfloat16):
         dense = dense.float()
     return dense, out_dtype
+
+
+def reduce_terms(terms: Tensor, reduction: str) -> Tensor:
+    """Apply a (validated) ``reduction`` over the last dimension of per-sample terms."""
+    if reduction == "mean":
+        return terms.mean(-1)
+    if reduction == "sum":
+        return terms.sum(-1)
+    return terms
 
 
 def _eye(s: Tensor) -> Tensor:

@@ -105,3 +105,49 @@ def concat_critic(net: torch.nn.Module, x: Tensor, y: Tensor) -> Tensor:
         for j in range(n):
             out[i, j] = net(torch.cat([x[i], y[j]])).squeeze()
     return out
+
+
+def gaussian_log_q(mu_i: Tensor, logvar_i: Tensor, y_j: Tensor) -> Tensor:
+    """log N(y_j; mu_i, diag exp(logvar_i)), written out."""
+    total = torch.zeros((), dtype=mu_i.dtype)
+    for k in range(mu_i.shape[0]):
+        var = torch.exp(logvar_i[k])
+        total = total - 0.5 * ((y_j[k] - mu_i[k]) ** 2 / var + logvar_i[k] + math.log(2 * math.pi))
+    return total
+
+
+def club(mu: Tensor, logvar: Tensor, y: Tensor) -> Tensor:
+    """The O(N^2 d) definition: mean_i log q(y_i|x_i) - mean_{i,j} log q(y_j|x_i)."""
+    n = mu.shape[0]
+    logvar = logvar.expand_as(mu)
+    pos = sum(gaussian_log_q(mu[i], logvar[i], y[i]) for i in range(n)) / n
+    neg = sum(gaussian_log_q(mu[i], logvar[i], y[j]) for i in range(n) for j in range(n)) / n**2
+    return pos - neg
+
+
+def club_sample(mu: Tensor, logvar: Tensor, y: Tensor, perm: list[int]) -> Tensor:
+    n = mu.shape[0]
+    logvar = logvar.expand_as(mu)
+    return (
+        sum(
+            gaussian_log_q(mu[i], logvar[i], y[i]) - gaussian_log_q(mu[i], logvar[i], y[perm[i]])
+            for i in range(n)
+        )
+        / n
+    )
+
+
+def l1out(log_q: Tensor) -> Tensor:
+    n = log_q.shape[0]
+    total = torch.zeros((), dtype=log_q.dtype)
+    for j in range(n):
+        mixture = sum(torch.exp(log_q[i, j]) for i in range(n) if i != j) / (n - 1)
+        total = total + log_q[j, j] - torch.log(mixture)
+    return total / n
+
+
+def nce_club(s: Tensor) -> Tensor:
+    n = s.shape[0]
+    pos = sum(s[i, i] for i in range(n)) / n
+    allp = sum(s[i, j] for i in range(n) for j in range(n)) / n**2
+    return pos - allp

@@ -99,7 +99,7 @@ def test_estimate_mi_errors():
         estimate_mi(x, x, batch_size=200, progress=False)
     with pytest.raises(ValueError, match="eval_batch_size must be <= the number of held-out"):
         estimate_mi(x, x, batch_size=16, eval_batch_size=64, progress=False)
-    with pytest.raises(KeyError, match="unknown estimator 'mi'; known estimators: dv"):
+    with pytest.raises(KeyError, match="unknown estimator 'mi'; known estimators: club, club-s"):
         estimate_mi(x, x, "mi", progress=False)
     with pytest.raises(TypeError, match="x must hold floating-point values"):
         estimate_mi(np.ones((10, 2), dtype=int), x, progress=False)

@@ -24,18 +24,11 @@ from mibounds.reductions import (
     offdiag_mean,
     offdiag_row_mean,
     prepare,
+    reduce_terms,
     row_logsumexp,
 )
 
 __all__ = ["dv", "fmi", "infonce", "interpolated", "js", "mine", "nwj", "smile", "tuba"]
-
-
-def _reduce(terms: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return terms.mean(-1)
-    if reduction == "sum":
-        return terms.sum(-1)
-    return terms
 
 
 def _with_gradient_of(value: Tensor, objective: Tensor) -> Tensor:
@@ -93,7 +86,7 @@ def infonce(scores: Scores, *, symmetric: bool = False, reduction: str = "mean")
     terms = pos - row_logsumexp(s)
     if symmetric:
         terms = 0.5 * (terms + pos - col_logsumexp(s))
-    return _reduce(terms + math.log(n), reduction).to(out_dtype)
+    return reduce_terms(terms + math.log(n), reduction).to(out_dtype)
 
 
 def tuba(scores: Scores, log_baseline: Tensor | None = None, *, reduction: str = "mean") -> Tensor:
@@ -134,7 +127,7 @@ def tuba(scores: Scores, log_baseline: Tensor | None = None, *, reduction: str =
     b = _log_baseline(log_baseline, s)
     shifted = s - b[..., None, :]
     terms = 1 + diagonal(shifted) - offdiag_row_mean(shifted, torch.exp)
-    return _reduce(terms, reduction).to(out_dtype)
+    return reduce_terms(terms, reduction).to(out_dtype)
 
 
 def nwj(scores: Scores, *, reduction: str = "mean") -> Tensor:
@@ -170,7 +163,7 @@ def nwj(scores: Scores, *, reduction: str = "mean") -> Tensor:
     reduction = _checks.check_reduction(reduction)
     s, out_dtype = prepare(scores)
     terms = diagonal(s) - offdiag_row_mean(s, lambda t: torch.exp(t - 1))
-    return _reduce(terms, reduction).to(out_dtype)
+    return reduce_terms(terms, reduction).to(out_dtype)
 
 
 def dv(scores: Scores) -> Tensor:
@@ -309,8 +302,8 @@ def js(scores: Scores, *, reduction: str = "mean") -> Tensor:
     """
     reduction = _checks.check_reduction(reduction)
     s, out_dtype = prepare(scores)
-    value = _reduce(1 + diagonal(s) - offdiag_row_mean(s, torch.exp), reduction)
-    objective = _reduce(_js_training_terms(s), reduction)
+    value = reduce_terms(1 + diagonal(s) - offdiag_row_mean(s, torch.exp), reduction)
+    objective = reduce_terms(_js_training_terms(s), reduction)
     return _with_gradient_of(value, objective).to(out_dtype)
 
 
@@ -467,4 +460,4 @@ def fmi(scores: Scores, divergence: str | FDivergence = "kl", *, reduction: str 
     reduction = _checks.check_reduction(reduction)
     s, out_dtype = prepare(scores)
     terms = div.activation(diagonal(s)) - offdiag_row_mean(s, div.conjugate_at_activation)
-    return _reduce(terms, reduction).to(out_dtype)
+    return reduce_terms(terms, reduction).to(out_dtype)
