@@ -613,7 +613,7 @@ def plot_staircase(result: StaircaseResult, path: str, *, smoothing: float = 0.9
     cols = min(len(names), 4)
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(
-        rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False, sharex=True, sharey=True
+        rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False, sharex=True
     )
     steps = np.arange(len(result.true_mi))
     top = max(result.staircase.levels) * 1.3 + 1
@@ -625,13 +625,17 @@ def plot_staircase(result: StaircaseResult, path: str, *, smoothing: float = 0.9
             acc = smoothing * acc + (1 - smoothing) * v if i else v
             smooth[i] = acc
         color = "tab:blue" if result.kinds[name] == "lower" else "tab:red"
-        ax.plot(steps, np.clip(vals, -1, top), color=color, alpha=0.25, lw=0.6)
+        ax.plot(steps, np.clip(vals, -1, 10 * top), color=color, alpha=0.25, lw=0.6)
         ax.plot(steps, smooth, color=color, lw=1.4, label="estimate")
         ax.plot(steps, result.true_mi, color="black", lw=1.2, label="true MI")
         if name.startswith("infonce"):
             ax.axhline(math.log(result.batch_size), color="gray", ls="--", lw=0.8, label="log N")
         ax.set_title(f"{name} ({result.kinds[name]})", fontsize=9)
-        ax.set_ylim(-1, top)
+        finite = smooth[np.isfinite(smooth)]
+        high = top
+        if result.kinds[name] == "upper" and finite.size:
+            high = max(top, float(finite.max()) * 1.1)  # upper bounds can sit far above
+        ax.set_ylim(-1, high)
     for ax in axes.flat[len(names) :]:
         ax.axis("off")
     for ax in axes[-1]:
