@@ -112,6 +112,9 @@ class FDivergence:
             ``None`` it is computed as ``conjugate(activation(v))``.
         aliases: other names for lookups (case-insensitive).
         formula: :math:`f` as plain text, for tables.
+        conjugate_of_activation_grad: :math:`\frac{d}{dv} f^*(g_f(v))` in closed form; the
+            streaming kernels need it (without it :func:`mibounds.fmi` on
+            :class:`~mibounds.scores.SeparableScores` falls back to the dense path).
 
     Example:
         >>> import torch
@@ -132,6 +135,7 @@ class FDivergence:
     conjugate_of_activation: TensorFn | None = None
     aliases: tuple[str, ...] = ()
     formula: str = field(default="")
+    conjugate_of_activation_grad: TensorFn | None = None
 
     def conjugate_at_activation(self, v: Tensor) -> Tensor:
         r""":math:`f^*(g_f(v))` for critic outputs ``v``, using the stable closed form if any."""
@@ -249,6 +253,7 @@ register_divergence(
         conjugate_domain=_R,
         activation=lambda v: v,
         conjugate_of_derivative=lambda u: u,
+        conjugate_of_activation_grad=lambda v: torch.exp(v - 1),
     )
 )
 register_divergence(
@@ -263,6 +268,7 @@ register_divergence(
         activation=lambda v: -torch.exp(-v),
         conjugate_of_derivative=lambda u: torch.log(u) - 1,
         conjugate_of_activation=lambda v: v - 1,
+        conjugate_of_activation_grad=torch.ones_like,
     )
 )
 register_divergence(
@@ -276,6 +282,7 @@ register_divergence(
         conjugate_domain=_R,
         activation=lambda v: v,
         conjugate_of_derivative=lambda u: u**2 - 1,
+        conjugate_of_activation_grad=lambda v: 0.5 * v + 1,
     )
 )
 register_divergence(
@@ -290,6 +297,7 @@ register_divergence(
         activation=lambda v: -torch.expm1(-v),
         conjugate_of_derivative=lambda u: 2 - 2 / u,
         conjugate_of_activation=lambda v: 2 - 2 * torch.exp(-0.5 * v),
+        conjugate_of_activation_grad=lambda v: torch.exp(-0.5 * v),
     )
 )
 register_divergence(
@@ -304,6 +312,7 @@ register_divergence(
         activation=lambda v: -torch.expm1(-v),
         conjugate_of_derivative=lambda u: torch.sqrt(u) - 1,
         conjugate_of_activation=torch.expm1,
+        conjugate_of_activation_grad=torch.exp,
     )
 )
 register_divergence(
@@ -318,6 +327,7 @@ register_divergence(
         activation=lambda v: _LOG2 - F.softplus(-v),
         conjugate_of_derivative=lambda u: torch.log((1 + u) / 2),
         conjugate_of_activation=lambda v: F.softplus(v) - _LOG2,
+        conjugate_of_activation_grad=torch.sigmoid,
     )
 )
 register_divergence(
@@ -332,6 +342,7 @@ register_divergence(
         activation=lambda v: -F.softplus(-v),
         conjugate_of_derivative=lambda u: torch.log1p(u) - _LOG4,
         conjugate_of_activation=lambda v: F.softplus(v) - _LOG4,
+        conjugate_of_activation_grad=torch.sigmoid,
     )
 )
 register_divergence(
@@ -345,6 +356,7 @@ register_divergence(
         conjugate_domain=Domain(-0.5, 0.5, True, True),
         activation=lambda v: 0.5 * torch.tanh(v),
         conjugate_of_derivative=lambda u: 0.5 * torch.sign(u - 1),
+        conjugate_of_activation_grad=lambda v: 0.5 / torch.cosh(v) ** 2,
     )
 )
 
@@ -359,6 +371,13 @@ def _vlc_conj_act(v: Tensor) -> Tensor:
     return torch.tanh(0.5 * v) * (3 - 2 * torch.sigmoid(-v))
 
 
+def _vlc_conj_act_grad(v: Tensor) -> Tensor:
+    th = torch.tanh(0.5 * v)
+    return 0.5 * (1 - th**2) * (3 - 2 * torch.sigmoid(-v)) + th * 2 * torch.sigmoid(
+        v
+    ) * torch.sigmoid(-v)
+
+
 register_divergence(
     FDivergence(
         name="vincze-le-cam",
@@ -371,6 +390,7 @@ register_divergence(
         activation=_vlc_activation,
         conjugate_of_derivative=lambda u: (u - 1) * (3 * u + 1) / (u + 1) ** 2,
         conjugate_of_activation=_vlc_conj_act,
+        conjugate_of_activation_grad=_vlc_conj_act_grad,
     )
 )
 
@@ -420,6 +440,7 @@ def tsallis(alpha: float) -> FDivergence:
         activation=lambda v: torch.expm1(am1 * v) * (a / am1) + 1,
         conjugate_of_derivative=lambda u: u**a,
         conjugate_of_activation=lambda v: torch.exp(a * v),
+        conjugate_of_activation_grad=lambda v: a * torch.exp(a * v),
     )
 
 

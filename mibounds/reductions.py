@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from mibounds import _checks
+from mibounds.kernels import streaming
 from mibounds.scores import SeparableScores
 
 Scores: TypeAlias = Tensor | SeparableScores
@@ -56,6 +57,50 @@ def prepare(scores: Scores, name: str = "scores") -> tuple[Tensor, torch.dtype]:
     if dense.dtype in (torch.float16, torch.bfloat16):
         dense = dense.float()
     return dense, out_dtype
+
+
+def streaming_operands(scores: SeparableScores) -> tuple[Tensor, Tensor, float | Tensor, str]:
+    """``(x, y, temperature, similarity)`` for the streaming kernels: cosine scores become dot
+    scores of normalised features (normalised with differentiable torch ops)."""
+    if scores.similarity == "cosine":
+        x = torch.nn.functional.normalize(scores.x, dim=-1)
+        y = torch.nn.functional.normalize(scores.y, dim=-1)
+        return x, y, scores.temperature, "dot"
+    return scores.x, scores.y, scores.temperature, scores.similarity
+
+
+def positive_mean(scores: SeparableScores) -> Tensor:
+    """Mean positive score ``(1/N) sum_i S_ii`` in O(N d), accumulated in float32 for half."""
+    diag = scores.diagonal()
+    if diag.dtype in (torch.float16, torch.bfloat16):
+        diag = diag.float()
+    return diag.mean(-1)
+
+
+def sep_row_logsumexp_mean(scores: SeparableScores, transpose: bool = False) -> Tensor:
+    r"""Streaming :math:`\frac1N\sum_i \log\sum_j e^{S_{ij}}` (columns with ``transpose``)."""
+    x, y, tau, sim = streaming_operands(scores)
+    if transpose:
+        x, y = y, x
+    return streaming.row_logsumexp_mean(x, y, tau, sim)
+
+
+def sep_offdiag_logmeanexp(scores: SeparableScores) -> Tensor:
+    """Streaming off-diagonal log-mean-exp, shape ``(...)``."""
+    x, y, tau, sim = streaming_operands(scores)
+    return streaming.offdiag_logmeanexp(x, y, tau, sim)
+
+
+def sep_offdiag_means(
+    scores: SeparableScores,
+    grad_fn: str,
+    value_fn: str | None = None,
+    shift: float = 0.0,
+) -> tuple[Tensor | None, Tensor]:
+    """Streaming off-diagonal means of registered elementwise functions (see
+    :func:`mibounds.kernels.streaming.offdiag_means`)."""
+    x, y, tau, sim = streaming_operands(scores)
+    return streaming.offdiag_means(x, y, tau, sim, grad_fn, value_fn, shift)
 
 
 def reduce_terms(terms: Tensor, reduction: str) -> Tensor:

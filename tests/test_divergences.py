@@ -174,3 +174,11 @@ def test_fdivergence_is_frozen():
     assert isinstance(d, FDivergence)
     with pytest.raises(AttributeError):
         d.name = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("d", ALL, ids=IDS)
+def test_conjugate_of_activation_grad_is_derivative(d):
+    assert d.conjugate_of_activation_grad is not None, d.name
+    v = torch.linspace(-6, 6, 49, dtype=torch.float64).requires_grad_(True)
+    (grad,) = torch.autograd.grad(d.conjugate_at_activation(v).sum(), v)
+    torch.testing.assert_close(d.conjugate_of_activation_grad(v.detach()), grad)

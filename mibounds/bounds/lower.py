@@ -16,6 +16,7 @@ from torch import Tensor
 
 from mibounds import _checks
 from mibounds.divergences import FDivergence, get_divergence
+from mibounds.kernels import streaming
 from mibounds.reductions import (
     Scores,
     col_logsumexp,
@@ -23,12 +24,33 @@ from mibounds.reductions import (
     offdiag_logmeanexp,
     offdiag_mean,
     offdiag_row_mean,
+    positive_mean,
     prepare,
     reduce_terms,
     row_logsumexp,
+    sep_offdiag_logmeanexp,
+    sep_offdiag_means,
+    sep_row_logsumexp_mean,
 )
+from mibounds.scores import SeparableScores
 
 __all__ = ["dv", "fmi", "infonce", "interpolated", "js", "mine", "nwj", "smile", "tuba"]
+
+
+def _streams(scores: Scores, reduction: str = "mean") -> bool:
+    """Separable scores with a mean or sum reduction go through the streaming kernels."""
+    return isinstance(scores, SeparableScores) and reduction != "none"
+
+
+def _finish(value: Tensor, scores: SeparableScores, reduction: str = "mean") -> Tensor:
+    if reduction == "sum":
+        value = value * scores.shape[-1]
+    return value.to(scores.dtype)
+
+
+def _sep_diagonal(scores: SeparableScores) -> Tensor:
+    diag = scores.diagonal()
+    return diag.float() if diag.dtype in (torch.float16, torch.bfloat16) else diag
 
 
 def _with_gradient_of(value: Tensor, objective: Tensor) -> Tensor:
@@ -80,6 +102,13 @@ def infonce(scores: Scores, *, symmetric: bool = False, reduction: str = "mean")
         of Mutual Information." ICML 2019.
     """
     reduction = _checks.check_reduction(reduction)
+    if _streams(scores, reduction):
+        assert isinstance(scores, SeparableScores)
+        lse = sep_row_logsumexp_mean(scores)
+        if symmetric:
+            lse = 0.5 * (lse + sep_row_logsumexp_mean(scores, transpose=True))
+        value = positive_mean(scores) - lse + math.log(scores.shape[-1])
+        return _finish(value, scores, reduction)
     s, out_dtype = prepare(scores)
     n = s.shape[-1]
     pos = diagonal(s)
@@ -123,6 +152,10 @@ def tuba(scores: Scores, log_baseline: Tensor | None = None, *, reduction: str =
         Information." ICML 2019.
     """
     reduction = _checks.check_reduction(reduction)
+    if log_baseline is None and _streams(scores, reduction):
+        assert isinstance(scores, SeparableScores)
+        _, marginal = sep_offdiag_means(scores, "exp")
+        return _finish(1 + positive_mean(scores) - marginal, scores, reduction)
     s, out_dtype = prepare(scores)
     b = _log_baseline(log_baseline, s)
     shifted = s - b[..., None, :]
@@ -161,6 +194,10 @@ def nwj(scores: Scores, *, reduction: str = "mean") -> Tensor:
         by Convex Risk Minimization." IEEE Trans. Inf. Theory 2010. Poole et al., ICML 2019.
     """
     reduction = _checks.check_reduction(reduction)
+    if _streams(scores, reduction):
+        assert isinstance(scores, SeparableScores)
+        _, marginal = sep_offdiag_means(scores, "exp", shift=-1.0)
+        return _finish(positive_mean(scores) - marginal, scores, reduction)
     s, out_dtype = prepare(scores)
     terms = diagonal(s) - offdiag_row_mean(s, lambda t: torch.exp(t - 1))
     return reduce_terms(terms, reduction).to(out_dtype)
@@ -196,6 +233,9 @@ def dv(scores: Scores) -> Tensor:
         large time." Comm. Pure Appl. Math. 1983. Belghazi et al. "Mutual Information Neural
         Estimation." ICML 2018.
     """
+    if _streams(scores):
+        assert isinstance(scores, SeparableScores)
+        return _finish(positive_mean(scores) - sep_offdiag_logmeanexp(scores), scores)
     s, out_dtype = prepare(scores)
     return (diagonal(s).mean(-1) - offdiag_logmeanexp(s)).to(out_dtype)
 
@@ -241,8 +281,16 @@ def mine(
         Estimation." ICML 2018.
     """
     gamma = _checks.check_open_unit("decay", decay)
-    s, out_dtype = prepare(scores)
-    lme = offdiag_logmeanexp(s)
+    if _streams(scores):
+        assert isinstance(scores, SeparableScores)
+        lme, pos_mean, out_dtype = (
+            sep_offdiag_logmeanexp(scores),
+            positive_mean(scores),
+            scores.dtype,
+        )
+    else:
+        s, out_dtype = prepare(scores)
+        lme, pos_mean = offdiag_logmeanexp(s), diagonal(s).mean(-1)
     batch_lme = lme.detach()
     if log_ema is None:
         new_log_ema = batch_lme
@@ -254,7 +302,7 @@ def mine(
     # exp(lme - log m) <= 1 / (1 - decay): finite for any finite scores.
     ratio = torch.exp(lme - new_log_ema)
     partition = batch_lme + (ratio - ratio.detach())
-    estimate = diagonal(s).mean(-1) - partition
+    estimate = pos_mean - partition
     return estimate.to(out_dtype), new_log_ema
 
 
@@ -301,6 +349,14 @@ def js(scores: Scores, *, reduction: str = "mean") -> Tensor:
         Poole et al., ICML 2019.
     """
     reduction = _checks.check_reduction(reduction)
+    if _streams(scores, reduction):
+        assert isinstance(scores, SeparableScores)
+        diag = _sep_diagonal(scores)
+        exp_mean, softplus_mean = sep_offdiag_means(scores, "softplus", value_fn="exp")
+        assert exp_mean is not None
+        value = 1 + diag.mean(-1) - exp_mean
+        objective = -F.softplus(-diag).mean(-1) - softplus_mean
+        return _finish(_with_gradient_of(value, objective), scores, reduction)
     s, out_dtype = prepare(scores)
     value = reduce_terms(1 + diagonal(s) - offdiag_row_mean(s, torch.exp), reduction)
     objective = reduce_terms(_js_training_terms(s), reduction)
@@ -344,6 +400,26 @@ def smile(scores: Scores, clip: float | None = 5.0) -> Tensor:
         Estimators." ICLR 2020.
     """
     tau = None if clip is None else _checks.check_positive("clip", clip)
+    if _streams(scores):
+        assert isinstance(scores, SeparableScores)
+        diag = _sep_diagonal(scores)
+        if tau is None:
+            with torch.no_grad():
+                partition = sep_offdiag_logmeanexp(scores)
+            _, softplus_mean = sep_offdiag_means(scores, "softplus")
+        else:
+            # mean of exp(clip(S) - tau) <= 1 cannot overflow; add tau back after the log
+            name = streaming.elementwise(
+                f"exp-clip:{tau!r}",
+                lambda t, c=tau: torch.exp(t.clamp(-c, c) - c),
+                lambda t, c=tau: torch.exp(t.clamp(-c, c) - c) * (t.abs() < c),
+            )
+            clipped_mean, softplus_mean = sep_offdiag_means(scores, "softplus", value_fn=name)
+            assert clipped_mean is not None
+            partition = torch.log(clipped_mean) + tau
+        value = diag.mean(-1) - partition
+        objective = -F.softplus(-diag).mean(-1) - softplus_mean
+        return _finish(_with_gradient_of(value, objective), scores)
     s, out_dtype = prepare(scores)
     partition_scores = s if tau is None else s.clamp(-tau, tau)
     value = diagonal(s).mean(-1) - offdiag_logmeanexp(partition_scores)
@@ -458,6 +534,16 @@ def fmi(scores: Scores, divergence: str | FDivergence = "kl", *, reduction: str 
     """
     div = get_divergence(divergence)
     reduction = _checks.check_reduction(reduction)
+    if _streams(scores, reduction) and div.conjugate_of_activation_grad is not None:
+        assert isinstance(scores, SeparableScores)
+        name = streaming.elementwise(
+            f"fmi:{div.name}:{id(div)}",
+            div.conjugate_at_activation,
+            div.conjugate_of_activation_grad,
+        )
+        _, marginal = sep_offdiag_means(scores, name)
+        joint = div.activation(_sep_diagonal(scores)).mean(-1)
+        return _finish(joint - marginal, scores, reduction)
     s, out_dtype = prepare(scores)
     terms = div.activation(diagonal(s)) - offdiag_row_mean(s, div.conjugate_at_activation)
     return reduce_terms(terms, reduction).to(out_dtype)

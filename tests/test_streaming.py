@@ -1,0 +1,147 @@
+"""Streaming kernels on SeparableScores: agreement with the dense path, gradients, custom ops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mibounds
+from mibounds.kernels import streaming
+
+SIMS = ["dot", "cosine", "gaussian"]
+
+BOUNDS = {
+    "infonce": mibounds.infonce,
+    "infonce-sym": lambda s: mibounds.infonce(s, symmetric=True),
+    "infonce-sum": lambda s: mibounds.infonce(s, reduction="sum"),
+    "nwj": mibounds.nwj,
+    "tuba": mibounds.tuba,
+    "dv": mibounds.dv,
+    "mine": lambda s: mibounds.mine(s)[0],
+    "js": mibounds.js,
+    "smile": mibounds.smile,
+    "smile-1": lambda s: mibounds.smile(s, clip=1.0),
+    "smile-noclip": lambda s: mibounds.smile(s, clip=None),
+    "nce_club": mibounds.nce_club,
+    **{
+        f"fmi-{d.name}": (lambda d: lambda s: mibounds.fmi(s, d))(d)
+        for d in mibounds.list_divergences()
+    },
+}
+
+
+@pytest.fixture(params=[None, 4 * 4 * 7 * 37], ids=["one-panel", "panels-of-7"])
+def budget(request):
+    streaming.set_memory_budget(request.param)
+    yield request.param
+    streaming.set_memory_budget(None)
+
+
+def _xy(dtype, lead=(2,), n=37, d=5, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    x = scale * torch.randn(*lead, n, d, generator=g, dtype=torch.float64)
+    y = x + torch.randn(*lead, n, d, generator=g, dtype=torch.float64)
+    return x.to(dtype), y.to(dtype)
+
+
+@pytest.mark.parametrize("name", list(BOUNDS))
+@pytest.mark.parametrize("sim", SIMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_streaming_equals_dense_value_and_gradient(name, sim, dtype, budget):
+    x, y = _xy(dtype)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    tau = torch.tensor(0.7, dtype=dtype, requires_grad=True)
+    fn = BOUNDS[name]
+    sep = mibounds.SeparableScores(x, y, sim, tau)
+    got = fn(sep)
+    want = fn(sep.dense())
+    f32 = dtype == torch.float32
+    tol = dict(rtol=1e-5, atol=1e-5) if f32 else dict(rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got, want, **tol)
+    # float32 gradients: summed in another order than the dense path; exponential divergences
+    # (Neyman, Tsallis) have large entries, so allow 1e-4 relative there.
+    gtol = dict(rtol=1e-4, atol=1e-5) if f32 else tol
+    g_got = torch.autograd.grad(got.sum(), (x, y, tau))
+    g_want = torch.autograd.grad(want.sum(), (x, y, tau))
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, **gtol)
+
+
+@pytest.mark.parametrize(
+    "name", ["infonce", "infonce-sym", "nwj", "tuba", "dv", "fmi-js", "nce_club"]
+)
+@pytest.mark.parametrize("sim", SIMS)
+def test_streaming_gradcheck(name, sim):
+    streaming.set_memory_budget(4 * 4 * 3 * 7)  # panels of 3 rows for N = 7
+    try:
+        x, y = _xy(torch.float64, lead=(), n=7, d=3)
+        tau = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+        x.requires_grad_(True)
+        y.requires_grad_(True)
+        fn = BOUNDS[name]
+        assert torch.autograd.gradcheck(
+            lambda a, b, t: fn(mibounds.SeparableScores(a, b, sim, t)), (x, y, tau)
+        )
+    finally:
+        streaming.set_memory_budget(None)
+
+
+def test_no_grad_computes_statistics_only():
+    x, y = _xy(torch.float32)
+    with torch.no_grad():
+        v = mibounds.infonce(mibounds.SeparableScores(x, y))
+    assert not v.requires_grad
+    xf, yf = x.reshape(-1, 37, 5), y.reshape(-1, 37, 5)
+    _, dx, dy, _ = torch.ops.mibounds.row_lse_mean(xf, yf, torch.tensor(1.0), 0, 8, False)
+    assert dx.numel() == 0 and dy.numel() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_accumulates_in_float32(dtype):
+    x, y = _xy(torch.float32)
+    sep_h = mibounds.SeparableScores(x.to(dtype), y.to(dtype), "cosine", 0.5)
+    sep_f = mibounds.SeparableScores(x.to(dtype).float(), y.to(dtype).float(), "cosine", 0.5)
+    for fn in (mibounds.infonce, mibounds.nwj, mibounds.dv, mibounds.js):
+        got = fn(sep_h)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), fn(sep_f), rtol=2e-2, atol=2e-2)
+
+
+def test_large_scores_finite():
+    x, y = _xy(torch.float32, scale=100.0)
+    x.requires_grad_(True)
+    sep = mibounds.SeparableScores(x, y, "dot", 0.01)  # scores of order 1e6
+    for fn in (mibounds.infonce, mibounds.dv, lambda s: mibounds.infonce(s, symmetric=True)):
+        v = fn(sep)
+        (g,) = torch.autograd.grad(v.sum(), x)
+        assert torch.isfinite(v).all() and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize(
+    ("op", "extra"),
+    [
+        ("row_lse_mean", (1, 5, True)),
+        ("offdiag_lme", (0, 5, True)),
+        ("offdiag_means", (0, 5, 0, 1, -1.0, True)),
+    ],
+)
+@pytest.mark.parametrize("sim_id", [0, 1])
+def test_opcheck(op, extra, sim_id):
+    x, y = _xy(torch.float64, lead=(2,), n=9, d=3)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    tau = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    args = (x, y, tau, sim_id, *extra[1:])
+    torch.library.opcheck(getattr(torch.ops.mibounds, op).default, args)
+
+
+def test_memory_budget_setting():
+    streaming.set_memory_budget(1024)
+    assert streaming.get_memory_budget() == 1024
+    assert streaming.panel_rows(10_000) == 1
+    streaming.set_memory_budget(None)
+    assert streaming.get_memory_budget() == streaming.DEFAULT_MEMORY_BUDGET
+    assert streaming.panel_rows(16384) == 128
+    with pytest.raises(ValueError, match="nbytes must be a positive int"):
+        streaming.set_memory_budget(0)
