@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mibounds._checks import check_real
+from mibounds.kernels import streaming
 
 __all__ = [
     "Domain",
@@ -144,6 +145,27 @@ class FDivergence:
         return self.conjugate(self.activation(v))
 
 
+def streaming_name(div: FDivergence) -> str | None:
+    r"""Name of :math:`f^*(g_f(\cdot))` among the streaming kernels' elementwise functions.
+
+    Registered divergences are made available when registered (so compiled code finds them);
+    other :class:`FDivergence` objects on first use in eager mode. ``None`` if the divergence
+    has no ``conjugate_of_activation_grad`` (or, while compiling, was never made available):
+    then :func:`mibounds.fmi` uses the dense path.
+    """
+    if div.conjugate_of_activation_grad is None:
+        return None
+    name = f"fmi:{div.name}:{id(div)}"
+    if name not in streaming.ELEMENTWISE:
+        if torch.compiler.is_compiling():
+            return None
+        grad = div.conjugate_of_activation_grad
+        streaming.elementwise(
+            name, lambda t, p: div.conjugate_at_activation(t), lambda t, p: grad(t)
+        )
+    return name
+
+
 _REGISTRY: dict[str, FDivergence] = {}
 _ALIASES: dict[str, str] = {}
 
@@ -191,6 +213,7 @@ def register_divergence(divergence: FDivergence, *, overwrite: bool = False) -> 
     _REGISTRY[divergence.name.lower()] = divergence
     for key in keys:
         _ALIASES[key] = divergence.name.lower()
+    streaming_name(divergence)
     return divergence
 
 

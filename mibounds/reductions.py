@@ -34,6 +34,7 @@ __all__ = [
     "Scores",
     "col_logsumexp",
     "diagonal",
+    "log_count",
     "offdiag_logmeanexp",
     "offdiag_mean",
     "offdiag_row_mean",
@@ -96,11 +97,18 @@ def sep_offdiag_means(
     grad_fn: str,
     value_fn: str | None = None,
     shift: float = 0.0,
+    param: float = 0.0,
 ) -> tuple[Tensor | None, Tensor]:
     """Streaming off-diagonal means of registered elementwise functions (see
     :func:`mibounds.kernels.streaming.offdiag_means`)."""
     x, y, tau, sim = streaming_operands(scores)
-    return streaming.offdiag_means(x, y, tau, sim, grad_fn, value_fn, shift)
+    return streaming.offdiag_means(x, y, tau, sim, grad_fn, value_fn, shift, param)
+
+
+def log_count(n: int, like: Tensor) -> Tensor:
+    """``log(n)`` as a 0-d tensor built from ``n``: unlike ``math.log`` it keeps a symbolic size
+    symbolic under ``torch.compile`` (no recompile per batch size)."""
+    return torch.log(like.new_full((), n))
 
 
 def reduce_terms(terms: Tensor, reduction: str) -> Tensor:
@@ -136,7 +144,10 @@ def offdiag_logmeanexp(s: Tensor) -> Tensor:
     r""":math:`\log \frac{1}{N(N-1)}\sum_{i\ne j} e^{S_{ij}}`, shape ``(...)``."""
     n = s.shape[-1]
     masked = s.masked_fill(_eye(s), -math.inf)
-    return torch.logsumexp(masked.flatten(-2), dim=-1) - math.log(n * (n - 1))
+    # two stages (rows, then their results) rather than one flat N^2 reduction: under
+    # torch.compile, inductor's CPU code guards on the reduction size, and an N^2 one would add
+    # a recompile once N^2 > 4096
+    return torch.logsumexp(torch.logsumexp(masked, dim=-1), dim=-1) - log_count(n * (n - 1), s)
 
 
 def offdiag_row_mean(s: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mibounds import _checks
-from mibounds.divergences import FDivergence, get_divergence
-from mibounds.kernels import streaming
+from mibounds.divergences import FDivergence, get_divergence, streaming_name
 from mibounds.reductions import (
     Scores,
     col_logsumexp,
     diagonal,
+    log_count,
     offdiag_logmeanexp,
     offdiag_mean,
     offdiag_row_mean,
@@ -107,7 +107,7 @@ def infonce(scores: Scores, *, symmetric: bool = False, reduction: str = "mean")
         lse = sep_row_logsumexp_mean(scores)
         if symmetric:
             lse = 0.5 * (lse + sep_row_logsumexp_mean(scores, transpose=True))
-        value = positive_mean(scores) - lse + math.log(scores.shape[-1])
+        value = positive_mean(scores) - lse + log_count(scores.shape[-1], lse)
         return _finish(value, scores, reduction)
     s, out_dtype = prepare(scores)
     n = s.shape[-1]
@@ -115,7 +115,7 @@ def infonce(scores: Scores, *, symmetric: bool = False, reduction: str = "mean")
     terms = pos - row_logsumexp(s)
     if symmetric:
         terms = 0.5 * (terms + pos - col_logsumexp(s))
-    return reduce_terms(terms + math.log(n), reduction).to(out_dtype)
+    return reduce_terms(terms + log_count(n, terms), reduction).to(out_dtype)
 
 
 def tuba(scores: Scores, log_baseline: Tensor | None = None, *, reduction: str = "mean") -> Tensor:
@@ -409,12 +409,9 @@ def smile(scores: Scores, clip: float | None = 5.0) -> Tensor:
             _, softplus_mean = sep_offdiag_means(scores, "softplus")
         else:
             # mean of exp(clip(S) - tau) <= 1 cannot overflow; add tau back after the log
-            name = streaming.elementwise(
-                f"exp-clip:{tau!r}",
-                lambda t, c=tau: torch.exp(t.clamp(-c, c) - c),
-                lambda t, c=tau: torch.exp(t.clamp(-c, c) - c) * (t.abs() < c),
+            clipped_mean, softplus_mean = sep_offdiag_means(
+                scores, "softplus", value_fn="exp-clip", param=tau
             )
-            clipped_mean, softplus_mean = sep_offdiag_means(scores, "softplus", value_fn=name)
             assert clipped_mean is not None
             partition = torch.log(clipped_mean) + tau
         value = diag.mean(-1) - partition
@@ -439,7 +436,7 @@ def _leave_one_out_logmeanexp(s: Tensor) -> Tensor:
     without_max = torch.logsumexp(s.masked_fill(is_max, -math.inf), dim=-2, keepdim=True)
     rel = (s - lse).masked_fill(is_max, -1.0)
     loo = torch.where(is_max, without_max, lse + torch.log1p(-torch.exp(rel)))
-    return loo - math.log(n - 1)
+    return loo - log_count(n - 1, loo)
 
 
 def interpolated(scores: Scores, log_baseline: Tensor | None = None, alpha: float = 0.5) -> Tensor:
@@ -534,13 +531,9 @@ def fmi(scores: Scores, divergence: str | FDivergence = "kl", *, reduction: str 
     """
     div = get_divergence(divergence)
     reduction = _checks.check_reduction(reduction)
-    if _streams(scores, reduction) and div.conjugate_of_activation_grad is not None:
+    name = streaming_name(div)
+    if _streams(scores, reduction) and name is not None:
         assert isinstance(scores, SeparableScores)
-        name = streaming.elementwise(
-            f"fmi:{div.name}:{id(div)}",
-            div.conjugate_at_activation,
-            div.conjugate_of_activation_grad,
-        )
         _, marginal = sep_offdiag_means(scores, name)
         joint = div.activation(_sep_diagonal(scores)).mean(-1)
         return _finish(joint - marginal, scores, reduction)

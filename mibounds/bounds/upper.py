@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from mibounds import _checks
-from mibounds.reductions import Scores, diagonal, prepare, reduce_terms
+from mibounds.reductions import Scores, diagonal, log_count, prepare, reduce_terms
 from mibounds.scores import SeparableScores
 
 __all__ = ["club", "club_sample", "l1out", "nce_club", "variational_upper_bound"]
@@ -213,7 +213,7 @@ def l1out(log_q: Scores, *, reduction: str = "mean") -> Tensor:
     s, out_dtype = prepare(log_q, "log_q")
     n = s.shape[-1]
     eye = torch.eye(n, dtype=torch.bool, device=s.device)
-    marginal = torch.logsumexp(s.masked_fill(eye, -math.inf), dim=-2) - math.log(n - 1)
+    marginal = torch.logsumexp(s.masked_fill(eye, -math.inf), dim=-2) - log_count(n - 1, s)
     return reduce_terms(diagonal(s) - marginal, reduction).to(out_dtype)
 
 
@@ -271,7 +271,7 @@ def nce_club(scores: Scores) -> Tensor:
         value = pos.mean(-1) - _all_pairs_mean(scores).to(pos.dtype)
         return value.to(dtype)
     s, out_dtype = prepare(scores)
-    return (diagonal(s).mean(-1) - s.mean((-2, -1))).to(out_dtype)
+    return (diagonal(s).mean(-1) - s.mean(-1).mean(-1)).to(out_dtype)  # two stages: see reductions
 
 
 def variational_upper_bound(

@@ -133,10 +133,11 @@ def _prep(x: Tensor, y: Tensor, tau: Tensor, sim: int):
 
 @torch.library.custom_op("mibounds::row_lse_mean", mutates_args=())
 def _row_lse_mean(
-    x: Tensor, y: Tensor, tau: Tensor, sim: int, panel: int, need_grad: bool
+    x: Tensor, y: Tensor, tau: Tensor, sim: int, need_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x32, y32, inv_tau, sqx, sqy = _prep(x, y, tau, sim)
     b, n, _ = x32.shape
+    panel = panel_rows(n)
     value = x32.new_zeros(b)
     dx = torch.zeros_like(x32) if need_grad else x32.new_zeros(0)
     dy = torch.zeros_like(y32) if need_grad else y32.new_zeros(0)
@@ -159,7 +160,7 @@ def _row_lse_mean(
 
 
 @_row_lse_mean.register_fake
-def _(x, y, tau, sim, panel, need_grad):
+def _(x, y, tau, sim, need_grad):
     b = x.shape[0]
     dx = torch.empty_like(x) if need_grad else x.new_empty(0)
     dy = torch.empty_like(y) if need_grad else y.new_empty(0)
@@ -171,10 +172,11 @@ def _(x, y, tau, sim, panel, need_grad):
 
 @torch.library.custom_op("mibounds::offdiag_lme", mutates_args=())
 def _offdiag_lme(
-    x: Tensor, y: Tensor, tau: Tensor, sim: int, panel: int, need_grad: bool
+    x: Tensor, y: Tensor, tau: Tensor, sim: int, need_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x32, y32, inv_tau, sqx, sqy = _prep(x, y, tau, sim)
     b, n, _ = x32.shape
+    panel = panel_rows(n)
     run_max = x32.new_full((b,), -math.inf)
     run_sum = x32.new_zeros(b)
     dx = torch.zeros_like(x32) if need_grad else x32.new_zeros(0)
@@ -213,7 +215,7 @@ def _offdiag_lme(
 
 
 @_offdiag_lme.register_fake
-def _(x, y, tau, sim, panel, need_grad):
+def _(x, y, tau, sim, need_grad):
     b = x.shape[0]
     dx = torch.empty_like(x) if need_grad else x.new_empty(0)
     dy = torch.empty_like(y) if need_grad else y.new_empty(0)
@@ -241,10 +243,12 @@ def elementwise(name: str, fn, dfn) -> str:
     return name
 
 
-def _fn_value_grad(fid: int, s: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+def _fn_value_grad(
+    fid: int, s: Tensor, param: float, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
     _, fn, dfn = _FNS[fid]
-    value = fn(s)  # type: ignore[operator]
-    return value, (dfn(s) if need_grad else None)  # type: ignore[operator]
+    value = fn(s, param)  # type: ignore[operator]
+    return value, (dfn(s, param) if need_grad else None)  # type: ignore[operator]
 
 
 @torch.library.custom_op("mibounds::offdiag_means", mutates_args=())
@@ -253,16 +257,17 @@ def _offdiag_means(
     y: Tensor,
     tau: Tensor,
     sim: int,
-    panel: int,
     value_fn: int,
     grad_fn: int,
     shift: float,
+    param: float,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Means over i != j of ``value_fn(S + shift)`` (no gradient) and ``grad_fn(S + shift)``
-    (with gradient); ``value_fn = -1`` skips the first."""
+    (with gradient); ``value_fn = -1`` skips the first. ``param`` is passed to both functions."""
     x32, y32, inv_tau, sqx, sqy = _prep(x, y, tau, sim)
     b, n, _ = x32.shape
+    panel = panel_rows(n)
     vsum = x32.new_zeros(b)
     gsum = x32.new_zeros(b)
     dx = torch.zeros_like(x32) if need_grad else x32.new_zeros(0)
@@ -280,9 +285,9 @@ def _offdiag_means(
         keep[:, diag - r0, diag] = False
         s_safe = torch.where(keep, s, 0.0) + shift
         if value_fn >= 0:
-            v, _ = _fn_value_grad(value_fn, s_safe, False)
+            v, _ = _fn_value_grad(value_fn, s_safe, param, False)
             vsum += torch.where(keep, v, 0.0).sum((1, 2))
-        gv, g = _fn_value_grad(grad_fn, s_safe, need_grad)
+        gv, g = _fn_value_grad(grad_fn, s_safe, param, need_grad)
         gsum += torch.where(keep, gv, 0.0).sum((1, 2))
         if need_grad:
             assert g is not None
@@ -296,7 +301,7 @@ def _offdiag_means(
 
 
 @_offdiag_means.register_fake
-def _(x, y, tau, sim, panel, value_fn, grad_fn, shift, need_grad):
+def _(x, y, tau, sim, value_fn, grad_fn, shift, param, need_grad):
     b = x.shape[0]
     dx = torch.empty_like(x) if need_grad else x.new_empty(0)
     dy = torch.empty_like(y) if need_grad else y.new_empty(0)
@@ -361,30 +366,22 @@ def _tau(tau: float | Tensor, like: Tensor) -> Tensor:
     return torch.tensor(float(tau), dtype=_acc(like.dtype), device=like.device)
 
 
-def row_logsumexp_mean(
-    x: Tensor, y: Tensor, tau: float | Tensor, sim: str, budget: int | None = None
-) -> Tensor:
+def row_logsumexp_mean(x: Tensor, y: Tensor, tau: float | Tensor, sim: str) -> Tensor:
     r""":math:`\frac1N\sum_i \log\sum_j e^{S_{ij}}` for ``S = sim(x, y) / tau``, shape ``(...)``.
 
     The column version is ``row_logsumexp_mean(y, x, ...)`` (the similarities are symmetric).
     """
     xf, yf, lead = _flatten(x, y)
     t = _tau(tau, x)
-    value, *_ = _row_lse_mean(
-        xf, yf, t, _SIMS[sim], panel_rows(x.shape[-2], budget), _need_grad(x, y, t)
-    )
+    value, *_ = _row_lse_mean(xf, yf, t, _SIMS[sim], _need_grad(x, y, t))
     return value.reshape(lead)
 
 
-def offdiag_logmeanexp(
-    x: Tensor, y: Tensor, tau: float | Tensor, sim: str, budget: int | None = None
-) -> Tensor:
+def offdiag_logmeanexp(x: Tensor, y: Tensor, tau: float | Tensor, sim: str) -> Tensor:
     r""":math:`\log\frac1{N(N-1)}\sum_{i\ne j} e^{S_{ij}}`, shape ``(...)``."""
     xf, yf, lead = _flatten(x, y)
     t = _tau(tau, x)
-    value, *_ = _offdiag_lme(
-        xf, yf, t, _SIMS[sim], panel_rows(x.shape[-2], budget), _need_grad(x, y, t)
-    )
+    value, *_ = _offdiag_lme(xf, yf, t, _SIMS[sim], _need_grad(x, y, t))
     return value.reshape(lead)
 
 
@@ -396,10 +393,11 @@ def offdiag_means(
     grad_fn: str,
     value_fn: str | None = None,
     shift: float = 0.0,
-    budget: int | None = None,
+    param: float = 0.0,
 ) -> tuple[Tensor | None, Tensor]:
     r"""Off-diagonal means of ``value_fn(S + shift)`` (no gradient) and ``grad_fn(S + shift)``
-    (differentiable), in one sweep. Returns ``(value_mean or None, grad_mean)``, each ``(...)``.
+    (differentiable), in one sweep; ``param`` is passed to both registered functions.
+    Returns ``(value_mean or None, grad_mean)``, each ``(...)``.
     """
     xf, yf, lead = _flatten(x, y)
     t = _tau(tau, x)
@@ -409,14 +407,20 @@ def offdiag_means(
         yf,
         t,
         _SIMS[sim],
-        panel_rows(x.shape[-2], budget),
         vid,
         ELEMENTWISE[grad_fn],
         float(shift),
+        float(param),
         _need_grad(x, y, t),
     )
     return (None if value_fn is None else vmean.reshape(lead)), gmean.reshape(lead)
 
 
-_register_fn("exp", torch.exp, torch.exp)
-_register_fn("softplus", F.softplus, torch.sigmoid)
+def _exp_clip(t: Tensor, c: float) -> Tensor:
+    # exp(clip(t, -c, c) - c) <= 1: the SMILE partition term without overflow
+    return torch.exp(t.clamp(-c, c) - c)
+
+
+_register_fn("exp", lambda t, p: torch.exp(t), lambda t, p: torch.exp(t))
+_register_fn("softplus", lambda t, p: F.softplus(t), lambda t, p: torch.sigmoid(t))
+_register_fn("exp-clip", _exp_clip, lambda t, c: _exp_clip(t, c) * (t.abs() < c))
