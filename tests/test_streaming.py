@@ -59,9 +59,9 @@ def test_streaming_equals_dense_value_and_gradient(name, sim, dtype, budget):
     f32 = dtype == torch.float32
     tol = dict(rtol=1e-5, atol=1e-5) if f32 else dict(rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(got, want, **tol)
-    # float32 gradients: summed in another order than the dense path; exponential divergences
-    # (Neyman, Tsallis) have large entries, so allow 1e-4 relative there.
-    gtol = dict(rtol=1e-4, atol=1e-5) if f32 else tol
+    # float32 gradients are summed in another order than the dense path; exponential
+    # divergences (Tsallis: terms up to e^42 here) have huge entries, so 3e-4 relative.
+    gtol = dict(rtol=3e-4, atol=1e-5) if f32 else tol
     g_got = torch.autograd.grad(got.sum(), (x, y, tau))
     g_want = torch.autograd.grad(want.sum(), (x, y, tau))
     for a, b in zip(g_got, g_want, strict=True):
