@@ -98,11 +98,12 @@ def sep_offdiag_means(
     value_fn: str | None = None,
     shift: float = 0.0,
     param: float = 0.0,
+    grad_value: bool = True,
 ) -> tuple[Tensor | None, Tensor]:
     """Streaming off-diagonal means of registered elementwise functions (see
     :func:`mibounds.kernels.streaming.offdiag_means`)."""
     x, y, tau, sim = streaming_operands(scores)
-    return streaming.offdiag_means(x, y, tau, sim, grad_fn, value_fn, shift, param)
+    return streaming.offdiag_means(x, y, tau, sim, grad_fn, value_fn, shift, param, grad_value)
 
 
 def log_count(n: int, like: Tensor) -> Tensor:

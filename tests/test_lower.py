@@ -328,7 +328,8 @@ def test_separable_scores_match_dense():
         dense = mibounds.pairwise_similarity(x, y, sim, 0.7)
         torch.testing.assert_close(sep.diagonal(), torch.diagonal(dense, dim1=-2, dim2=-1))
         for fn in (mibounds.infonce, mibounds.nwj, mibounds.dv, mibounds.smile, mibounds.fmi):
-            torch.testing.assert_close(fn(sep), fn(dense))
+            # streaming vs dense in float32: within 1e-5 relative (the streaming contract)
+            torch.testing.assert_close(fn(sep), fn(dense), rtol=1e-5, atol=1e-5)
 
 
 # --- ground truth: a JS-trained critic is optimal at log r; js reports it without bias ------

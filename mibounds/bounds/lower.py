@@ -352,7 +352,11 @@ def js(scores: Scores, *, reduction: str = "mean") -> Tensor:
     if _streams(scores, reduction):
         assert isinstance(scores, SeparableScores)
         diag = _sep_diagonal(scores)
-        exp_mean, softplus_mean = sep_offdiag_means(scores, "softplus", value_fn="exp")
+        # the objective's value cancels below (value + objective - objective.detach()): only
+        # its gradient is needed, so the kernel skips the softplus itself
+        exp_mean, softplus_mean = sep_offdiag_means(
+            scores, "softplus", value_fn="exp", grad_value=False
+        )
         assert exp_mean is not None
         value = 1 + diag.mean(-1) - exp_mean
         objective = -F.softplus(-diag).mean(-1) - softplus_mean
@@ -406,11 +410,11 @@ def smile(scores: Scores, clip: float | None = 5.0) -> Tensor:
         if tau is None:
             with torch.no_grad():
                 partition = sep_offdiag_logmeanexp(scores)
-            _, softplus_mean = sep_offdiag_means(scores, "softplus")
+            _, softplus_mean = sep_offdiag_means(scores, "softplus", grad_value=False)
         else:
             # mean of exp(clip(S) - tau) <= 1 cannot overflow; add tau back after the log
             clipped_mean, softplus_mean = sep_offdiag_means(
-                scores, "softplus", value_fn="exp-clip", param=tau
+                scores, "softplus", value_fn="exp-clip", param=tau, grad_value=False
             )
             assert clipped_mean is not None
             partition = torch.log(clipped_mean) + tau
