@@ -86,6 +86,12 @@ def sep_row_logsumexp_mean(scores: SeparableScores, transpose: bool = False) -> 
     return streaming.row_logsumexp_mean(x, y, tau, sim)
 
 
+def sep_symmetric_logsumexp_mean(scores: SeparableScores) -> Tensor:
+    """Streaming average of the row and the column log-sum-exp means (two sweeps)."""
+    x, y, tau, sim = streaming_operands(scores)
+    return streaming.symmetric_logsumexp_mean(x, y, tau, sim)
+
+
 def sep_offdiag_logmeanexp(scores: SeparableScores) -> Tensor:
     """Streaming off-diagonal log-mean-exp, shape ``(...)``."""
     x, y, tau, sim = streaming_operands(scores)

@@ -122,6 +122,7 @@ def test_large_scores_finite():
     ("op", "extra"),
     [
         ("row_lse_mean", (0, True)),
+        ("sym_lse_mean", (0, True)),
         ("offdiag_lme", (0, True)),
         ("offdiag_means", (0, 0, 1, -1.0, 0.0, True, True)),
         ("offdiag_means", (0, 2, 1, 0.0, 2.0, True, False)),

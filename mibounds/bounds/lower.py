@@ -31,6 +31,7 @@ from mibounds.reductions import (
     sep_offdiag_logmeanexp,
     sep_offdiag_means,
     sep_row_logsumexp_mean,
+    sep_symmetric_logsumexp_mean,
 )
 from mibounds.scores import SeparableScores
 
@@ -104,9 +105,10 @@ def infonce(scores: Scores, *, symmetric: bool = False, reduction: str = "mean")
     reduction = _checks.check_reduction(reduction)
     if _streams(scores, reduction):
         assert isinstance(scores, SeparableScores)
-        lse = sep_row_logsumexp_mean(scores)
         if symmetric:
-            lse = 0.5 * (lse + sep_row_logsumexp_mean(scores, transpose=True))
+            lse = sep_symmetric_logsumexp_mean(scores)
+        else:
+            lse = sep_row_logsumexp_mean(scores)
         value = positive_mean(scores) - lse + log_count(scores.shape[-1], lse)
         return _finish(value, scores, reduction)
     s, out_dtype = prepare(scores)

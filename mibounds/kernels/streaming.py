@@ -34,6 +34,7 @@ __all__ = [
     "panel_rows",
     "row_logsumexp_mean",
     "set_memory_budget",
+    "symmetric_logsumexp_mean",
 ]
 
 #: Bytes of panel workspace per sweep (about four ``P x N`` float32 buffers live at once).
@@ -209,6 +210,51 @@ def _fake_outputs(x: Tensor, y: Tensor, need_grad: bool, n_values: int):
     return (*values, dx, dy, x.new_empty(b, dtype=acc))
 
 
+# --- symmetric: mean of the row and the column log-sum-exp ----------------------------------
+
+
+def _col_softmax_lse(s: Tensor) -> tuple[Tensor, Tensor]:
+    """Column softmax within a panel and the panel's column log-sum-exp ``(B, N)``."""
+    m = s.amax(1)
+    p = torch.softmax(s, dim=1)
+    return p, m - torch.log(p.amax(1))
+
+
+@torch.library.custom_op("mibounds::sym_lse_mean", mutates_args=())
+def _sym_lse_mean(
+    x: Tensor, y: Tensor, tau: Tensor, sim: int, need_grad: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(mean_i lse_j S_ij + mean_j lse_i S_ij) / 2`` in two sweeps and four matrix products:
+    the first gathers the row and the (online) column log-sum-exp, the second forms the
+    gradient of both terms at once."""
+    sw = _Sweep(x, y, tau, sim, need_grad)
+    n = sw.n
+    row_total = sw.x.new_zeros(sw.b)
+    col_lse = sw.x.new_full((sw.b, n), -math.inf)
+    for r0, r1 in sw.panels():
+        s = sw.scores(r0, r1)
+        _, lse = _softmax_lse(s)
+        row_total += lse.sum(-1)
+        _, panel_col_lse = _col_softmax_lse(s)
+        col_lse = torch.logaddexp(col_lse, panel_col_lse)
+    value = 0.5 * (row_total + col_lse.sum(-1)) / n
+    if not need_grad:
+        return (value, *sw.no_grads())
+    for r0, r1 in sw.panels():
+        s = sw.scores(r0, r1)
+        p_col, panel_col_lse = _col_softmax_lse(s)
+        # exp(S_ij - L_j) = column softmax within the panel times exp(panel lse_j - L_j) <= 1
+        g = p_col.mul_(torch.exp(panel_col_lse - col_lse)[:, None, :])
+        g.add_(torch.softmax(s, dim=-1)).mul_(0.5 / n)
+        sw.accumulate(g, r0, r1)
+    return (value, *sw.finish())
+
+
+@_sym_lse_mean.register_fake
+def _(x, y, tau, sim, need_grad):
+    return _fake_outputs(x, y, need_grad, 1)
+
+
 # --- off-diagonal log-mean-exp ---------------------------------------------------------------
 
 
@@ -375,6 +421,7 @@ def _backward_means(ctx, grad_vvalue, grad_gvalue, *_):
 
 
 _row_lse_mean.register_autograd(_backward_row, setup_context=_setup_scalar)
+_sym_lse_mean.register_autograd(_backward_row, setup_context=_setup_scalar)
 _offdiag_lme.register_autograd(_backward_row, setup_context=_setup_scalar)
 _offdiag_means.register_autograd(_backward_means, setup_context=_setup_scalar)
 
@@ -405,6 +452,15 @@ def row_logsumexp_mean(x: Tensor, y: Tensor, tau: float | Tensor, sim: str) -> T
     xf, yf, lead = _flatten(x, y)
     t = _tau(tau, x)
     value, *_ = _row_lse_mean(xf, yf, t, _SIMS[sim], _need_grad(x, y, t))
+    return value.reshape(lead)
+
+
+def symmetric_logsumexp_mean(x: Tensor, y: Tensor, tau: float | Tensor, sim: str) -> Tensor:
+    r"""Average of the row and the column :math:`\frac1N\sum \log\sum e^{S}`, ``(...)``: two
+    sweeps, four matrix products (the symmetric InfoNCE partition terms)."""
+    xf, yf, lead = _flatten(x, y)
+    t = _tau(tau, x)
+    value, *_ = _sym_lse_mean(xf, yf, t, _SIMS[sim], _need_grad(x, y, t))
     return value.reshape(lead)
 
 
