@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -99,6 +100,119 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from mibounds.benchmark import BOUNDS, METHODS, BenchResult, ratio_table, run_benchmarks
+
+    def ints(text: str) -> list[int]:
+        return [int(v) for v in text.split(",") if v.strip()]
+
+    bounds = [b.strip() for b in args.bounds.split(",") if b.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [b for b in bounds if b not in BOUNDS] + [m for m in methods if m not in METHODS]
+    if bad:
+        print(
+            f"mibounds bench: error: unknown bound or method {bad}; bounds: {sorted(BOUNDS)}, "
+            f"methods: {list(METHODS)}",
+            file=sys.stderr,
+        )
+        return 2
+    print(
+        f"mibounds bench: forward+backward, {args.dtype} on {args.device}, "
+        f"{os.cpu_count()} CPU cores visible, torch {__import__('torch').__version__}"
+    )
+
+    def show(r: BenchResult) -> None:
+        if not args.quiet:
+            t = "-" if r.time_s is None else f"{r.time_s:.4f} s"
+            m = "-" if r.peak_extra_mib is None else f"{r.peak_extra_mib:.0f} MiB"
+            print(f"  {r.bound} N={r.n} d={r.d} {r.method}: {t}, {m} {r.note}", flush=True)
+
+    results = run_benchmarks(
+        bounds,
+        ints(args.sizes),
+        ints(args.dims),
+        methods,
+        args.dtype,
+        args.device,
+        progress=show,
+    )
+    rows = ratio_table(results)
+
+    def fmt(v: object, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    table = [
+        (
+            str(r["bound"]),
+            str(r["n"]),
+            str(r["d"]),
+            str(r["method"]),
+            fmt(r["time_s"], ".4f"),
+            fmt(r.get("x_bare"), ".2f"),
+            fmt(r.get("x_naive"), ".2f"),
+            fmt(r["peak_extra_mib"], ".0f"),
+            fmt(r.get("mem_vs_naive"), ".1f"),
+            str(r["note"]),
+        )
+        for r in rows
+    ]
+    headers = (
+        "bound",
+        "N",
+        "d",
+        "method",
+        "time (s)",
+        "x bare",
+        "x naive",
+        "peak MiB",
+        "naive mem /",
+        "note",
+    )
+    print(_table(headers, table))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+        print(f"wrote {args.json}")
+    if args.plot:
+        _plot_bench(rows, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _plot_bench(rows: list[dict[str, object]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(str(r["bound"]), int(r["d"])) for r in rows})  # type: ignore[call-overload]
+    fig, axes = plt.subplots(2, len(keys), figsize=(4 * len(keys), 6), squeeze=False)
+    for col, (bound, d) in enumerate(keys):
+        sel = [r for r in rows if r["bound"] == bound and r["d"] == d]
+        for method in sorted({str(r["method"]) for r in sel}):
+            pts = sorted(
+                (int(r["n"]), r["time_s"], r["peak_extra_mib"])  # type: ignore[call-overload]
+                for r in sel
+                if r["method"] == method and r["time_s"] is not None
+            )
+            if not pts:
+                continue
+            ns = [p[0] for p in pts]
+            axes[0, col].loglog(ns, [p[1] for p in pts], marker="o", label=method)
+            mem = [max(float(p[2]), 1.0) for p in pts]  # type: ignore[arg-type]
+            axes[1, col].loglog(ns, mem, marker="o", label=method)
+        axes[0, col].set_title(f"{bound}, d={d}")
+        axes[0, col].set_ylabel("forward+backward (s)")
+        axes[1, col].set_ylabel("peak extra memory (MiB)")
+        axes[1, col].set_xlabel("N")
+        axes[0, col].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mibounds",
@@ -146,6 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_val.add_argument("--out", default=None, help="write the staircase figure to this PNG")
     p_val.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_val.set_defaults(func=_cmd_validate)
+
+    p_bench = sub.add_parser(
+        "bench",
+        help="time and memory of bounds: naive, dense, compiled, streaming vs bare products",
+    )
+    p_bench.add_argument("--bounds", default="infonce", help="comma-separated bounds")
+    p_bench.add_argument("--sizes", default="1024,4096", help="comma-separated batch sizes N")
+    p_bench.add_argument("--dims", default="128", help="comma-separated feature sizes d")
+    p_bench.add_argument(
+        "--methods", default="bare,naive,dense,compiled,streaming", help="methods to run"
+    )
+    p_bench.add_argument("--device", default="cpu", help="torch device")
+    p_bench.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p_bench.add_argument("--json", default=None, help="write the results as JSON")
+    p_bench.add_argument("--plot", default=None, help="write a PNG of time and memory vs N")
+    p_bench.add_argument("--quiet", action="store_true", help="no per-run lines")
+    p_bench.set_defaults(func=_cmd_bench)
     return parser
 
 
