@@ -161,7 +161,7 @@ def run_one(
             value = ours(mibounds.SeparableScores(x, y, "dot", TAU))
         elif method == "naive":
             value = naive(x @ y.T / TAU)
-        elif method == "compiled":
+        elif method == "compiled" and compiled is not None:
             value = compiled(x, y)
         else:
             value = ours(x @ y.T / TAU)
