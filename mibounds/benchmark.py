@@ -37,7 +37,7 @@ from torch import Tensor
 
 import mibounds
 
-__all__ = ["BOUNDS", "METHODS", "BenchResult", "run_benchmarks", "run_one"]
+__all__ = ["BOUNDS", "BenchResult", "METHODS", "ratio_table", "run_benchmarks", "run_one"]
 
 METHODS = ("bare", "naive", "dense", "compiled", "streaming")
 TAU = 0.1

@@ -11,6 +11,8 @@ import pytest
 
 import mibounds
 import mibounds.nn
+from mibounds import benchmark
+from mibounds.kernels import streaming
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -27,7 +29,7 @@ def test_every_public_name_in_api_reference():
         if name not in ("nn", "tasks", "__version__") and f"mibounds.{name}\n" not in text
     ]
     assert not missing, f"not in docs/api.rst: {missing}"
-    for module in (mibounds.nn, mibounds.tasks, mibounds.estimate):
+    for module in (mibounds.nn, mibounds.tasks, mibounds.estimate, streaming, benchmark):
         prefix = module.__name__
         missing_sub = [n for n in module.__all__ if f"{prefix}.{n}\n" not in text]
         missing_sub = [n for n in missing_sub if f"mibounds.{n}\n" not in text]
@@ -36,7 +38,7 @@ def test_every_public_name_in_api_reference():
 
 
 def test_all_is_sorted_and_importable():
-    for module in (mibounds, mibounds.nn, mibounds.tasks, mibounds.estimate):
+    for module in (mibounds, mibounds.nn, mibounds.tasks, mibounds.estimate, streaming, benchmark):
         assert list(module.__all__) == sorted(module.__all__)
         for name in module.__all__:
             assert hasattr(module, name), name

@@ -28,11 +28,13 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "ELEMENTWISE",
     "elementwise",
+    "get_backend",
     "get_memory_budget",
     "offdiag_logmeanexp",
     "offdiag_means",
     "panel_rows",
     "row_logsumexp_mean",
+    "set_backend",
     "set_memory_budget",
     "symmetric_logsumexp_mean",
 ]
@@ -56,6 +58,41 @@ def set_memory_budget(nbytes: int | None) -> None:
     if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
         raise ValueError(f"nbytes must be a positive int or None, got {nbytes!r}")
     _BUDGET[0] = nbytes
+
+
+_BACKEND = ["eager"]
+_COMPILED: dict[str, object] = {}
+
+
+def set_backend(name: str) -> None:
+    """Choose how the panel bodies run: ``"eager"`` (default) or ``"compiled"``.
+
+    ``"compiled"`` runs the per-panel score and softmax steps through
+    ``torch.compile(dynamic=True)`` (compiled once, on first use, for any panel shape). It needs
+    a working inductor toolchain (a C++ compiler on the CPU; Triton on CUDA). The first call
+    pays the compilation.
+
+    Raises:
+        ValueError: for another name.
+    """
+    if name not in ("eager", "compiled"):
+        raise ValueError(f"backend must be 'eager' or 'compiled', got {name!r}")
+    _BACKEND[0] = name
+
+
+def get_backend() -> str:
+    """The current panel-body backend, ``"eager"`` or ``"compiled"``."""
+    return _BACKEND[0]
+
+
+def _kernel(fn):
+    """``fn`` itself, or its ``torch.compile(dynamic=True)`` version with the compiled backend."""
+    if _BACKEND[0] == "eager":
+        return fn
+    key = fn.__name__
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(fn, dynamic=True)
+    return _COMPILED[key]
 
 
 def get_memory_budget() -> int:
@@ -107,11 +144,8 @@ class _Sweep:
         """``S`` for rows ``r0:r1``, ``(B, P, N)``, a fresh buffer the caller may overwrite."""
         xp = self.x[:, r0:r1]
         if self.sim == 0:
-            return torch.bmm(xp * self.inv, self.y.transpose(1, 2))
-        s = torch.bmm(xp * (2 * self.inv), self.y.transpose(1, 2))
-        s.sub_((self.sqx[:, r0:r1] * self.inv[:, 0])[:, :, None])
-        s.sub_((self.sqy * self.inv[:, 0])[:, None, :])
-        return s.clamp_max_(0)
+            return _kernel(_dot_scores)(xp, self.y, self.inv)
+        return _kernel(_gaussian_scores)(xp, self.y, self.sqx[:, r0:r1], self.sqy, self.inv)
 
     def accumulate(self, g: Tensor, r0: int, r1: int) -> None:
         """Add a panel of ``G = dL/dS`` (rows ``r0:r1``) to the accumulators."""
@@ -159,6 +193,16 @@ class _Sweep:
         return cols - r0, cols
 
 
+def _dot_scores(xp: Tensor, y: Tensor, inv: Tensor) -> Tensor:
+    return torch.bmm(xp * inv, y.transpose(1, 2))
+
+
+def _gaussian_scores(xp: Tensor, y: Tensor, sqx: Tensor, sqy: Tensor, inv: Tensor) -> Tensor:
+    s = torch.bmm(xp * (2 * inv), y.transpose(1, 2))
+    s = s - (sqx * inv[:, 0])[:, :, None] - (sqy * inv[:, 0])[:, None, :]
+    return s.clamp_max(0)
+
+
 def _acc(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: float32 for half inputs, the input dtype otherwise."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -188,7 +232,7 @@ def _row_lse_mean(
     sw = _Sweep(x, y, tau, sim, need_grad)
     value = sw.x.new_zeros(sw.b)
     for r0, r1 in sw.panels():
-        p, lse = _softmax_lse(sw.scores(r0, r1))
+        p, lse = _kernel(_softmax_lse)(sw.scores(r0, r1))
         value += lse.sum(-1)
         if need_grad:
             sw.accumulate(p.mul_(1.0 / sw.n), r0, r1)  # d(mean lse)/dS = softmax / N
@@ -233,16 +277,16 @@ def _sym_lse_mean(
     col_lse = sw.x.new_full((sw.b, n), -math.inf)
     for r0, r1 in sw.panels():
         s = sw.scores(r0, r1)
-        _, lse = _softmax_lse(s)
+        _, lse = _kernel(_softmax_lse)(s)
         row_total += lse.sum(-1)
-        _, panel_col_lse = _col_softmax_lse(s)
+        _, panel_col_lse = _kernel(_col_softmax_lse)(s)
         col_lse = torch.logaddexp(col_lse, panel_col_lse)
     value = 0.5 * (row_total + col_lse.sum(-1)) / n
     if not need_grad:
         return (value, *sw.no_grads())
     for r0, r1 in sw.panels():
         s = sw.scores(r0, r1)
-        p_col, panel_col_lse = _col_softmax_lse(s)
+        p_col, panel_col_lse = _kernel(_col_softmax_lse)(s)
         # exp(S_ij - L_j) = column softmax within the panel times exp(panel lse_j - L_j) <= 1
         g = p_col.mul_(torch.exp(panel_col_lse - col_lse)[:, None, :])
         g.add_(torch.softmax(s, dim=-1)).mul_(0.5 / n)
@@ -269,7 +313,7 @@ def _offdiag_lme(
         s = sw.scores(r0, r1)
         rows, cols = sw.diag(r0, r1)
         s[:, rows, cols] = -math.inf
-        p, lse = _softmax_lse(s)  # per-row off-diagonal softmax and log-sum-exp
+        p, lse = _kernel(_softmax_lse)(s)  # per-row off-diagonal softmax and log-sum-exp
         new_max = torch.maximum(run_max, lse.amax(-1))
         rescale = torch.exp(run_max - new_max)  # 0 on the first panel
         weight = torch.exp(lse - new_max[:, None])  # (B, P): each row's share, <= 1
@@ -352,7 +396,7 @@ def _offdiag_means(
         g = None
         if value_exp or grad_exp:
             s[:, rows, cols] = -math.inf  # every function below is overwritten on the diagonal
-            p, lse = _softmax_lse(s)
+            p, lse = _kernel(_softmax_lse)(s)
             row_total = torch.exp(lse)  # sum over j != i of e^{S_ij}, per row
             if value_exp:
                 vsum += row_total.sum(-1)
