@@ -13,8 +13,11 @@ repeated runs after a warm-up. Methods:
   excluded).
 * ``streaming``: :mod:`mibounds` on :class:`~mibounds.SeparableScores` (the streaming kernels).
 
-Features are L2-normalised (cosine-style scores) with temperature 0.1, as in contrastive
-learning. Configurations whose dense ``N x N`` buffers would not fit are reported as skipped.
+Peak memory is the rise of the resident set over its value after the warm-up; memory the
+allocator keeps after the warm-up's frees is not counted, so small peaks can be underestimated
+by a few MiB. Features are L2-normalised (cosine-style scores) with temperature 0.1, as in
+contrastive learning. Configurations whose dense ``N x N`` buffers would not fit are reported
+as skipped.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mibounds._checks import check_real
+from mibounds._registry import Registry
 from mibounds.kernels import streaming
 
 __all__ = [
@@ -166,8 +167,7 @@ def streaming_name(div: FDivergence) -> str | None:
     return name
 
 
-_REGISTRY: dict[str, FDivergence] = {}
-_ALIASES: dict[str, str] = {}
+_REGISTRY: Registry[FDivergence] = Registry("divergence", "divergences")
 
 
 def register_divergence(divergence: FDivergence, *, overwrite: bool = False) -> FDivergence:
@@ -197,22 +197,7 @@ def register_divergence(divergence: FDivergence, *, overwrite: bool = False) -> 
     """
     if not isinstance(divergence, FDivergence):
         raise TypeError(f"divergence must be an FDivergence, got {type(divergence).__name__}")
-    keys = [divergence.name.lower(), *(a.lower() for a in divergence.aliases)]
-    if not overwrite:
-        for key in keys:
-            if key in _ALIASES:
-                raise ValueError(
-                    f"divergence name or alias {key!r} is already registered "
-                    f"(for {_ALIASES[key]!r}); pass overwrite=True to replace it"
-                )
-    else:
-        old = _REGISTRY.pop(divergence.name.lower(), None)
-        if old is not None:
-            for key in [old.name.lower(), *(a.lower() for a in old.aliases)]:
-                _ALIASES.pop(key, None)
-    _REGISTRY[divergence.name.lower()] = divergence
-    for key in keys:
-        _ALIASES[key] = divergence.name.lower()
+    _REGISTRY.add(divergence.name, divergence, divergence.aliases, overwrite)
     streaming_name(divergence)
     return divergence
 
@@ -238,11 +223,7 @@ def get_divergence(name: str | FDivergence) -> FDivergence:
         return name
     if not isinstance(name, str):
         raise TypeError(f"divergence must be a str or FDivergence, got {type(name).__name__}")
-    key = _ALIASES.get(name.lower())
-    if key is None:
-        known = ", ".join(sorted(_REGISTRY))
-        raise KeyError(f"unknown divergence {name!r}; known divergences: {known}")
-    return _REGISTRY[key]
+    return _REGISTRY.get(name)
 
 
 def list_divergences() -> list[FDivergence]:
@@ -255,7 +236,7 @@ def list_divergences() -> list[FDivergence]:
         >>> [d.name for d in list_divergences()][:3]
         ['gan', 'hellinger', 'js']
     """
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    return _REGISTRY.values()
 
 
 _R = Domain(-math.inf, math.inf)

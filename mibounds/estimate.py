@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mibounds import _checks
+from mibounds._registry import Registry
 from mibounds.nn import losses, upper
 from mibounds.nn.critics import MLP, ConcatCritic, SeparableCritic
 from mibounds.tasks.staircase import Staircase
@@ -116,7 +117,7 @@ class EstimatorSpec:
     description: str = ""
 
 
-_ESTIMATORS: dict[str, EstimatorSpec] = {}
+_ESTIMATORS: Registry[EstimatorSpec] = Registry("estimator", "estimators")
 
 
 def register_estimator(spec: EstimatorSpec, *, overwrite: bool = False) -> EstimatorSpec:
@@ -143,11 +144,7 @@ def register_estimator(spec: EstimatorSpec, *, overwrite: bool = False) -> Estim
     if not isinstance(spec, EstimatorSpec):
         raise TypeError(f"spec must be an EstimatorSpec, got {type(spec).__name__}")
     _checks.check_choice("kind", spec.kind, ("lower", "upper"))
-    key = spec.name.lower()
-    if key in _ESTIMATORS and not overwrite:
-        raise ValueError(f"estimator {key!r} is already registered; pass overwrite=True")
-    _ESTIMATORS[key] = spec
-    return spec
+    return _ESTIMATORS.add(spec.name, spec, overwrite=overwrite)
 
 
 def get_estimator(name: str | EstimatorSpec) -> EstimatorSpec:
@@ -164,11 +161,7 @@ def get_estimator(name: str | EstimatorSpec) -> EstimatorSpec:
         return name
     if not isinstance(name, str):
         raise TypeError(f"estimator must be a str or EstimatorSpec, got {type(name).__name__}")
-    try:
-        return _ESTIMATORS[name.lower()]
-    except KeyError:
-        known = ", ".join(sorted(_ESTIMATORS))
-        raise KeyError(f"unknown estimator {name!r}; known estimators: {known}") from None
+    return _ESTIMATORS.get(name)
 
 
 def list_estimators() -> list[EstimatorSpec]:
@@ -178,7 +171,7 @@ def list_estimators() -> list[EstimatorSpec]:
         >>> "nwj" in [e.name for e in list_estimators()]
         True
     """
-    return [_ESTIMATORS[k] for k in sorted(_ESTIMATORS)]
+    return _ESTIMATORS.values()
 
 
 def _lower(name: str, make_loss: Callable[[], nn.Module], description: str) -> None:

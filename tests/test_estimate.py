@@ -121,7 +121,7 @@ def test_estimator_registry():
         with pytest.raises(ValueError, match="already registered"):
             mibounds.estimate.register_estimator(spec)
     finally:
-        mibounds.estimate._ESTIMATORS.pop("custom-test")
+        mibounds.estimate._ESTIMATORS.remove("custom-test")
     with pytest.raises(ValueError, match="kind must be one of"):
         mibounds.estimate.register_estimator(EstimatorSpec("x", "middle", spec.build))
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mibounds.kernels import triton_kernels
+
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "ELEMENTWISE",
@@ -225,8 +227,7 @@ def _softmax_lse(s: Tensor) -> tuple[Tensor, Tensor]:
 # --- mean over rows of the row log-sum-exp ---------------------------------------------------
 
 
-@torch.library.custom_op("mibounds::row_lse_mean", mutates_args=())
-def _row_lse_mean(
+def _row_lse_mean_sweep(
     x: Tensor, y: Tensor, tau: Tensor, sim: int, need_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     sw = _Sweep(x, y, tau, sim, need_grad)
@@ -240,9 +241,37 @@ def _row_lse_mean(
     return (value / sw.n, *grads)
 
 
+_row_lse_mean = torch.library.custom_op("mibounds::row_lse_mean", mutates_args=())(
+    _row_lse_mean_sweep
+)
+
+
 @_row_lse_mean.register_fake
 def _(x, y, tau, sim, need_grad):
     return _fake_outputs(x, y, need_grad, 1)
+
+
+if triton_kernels.HAS_TRITON:  # pragma: no cover - needs CUDA
+
+    @_row_lse_mean.register_kernel("cuda")
+    def _(x, y, tau, sim, need_grad):
+        """Triton on CUDA for dot scores with d <= 256; the generic sweep otherwise."""
+        if sim != 0 or x.shape[-1] > 256:
+            return _row_lse_mean_sweep(x, y, tau, sim, need_grad)
+        t = float(tau)
+        outs = [
+            triton_kernels.row_lse_mean_triton(
+                xb.float().contiguous(), yb.float().contiguous(), t, need_grad
+            )
+            for xb, yb in zip(x, y, strict=True)
+        ]
+        value = torch.stack([o[0] for o in outs])
+        dtau = torch.stack([o[3] for o in outs])
+        if not need_grad:
+            return value, x.new_zeros(0), y.new_zeros(0), dtau
+        dx = torch.stack([o[1] for o in outs]).to(x.dtype)
+        dy = torch.stack([o[2] for o in outs]).to(y.dtype)
+        return value, dx, dy, dtau
 
 
 def _fake_outputs(x: Tensor, y: Tensor, need_grad: bool, n_values: int):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from mibounds import _checks
+from mibounds._registry import Registry
 
 __all__ = [
     "Task",
@@ -105,7 +106,7 @@ class Transform:
     description: str = ""
 
 
-_TRANSFORMS: dict[str, Transform] = {}
+_TRANSFORMS: Registry[Transform] = Registry("transform", "transforms")
 
 
 def register_transform(transform: Transform, *, overwrite: bool = False) -> Transform:
@@ -130,11 +131,7 @@ def register_transform(transform: Transform, *, overwrite: bool = False) -> Tran
     """
     if not isinstance(transform, Transform):
         raise TypeError(f"transform must be a Transform, got {type(transform).__name__}")
-    key = transform.name.lower()
-    if key in _TRANSFORMS and not overwrite:
-        raise ValueError(f"transform {key!r} is already registered; pass overwrite=True")
-    _TRANSFORMS[key] = transform
-    return transform
+    return _TRANSFORMS.add(transform.name, transform, overwrite=overwrite)
 
 
 def get_transform(name: str | Transform) -> Transform:
@@ -151,11 +148,7 @@ def get_transform(name: str | Transform) -> Transform:
         return name
     if not isinstance(name, str):
         raise TypeError(f"transform must be a str or Transform, got {type(name).__name__}")
-    try:
-        return _TRANSFORMS[name.lower()]
-    except KeyError:
-        known = ", ".join(sorted(_TRANSFORMS))
-        raise KeyError(f"unknown transform {name!r}; known transforms: {known}") from None
+    return _TRANSFORMS.get(name)
 
 
 def list_transforms() -> list[str]:
@@ -165,7 +158,7 @@ def list_transforms() -> list[str]:
         >>> list_transforms()[:2]
         ['asinh', 'cubic']
     """
-    return sorted(_TRANSFORMS)
+    return _TRANSFORMS.names()
 
 
 def _signed_power(p: float) -> Callable[[Tensor], Tensor]:
