@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from mibounds import _checks
+from mibounds._dtypes import upcast
 from mibounds.kernels import streaming
 from mibounds.scores import SeparableScores
 
@@ -40,6 +41,7 @@ __all__ = [
     "offdiag_row_mean",
     "prepare",
     "reduce_terms",
+    "sep_diagonal",
     "row_logsumexp",
 ]
 
@@ -54,10 +56,7 @@ def prepare(scores: Scores, name: str = "scores") -> tuple[Tensor, torch.dtype]:
         dense = scores.dense()
     else:
         dense = _checks.check_scores(name, scores)
-    out_dtype = dense.dtype
-    if dense.dtype in (torch.float16, torch.bfloat16):
-        dense = dense.float()
-    return dense, out_dtype
+    return upcast(dense), dense.dtype
 
 
 def streaming_operands(scores: SeparableScores) -> tuple[Tensor, Tensor, float | Tensor, str]:
@@ -70,12 +69,14 @@ def streaming_operands(scores: SeparableScores) -> tuple[Tensor, Tensor, float |
     return scores.x, scores.y, scores.temperature, scores.similarity
 
 
+def sep_diagonal(scores: SeparableScores) -> Tensor:
+    """Positive scores ``S[..., i, i]`` in O(N d), in the accumulation dtype."""
+    return upcast(scores.diagonal())
+
+
 def positive_mean(scores: SeparableScores) -> Tensor:
-    """Mean positive score ``(1/N) sum_i S_ii`` in O(N d), accumulated in float32 for half."""
-    diag = scores.diagonal()
-    if diag.dtype in (torch.float16, torch.bfloat16):
-        diag = diag.float()
-    return diag.mean(-1)
+    """Mean positive score ``(1/N) sum_i S_ii`` in O(N d), in the accumulation dtype."""
+    return sep_diagonal(scores).mean(-1)
 
 
 def sep_row_logsumexp_mean(scores: SeparableScores, transpose: bool = False) -> Tensor:

@@ -28,6 +28,7 @@ from mibounds.reductions import (
     prepare,
     reduce_terms,
     row_logsumexp,
+    sep_diagonal,
     sep_offdiag_logmeanexp,
     sep_offdiag_means,
     sep_row_logsumexp_mean,
@@ -47,11 +48,6 @@ def _finish(value: Tensor, scores: SeparableScores, reduction: str = "mean") -> 
     if reduction == "sum":
         value = value * scores.shape[-1]
     return value.to(scores.dtype)
-
-
-def _sep_diagonal(scores: SeparableScores) -> Tensor:
-    diag = scores.diagonal()
-    return diag.float() if diag.dtype in (torch.float16, torch.bfloat16) else diag
 
 
 def _with_gradient_of(value: Tensor, objective: Tensor) -> Tensor:
@@ -353,7 +349,7 @@ def js(scores: Scores, *, reduction: str = "mean") -> Tensor:
     reduction = _checks.check_reduction(reduction)
     if _streams(scores, reduction):
         assert isinstance(scores, SeparableScores)
-        diag = _sep_diagonal(scores)
+        diag = sep_diagonal(scores)
         # the objective's value cancels below (value + objective - objective.detach()): only
         # its gradient is needed, so the kernel skips the softplus itself
         exp_mean, softplus_mean = sep_offdiag_means(
@@ -408,7 +404,7 @@ def smile(scores: Scores, clip: float | None = 5.0) -> Tensor:
     tau = None if clip is None else _checks.check_positive("clip", clip)
     if _streams(scores):
         assert isinstance(scores, SeparableScores)
-        diag = _sep_diagonal(scores)
+        diag = sep_diagonal(scores)
         if tau is None:
             with torch.no_grad():
                 partition = sep_offdiag_logmeanexp(scores)
@@ -537,11 +533,11 @@ def fmi(scores: Scores, divergence: str | FDivergence = "kl", *, reduction: str 
     """
     div = get_divergence(divergence)
     reduction = _checks.check_reduction(reduction)
-    name = streaming_name(div)
-    if _streams(scores, reduction) and name is not None:
+    name = streaming_name(div) if _streams(scores, reduction) else None
+    if name is not None:
         assert isinstance(scores, SeparableScores)
         _, marginal = sep_offdiag_means(scores, name)
-        joint = div.activation(_sep_diagonal(scores)).mean(-1)
+        joint = div.activation(sep_diagonal(scores)).mean(-1)
         return _finish(joint - marginal, scores, reduction)
     s, out_dtype = prepare(scores)
     terms = div.activation(diagonal(s)) - offdiag_row_mean(s, div.conjugate_at_activation)

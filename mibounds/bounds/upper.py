@@ -15,7 +15,15 @@ import torch
 from torch import Tensor
 
 from mibounds import _checks
-from mibounds.reductions import Scores, diagonal, log_count, prepare, reduce_terms
+from mibounds._dtypes import accumulation_dtype
+from mibounds.reductions import (
+    Scores,
+    diagonal,
+    log_count,
+    prepare,
+    reduce_terms,
+    sep_diagonal,
+)
 from mibounds.scores import SeparableScores
 
 __all__ = ["club", "club_sample", "l1out", "nce_club", "variational_upper_bound"]
@@ -42,10 +50,10 @@ def _check_gaussian(mu: Tensor, logvar: Tensor, y: Tensor) -> None:
 
 
 def _upcast(*ts: Tensor) -> tuple[list[Tensor], torch.dtype]:
+    """The tensors in the accumulation dtype of the first one, and that first dtype."""
     dtype = ts[0].dtype
-    if dtype in (torch.float16, torch.bfloat16):
-        return [t.float() for t in ts], dtype
-    return list(ts), dtype
+    acc = accumulation_dtype(dtype)
+    return ([t.to(acc) for t in ts] if acc != dtype else list(ts)), dtype
 
 
 def club(mu: Tensor, logvar: Tensor, y: Tensor, *, reduction: str = "mean") -> Tensor:
@@ -264,12 +272,9 @@ def nce_club(scores: Scores) -> Tensor:
         Beyond Multi-view Redundancy." NeurIPS 2023.
     """
     if isinstance(scores, SeparableScores):
-        dtype = scores.dtype
-        pos = scores.diagonal()
-        if dtype in (torch.float16, torch.bfloat16):
-            pos = pos.float()
+        pos = sep_diagonal(scores)
         value = pos.mean(-1) - _all_pairs_mean(scores).to(pos.dtype)
-        return value.to(dtype)
+        return value.to(scores.dtype)
     s, out_dtype = prepare(scores)
     return (diagonal(s).mean(-1) - s.mean(-1).mean(-1)).to(out_dtype)  # two stages: see reductions
 

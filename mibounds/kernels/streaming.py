@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mibounds._dtypes import accumulation_dtype as _acc
 from mibounds.kernels import triton_kernels
 
 __all__ = [
@@ -203,11 +204,6 @@ def _gaussian_scores(xp: Tensor, y: Tensor, sqx: Tensor, sqy: Tensor, inv: Tenso
     s = torch.bmm(xp * (2 * inv), y.transpose(1, 2))
     s = s - (sqx * inv[:, 0])[:, :, None] - (sqy * inv[:, 0])[:, None, :]
     return s.clamp_max(0)
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float32 for half inputs, the input dtype otherwise."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _softmax_lse(s: Tensor) -> tuple[Tensor, Tensor]:
