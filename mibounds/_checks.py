@@ -110,7 +110,7 @@ def check_scores(name: str, scores: Any) -> torch.Tensor:
     return scores
 
 
-def check_pair(x_name: str, x: Any, y_name: str, y: Any) -> None:
+def check_pair(x_name: str, x: Any, y_name: str, y: Any, min_n: int = 2) -> None:
     """Two sample tensors ``(..., N, d)`` that agree on their batch size and leading dims."""
     check_tensor(x_name, x, min_dim=2)
     check_tensor(y_name, y, min_dim=2)
@@ -119,8 +119,10 @@ def check_pair(x_name: str, x: Any, y_name: str, y: Any) -> None:
             f"{x_name} and {y_name} must agree on every dimension but the last "
             f"(..., N, d): got {x_name} {tuple(x.shape)} and {y_name} {tuple(y.shape)}"
         )
-    if x.shape[-2] < 2:
-        raise ValueError(f"{x_name} and {y_name} need N >= 2 samples, got shape {tuple(x.shape)}")
+    if x.shape[-2] < min_n:
+        raise ValueError(
+            f"{x_name} and {y_name} need N >= {min_n} samples, got shape {tuple(x.shape)}"
+        )
 
 
 def check_same_last_dim(x_name: str, x: torch.Tensor, y_name: str, y: torch.Tensor) -> None:

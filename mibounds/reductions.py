@@ -24,7 +24,7 @@ from typing import TypeAlias
 import torch
 from torch import Tensor
 
-from mibounds import _checks
+from mibounds import _checks, distributed
 from mibounds._dtypes import upcast
 from mibounds.kernels import streaming
 from mibounds.scores import SeparableScores
@@ -32,7 +32,10 @@ from mibounds.scores import SeparableScores
 Scores: TypeAlias = Tensor | SeparableScores
 
 __all__ = [
+    "BatchStatistics",
     "Scores",
+    "SeparableBatch",
+    "batch_statistics",
     "col_logsumexp",
     "diagonal",
     "log_count",
@@ -53,6 +56,12 @@ def prepare(scores: Scores, name: str = "scores") -> tuple[Tensor, torch.dtype]:
     returned dtype.
     """
     if isinstance(scores, SeparableScores):
+        if scores.gather:
+            raise ValueError(
+                f"{name}: SeparableScores with gather are only reduced over the global batch "
+                "(the bounds listed in mibounds.distributed, with reduction 'mean' or 'sum'); "
+                "this bound or reduction would see this rank's pairs only"
+            )
         dense = scores.dense()
     else:
         dense = _checks.check_scores(name, scores)
@@ -111,6 +120,83 @@ def sep_offdiag_means(
     :func:`mibounds.kernels.streaming.offdiag_means`)."""
     x, y, tau, sim = streaming_operands(scores)
     return streaming.offdiag_means(x, y, tau, sim, grad_fn, value_fn, shift, param, grad_value)
+
+
+class SeparableBatch:
+    """The mean-reduced statistics of one process's :class:`SeparableScores`, streamed.
+
+    :class:`mibounds.distributed.GlobalBatch` has the same methods over the batch of all ranks;
+    the bounds' mean-reduced formulations are written once against either.
+    """
+
+    def __init__(self, scores: SeparableScores) -> None:
+        self.scores = scores
+        self.n = scores.shape[-1]
+        self.dtype = scores.dtype
+
+    def positives(self) -> Tensor:
+        return sep_diagonal(self.scores)
+
+    def row_mean(self, terms: Tensor) -> Tensor:
+        return terms.mean(-1)
+
+    def lse_mean(self, symmetric: bool = False) -> Tensor:
+        if symmetric:
+            return sep_symmetric_logsumexp_mean(self.scores)
+        return sep_row_logsumexp_mean(self.scores)
+
+    def offdiag_means(
+        self,
+        grad_fn: str,
+        value_fn: str | None = None,
+        shift: float = 0.0,
+        param: float = 0.0,
+        grad_value: bool = True,
+    ) -> tuple[Tensor | None, Tensor]:
+        return sep_offdiag_means(self.scores, grad_fn, value_fn, shift, param, grad_value)
+
+    def offdiag_logmeanexp(self) -> Tensor:
+        return sep_offdiag_logmeanexp(self.scores)
+
+    def all_pairs_mean(self) -> Tensor:
+        """The mean of all N^2 scores (the diagonal included) in O(N d), from feature means."""
+        x, y, tau, sim = streaming_operands(self.scores)
+        x, y = upcast(x), upcast(y)
+        cross = (x.mean(-2) * y.mean(-2)).sum(-1)
+        if sim == "gaussian":
+            sq = (x * x).sum(-1).mean(-1) + (y * y).sum(-1).mean(-1)
+            return -(sq - 2 * cross) / tau
+        return cross / tau
+
+
+BatchStatistics: TypeAlias = "SeparableBatch | distributed.GlobalBatch"
+
+
+def batch_statistics(
+    scores: Scores, gather: distributed.GroupArg = False, reduction: str = "mean"
+) -> BatchStatistics | None:
+    """The mean-reduced statistics a bound should use, or ``None`` for the dense per-row path.
+
+    Gathering (``gather`` here or on the :class:`SeparableScores`) gives a
+    :class:`~mibounds.distributed.GlobalBatch`; separable scores with a mean or sum reduction
+    give a :class:`SeparableBatch`.
+
+    Raises:
+        ValueError: ``reduction="none"`` while gathering (per-sample terms are per rank).
+    """
+    if isinstance(scores, SeparableScores) and not gather:
+        gather = scores.gather
+    group = distributed.resolve_group(gather)
+    if group is not None:
+        if reduction == "none":
+            raise ValueError(
+                "reduction='none' is not supported with gather: the per-sample terms of the "
+                "global batch are split over ranks; use 'mean' or 'sum'"
+            )
+        return distributed.GlobalBatch(scores, group)
+    if isinstance(scores, SeparableScores) and reduction != "none":
+        return SeparableBatch(scores)
+    return None
 
 
 def log_count(n: int, like: Tensor) -> Tensor:

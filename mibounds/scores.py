@@ -11,12 +11,13 @@ index y, positives sit on the diagonal; leading dimensions are batch dimensions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mibounds import _checks
+from mibounds import _checks, distributed
 
 __all__ = ["SIMILARITIES", "SeparableScores", "pairwise_similarity"]
 
@@ -41,12 +42,13 @@ def pairwise_similarity(
 
     Args:
         x: ``(..., N, d)`` features of the x samples.
-        y: ``(..., N, d)`` features of the y samples.
+        y: ``(..., M, d)`` features of the y samples (usually ``M = N``; one rank's rows
+            against the gathered global batch have ``M > N``).
         similarity: ``"dot"``, ``"cosine"`` or ``"gaussian"``.
         temperature: positive float or scalar tensor :math:`\tau`.
 
     Returns:
-        ``(..., N, N)`` scores, in the dtype of ``x``.
+        ``(..., N, M)`` scores, in the dtype of ``x``.
 
     Raises:
         ValueError: for shapes that disagree or an unknown similarity.
@@ -57,7 +59,13 @@ def pairwise_similarity(
         tensor([[ 0., -2.],
                 [-2.,  0.]])
     """
-    _checks.check_pair("x", x, "y", y)
+    _checks.check_tensor("x", x, min_dim=2)
+    _checks.check_tensor("y", y, min_dim=2)
+    if x.shape[:-2] != y.shape[:-2]:
+        raise ValueError(
+            "x and y must agree on their leading dimensions (..., N, d) and (..., M, d), got "
+            f"x {tuple(x.shape)} and y {tuple(y.shape)}"
+        )
     _checks.check_same_last_dim("x", x, "y", y)
     sim = _checks.check_choice("similarity", similarity, SIMILARITIES)
     _checks.check_temperature("temperature", temperature)
@@ -89,6 +97,10 @@ class SeparableScores:
         y: ``(..., N, d)`` encoded y samples.
         similarity: ``"dot"``, ``"cosine"`` or ``"gaussian"`` (see :func:`pairwise_similarity`).
         temperature: positive float or scalar tensor (it may require grad).
+        gather: ``True`` or a process group to use the negatives of every rank
+            (:mod:`mibounds.distributed`): ``x`` and ``y`` then hold this rank's ``n_local >= 1``
+            pairs, and the bounds return the value of the concatenated batch. ``False``
+            (default): this process's batch only.
 
     Raises:
         TypeError: for non-tensor or integer inputs.
@@ -107,9 +119,11 @@ class SeparableScores:
     y: Tensor
     similarity: str = "dot"
     temperature: float | Tensor = 1.0
+    gather: Any = False
 
     def __post_init__(self) -> None:
-        _checks.check_pair("x", self.x, "y", self.y)
+        distributed.resolve_group(self.gather)
+        _checks.check_pair("x", self.x, "y", self.y, min_n=1 if self.gather else 2)
         _checks.check_same_last_dim("x", self.x, "y", self.y)
         object.__setattr__(
             self, "similarity", _checks.check_choice("similarity", self.similarity, SIMILARITIES)

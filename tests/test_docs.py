@@ -26,10 +26,12 @@ def test_every_public_name_in_api_reference():
     missing = [
         name
         for name in mibounds.__all__
-        if name not in ("nn", "tasks", "__version__") and f"mibounds.{name}\n" not in text
+        if name not in ("distributed", "nn", "tasks", "__version__")
+        and f"mibounds.{name}\n" not in text
     ]
     assert not missing, f"not in docs/api.rst: {missing}"
-    for module in (mibounds.nn, mibounds.tasks, mibounds.estimate, streaming, benchmark):
+    modules = (mibounds.nn, mibounds.tasks, mibounds.estimate, streaming, benchmark)
+    for module in (*modules, mibounds.distributed):
         prefix = module.__name__
         missing_sub = [n for n in module.__all__ if f"{prefix}.{n}\n" not in text]
         missing_sub = [n for n in missing_sub if f"mibounds.{n}\n" not in text]
@@ -38,7 +40,8 @@ def test_every_public_name_in_api_reference():
 
 
 def test_all_is_sorted_and_importable():
-    for module in (mibounds, mibounds.nn, mibounds.tasks, mibounds.estimate, streaming, benchmark):
+    modules = (mibounds.nn, mibounds.tasks, mibounds.estimate, streaming, benchmark)
+    for module in (mibounds, *modules, mibounds.distributed):
         assert list(module.__all__) == sorted(module.__all__)
         for name in module.__all__:
             assert hasattr(module, name), name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -123,9 +125,9 @@ def test_large_scores_finite():
     [
         ("row_lse_mean", (0, True)),
         ("sym_lse_mean", (0, True)),
-        ("offdiag_lme", (0, True)),
-        ("offdiag_means", (0, 0, 1, -1.0, 0.0, True, True)),
-        ("offdiag_means", (0, 2, 1, 0.0, 2.0, True, False)),
+        ("offdiag_lme", (0, 0, True)),
+        ("offdiag_means", (0, 0, 1, -1.0, 0.0, 0, True, True)),
+        ("offdiag_means", (0, 2, 1, 0.0, 2.0, 0, True, False)),
     ],
 )
 @pytest.mark.parametrize("sim_id", [0, 1])
@@ -136,6 +138,38 @@ def test_opcheck(op, extra, sim_id):
     tau = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
     args = (x, y, tau, sim_id, *extra[1:])
     torch.library.opcheck(getattr(torch.ops.mibounds, op).default, args)
+
+
+@pytest.mark.parametrize(
+    ("op", "extra"),
+    [
+        ("row_lse_mean", (True,)),
+        ("offdiag_lme", (3, True)),
+        ("offdiag_means", (0, 1, 0.0, 0.0, 3, True, True)),
+    ],
+)
+def test_opcheck_rectangular(op, extra):
+    """One rank's rows against the global columns: 4 rows, 9 columns, positives from column 3."""
+    x, y = _xy(torch.float64, lead=(2,), n=9, d=3)
+    x = x[:, :4].detach().requires_grad_(True)
+    y.requires_grad_(True)
+    tau = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(getattr(torch.ops.mibounds, op).default, (x, y, tau, 1, *extra))
+
+
+def test_rectangular_offset_matches_dense():
+    x, y = _xy(torch.float64, lead=(), n=9, d=3)
+    xl = x[3:7]
+    s = (xl @ y.mT) / 0.7
+    mask = torch.zeros_like(s, dtype=torch.bool)
+    mask[torch.arange(4), torch.arange(4) + 3] = True
+    off = s[~mask]
+    lme = streaming.offdiag_logmeanexp(xl, y, 0.7, "dot", offset=3)
+    torch.testing.assert_close(lme, torch.logsumexp(off, 0) - math.log(off.numel()))
+    _, sp = streaming.offdiag_means(xl, y, 0.7, "dot", "softplus", offset=3)
+    torch.testing.assert_close(sp, torch.nn.functional.softplus(off).mean())
+    lse = streaming.row_logsumexp_mean(xl, y, 0.7, "dot")
+    torch.testing.assert_close(lse, torch.logsumexp(s, -1).mean())
 
 
 def test_memory_budget_setting():

@@ -15,39 +15,31 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mibounds import _checks
+from mibounds.distributed import GroupArg
 from mibounds.divergences import FDivergence, get_divergence, streaming_name
 from mibounds.reductions import (
+    BatchStatistics,
     Scores,
+    SeparableBatch,
+    batch_statistics,
     col_logsumexp,
     diagonal,
     log_count,
     offdiag_logmeanexp,
     offdiag_mean,
     offdiag_row_mean,
-    positive_mean,
     prepare,
     reduce_terms,
     row_logsumexp,
-    sep_diagonal,
-    sep_offdiag_logmeanexp,
-    sep_offdiag_means,
-    sep_row_logsumexp_mean,
-    sep_symmetric_logsumexp_mean,
 )
-from mibounds.scores import SeparableScores
 
 __all__ = ["dv", "fmi", "infonce", "interpolated", "js", "mine", "nwj", "smile", "tuba"]
 
 
-def _streams(scores: Scores, reduction: str = "mean") -> bool:
-    """Separable scores with a mean or sum reduction go through the streaming kernels."""
-    return isinstance(scores, SeparableScores) and reduction != "none"
-
-
-def _finish(value: Tensor, scores: SeparableScores, reduction: str = "mean") -> Tensor:
+def _finish(value: Tensor, st: BatchStatistics, reduction: str = "mean") -> Tensor:
     if reduction == "sum":
-        value = value * scores.shape[-1]
-    return value.to(scores.dtype)
+        value = value * st.n
+    return value.to(st.dtype)
 
 
 def _with_gradient_of(value: Tensor, objective: Tensor) -> Tensor:
@@ -63,7 +55,9 @@ def _log_baseline(log_baseline: Tensor | None, s: Tensor) -> Tensor:
     return b.to(s.dtype).expand(target)
 
 
-def infonce(scores: Scores, *, symmetric: bool = False, reduction: str = "mean") -> Tensor:
+def infonce(
+    scores: Scores, *, symmetric: bool = False, reduction: str = "mean", gather: GroupArg = False
+) -> Tensor:
     r"""InfoNCE (contrastive predictive coding) lower bound.
 
     .. math::
@@ -79,6 +73,9 @@ def infonce(scores: Scores, *, symmetric: bool = False, reduction: str = "mean")
         symmetric: average the row-wise and column-wise bounds.
         reduction: ``"mean"`` (the bound), ``"sum"`` or ``"none"`` (per-sample terms
             ``(..., N)``) over the N samples.
+        gather: ``True`` or a process group: negatives from every rank, and the value of the
+            concatenated batch (see :mod:`mibounds.distributed`); dense scores are then this
+            rank's rows against every rank's columns, ``(..., N_local, N)``.
 
     Returns:
         The estimate in nats, shape ``(...)`` (or ``(..., N)`` with ``reduction="none"``).
@@ -99,14 +96,11 @@ def infonce(scores: Scores, *, symmetric: bool = False, reduction: str = "mean")
         of Mutual Information." ICML 2019.
     """
     reduction = _checks.check_reduction(reduction)
-    if _streams(scores, reduction):
-        assert isinstance(scores, SeparableScores)
-        if symmetric:
-            lse = sep_symmetric_logsumexp_mean(scores)
-        else:
-            lse = sep_row_logsumexp_mean(scores)
-        value = positive_mean(scores) - lse + log_count(scores.shape[-1], lse)
-        return _finish(value, scores, reduction)
+    st = batch_statistics(scores, gather, reduction)
+    if st is not None:
+        lse = st.lse_mean(symmetric)
+        value = st.row_mean(st.positives()) - lse + log_count(st.n, lse)
+        return _finish(value, st, reduction)
     s, out_dtype = prepare(scores)
     n = s.shape[-1]
     pos = diagonal(s)
@@ -116,7 +110,13 @@ def infonce(scores: Scores, *, symmetric: bool = False, reduction: str = "mean")
     return reduce_terms(terms + log_count(n, terms), reduction).to(out_dtype)
 
 
-def tuba(scores: Scores, log_baseline: Tensor | None = None, *, reduction: str = "mean") -> Tensor:
+def tuba(
+    scores: Scores,
+    log_baseline: Tensor | None = None,
+    *,
+    reduction: str = "mean",
+    gather: GroupArg = False,
+) -> Tensor:
     r"""Tractable unnormalised Barber-Agakov (TUBA) lower bound.
 
     With a baseline :math:`a(y) = e^{b(y)}` (``log_baseline`` holds :math:`b(y_j)` per column):
@@ -131,8 +131,12 @@ def tuba(scores: Scores, log_baseline: Tensor | None = None, *, reduction: str =
 
     Args:
         scores: ``(..., N, N)`` scores or :class:`~mibounds.scores.SeparableScores`.
-        log_baseline: :math:`b(y_j)`, broadcastable to ``(..., N)``; zero if omitted.
+        log_baseline: :math:`b(y_j)`, broadcastable to ``(..., N)``; zero if omitted (not
+            supported with ``gather``).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the per-sample (per-row) terms.
+        gather: ``True`` or a process group: negatives from every rank, and the value of the
+            concatenated batch (see :mod:`mibounds.distributed`); dense scores are then this
+            rank's rows against every rank's columns, ``(..., N_local, N)``.
 
     Returns:
         The estimate in nats, shape ``(...)`` (``(..., N)`` with ``reduction="none"``).
@@ -150,10 +154,12 @@ def tuba(scores: Scores, log_baseline: Tensor | None = None, *, reduction: str =
         Information." ICML 2019.
     """
     reduction = _checks.check_reduction(reduction)
-    if log_baseline is None and _streams(scores, reduction):
-        assert isinstance(scores, SeparableScores)
-        _, marginal = sep_offdiag_means(scores, "exp")
-        return _finish(1 + positive_mean(scores) - marginal, scores, reduction)
+    if log_baseline is not None and gather:
+        raise ValueError("tuba: log_baseline is not supported with gather")
+    st = batch_statistics(scores, gather, reduction) if log_baseline is None else None
+    if st is not None:
+        _, marginal = st.offdiag_means("exp")
+        return _finish(1 + st.row_mean(st.positives()) - marginal, st, reduction)
     s, out_dtype = prepare(scores)
     b = _log_baseline(log_baseline, s)
     shifted = s - b[..., None, :]
@@ -161,7 +167,7 @@ def tuba(scores: Scores, log_baseline: Tensor | None = None, *, reduction: str =
     return reduce_terms(terms, reduction).to(out_dtype)
 
 
-def nwj(scores: Scores, *, reduction: str = "mean") -> Tensor:
+def nwj(scores: Scores, *, reduction: str = "mean", gather: GroupArg = False) -> Tensor:
     r"""Nguyen-Wainwright-Jordan (NWJ, f-GAN KL, MINE-f) lower bound.
 
     .. math::
@@ -175,6 +181,9 @@ def nwj(scores: Scores, *, reduction: str = "mean") -> Tensor:
     Args:
         scores: ``(..., N, N)`` scores or :class:`~mibounds.scores.SeparableScores`.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the per-sample (per-row) terms.
+        gather: ``True`` or a process group: negatives from every rank, and the value of the
+            concatenated batch (see :mod:`mibounds.distributed`); dense scores are then this
+            rank's rows against every rank's columns, ``(..., N_local, N)``.
 
     Returns:
         The estimate in nats, shape ``(...)`` (``(..., N)`` with ``reduction="none"``).
@@ -192,16 +201,16 @@ def nwj(scores: Scores, *, reduction: str = "mean") -> Tensor:
         by Convex Risk Minimization." IEEE Trans. Inf. Theory 2010. Poole et al., ICML 2019.
     """
     reduction = _checks.check_reduction(reduction)
-    if _streams(scores, reduction):
-        assert isinstance(scores, SeparableScores)
-        _, marginal = sep_offdiag_means(scores, "exp", shift=-1.0)
-        return _finish(positive_mean(scores) - marginal, scores, reduction)
+    st = batch_statistics(scores, gather, reduction)
+    if st is not None:
+        _, marginal = st.offdiag_means("exp", shift=-1.0)
+        return _finish(st.row_mean(st.positives()) - marginal, st, reduction)
     s, out_dtype = prepare(scores)
     terms = diagonal(s) - offdiag_row_mean(s, lambda t: torch.exp(t - 1))
     return reduce_terms(terms, reduction).to(out_dtype)
 
 
-def dv(scores: Scores) -> Tensor:
+def dv(scores: Scores, *, gather: GroupArg = False) -> Tensor:
     r"""Donsker-Varadhan lower bound.
 
     .. math::
@@ -214,6 +223,9 @@ def dv(scores: Scores) -> Tensor:
 
     Args:
         scores: ``(..., N, N)`` scores or :class:`~mibounds.scores.SeparableScores`.
+        gather: ``True`` or a process group: negatives from every rank, and the value of the
+            concatenated batch (see :mod:`mibounds.distributed`); dense scores are then this
+            rank's rows against every rank's columns, ``(..., N_local, N)``.
 
     Returns:
         The estimate in nats, shape ``(...)``.
@@ -231,15 +243,19 @@ def dv(scores: Scores) -> Tensor:
         large time." Comm. Pure Appl. Math. 1983. Belghazi et al. "Mutual Information Neural
         Estimation." ICML 2018.
     """
-    if _streams(scores):
-        assert isinstance(scores, SeparableScores)
-        return _finish(positive_mean(scores) - sep_offdiag_logmeanexp(scores), scores)
+    st = batch_statistics(scores, gather)
+    if st is not None:
+        return _finish(st.row_mean(st.positives()) - st.offdiag_logmeanexp(), st)
     s, out_dtype = prepare(scores)
     return (diagonal(s).mean(-1) - offdiag_logmeanexp(s)).to(out_dtype)
 
 
 def mine(
-    scores: Scores, log_ema: Tensor | None = None, *, decay: float = 0.99
+    scores: Scores,
+    log_ema: Tensor | None = None,
+    *,
+    decay: float = 0.99,
+    gather: GroupArg = False,
 ) -> tuple[Tensor, Tensor]:
     r"""MINE: the Donsker-Varadhan value with a bias-corrected gradient.
 
@@ -259,6 +275,9 @@ def mine(
         scores: ``(..., N, N)`` scores or :class:`~mibounds.scores.SeparableScores`.
         log_ema: previous state :math:`\log m_{t-1}`, shape ``(...)``, or ``None``.
         decay: :math:`\gamma` in ``(0, 1)``.
+        gather: ``True`` or a process group: negatives from every rank, and the value of the
+            concatenated batch (see :mod:`mibounds.distributed`); dense scores are then this
+            rank's rows against every rank's columns, ``(..., N_local, N)``.
 
     Returns:
         ``(estimate, new_log_ema)``: the DV estimate with the MINE gradient, shape ``(...)``,
@@ -279,13 +298,9 @@ def mine(
         Estimation." ICML 2018.
     """
     gamma = _checks.check_open_unit("decay", decay)
-    if _streams(scores):
-        assert isinstance(scores, SeparableScores)
-        lme, pos_mean, out_dtype = (
-            sep_offdiag_logmeanexp(scores),
-            positive_mean(scores),
-            scores.dtype,
-        )
+    st = batch_statistics(scores, gather)
+    if st is not None:
+        lme, pos_mean, out_dtype = st.offdiag_logmeanexp(), st.row_mean(st.positives()), st.dtype
     else:
         s, out_dtype = prepare(scores)
         lme, pos_mean = offdiag_logmeanexp(s), diagonal(s).mean(-1)
@@ -309,7 +324,7 @@ def _js_training_terms(s: Tensor) -> Tensor:
     return -F.softplus(-diagonal(s)) - offdiag_row_mean(s, F.softplus)
 
 
-def js(scores: Scores, *, reduction: str = "mean") -> Tensor:
+def js(scores: Scores, *, reduction: str = "mean", gather: GroupArg = False) -> Tensor:
     r"""Jensen-Shannon-trained critic, reported as a KL lower bound.
 
     The gradient is that of the f-GAN Jensen-Shannon objective
@@ -329,6 +344,9 @@ def js(scores: Scores, *, reduction: str = "mean") -> Tensor:
     Args:
         scores: ``(..., N, N)`` scores or :class:`~mibounds.scores.SeparableScores`.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the per-sample (per-row) terms.
+        gather: ``True`` or a process group: negatives from every rank, and the value of the
+            concatenated batch (see :mod:`mibounds.distributed`); dense scores are then this
+            rank's rows against every rank's columns, ``(..., N_local, N)``.
 
     Returns:
         The TUBA value with the Jensen-Shannon gradient, shape ``(...)``.
@@ -347,25 +365,23 @@ def js(scores: Scores, *, reduction: str = "mean") -> Tensor:
         Poole et al., ICML 2019.
     """
     reduction = _checks.check_reduction(reduction)
-    if _streams(scores, reduction):
-        assert isinstance(scores, SeparableScores)
-        diag = sep_diagonal(scores)
+    st = batch_statistics(scores, gather, reduction)
+    if st is not None:
+        diag = st.positives()
         # the objective's value cancels below (value + objective - objective.detach()): only
         # its gradient is needed, so the kernel skips the softplus itself
-        exp_mean, softplus_mean = sep_offdiag_means(
-            scores, "softplus", value_fn="exp", grad_value=False
-        )
+        exp_mean, softplus_mean = st.offdiag_means("softplus", value_fn="exp", grad_value=False)
         assert exp_mean is not None
-        value = 1 + diag.mean(-1) - exp_mean
-        objective = -F.softplus(-diag).mean(-1) - softplus_mean
-        return _finish(_with_gradient_of(value, objective), scores, reduction)
+        value = 1 + st.row_mean(diag) - exp_mean
+        objective = -st.row_mean(F.softplus(-diag)) - softplus_mean
+        return _finish(_with_gradient_of(value, objective), st, reduction)
     s, out_dtype = prepare(scores)
     value = reduce_terms(1 + diagonal(s) - offdiag_row_mean(s, torch.exp), reduction)
     objective = reduce_terms(_js_training_terms(s), reduction)
     return _with_gradient_of(value, objective).to(out_dtype)
 
 
-def smile(scores: Scores, clip: float | None = 5.0) -> Tensor:
+def smile(scores: Scores, clip: float | None = 5.0, *, gather: GroupArg = False) -> Tensor:
     r"""SMILE: a clipped Donsker-Varadhan value with the Jensen-Shannon gradient.
 
     .. math::
@@ -385,6 +401,9 @@ def smile(scores: Scores, clip: float | None = 5.0) -> Tensor:
     Args:
         scores: ``(..., N, N)`` scores or :class:`~mibounds.scores.SeparableScores`.
         clip: :math:`\tau > 0`, or ``None`` for no clipping.
+        gather: ``True`` or a process group: negatives from every rank, and the value of the
+            concatenated batch (see :mod:`mibounds.distributed`); dense scores are then this
+            rank's rows against every rank's columns, ``(..., N_local, N)``.
 
     Returns:
         The SMILE value with the Jensen-Shannon gradient, shape ``(...)``.
@@ -402,23 +421,23 @@ def smile(scores: Scores, clip: float | None = 5.0) -> Tensor:
         Estimators." ICLR 2020.
     """
     tau = None if clip is None else _checks.check_positive("clip", clip)
-    if _streams(scores):
-        assert isinstance(scores, SeparableScores)
-        diag = sep_diagonal(scores)
+    st = batch_statistics(scores, gather)
+    if st is not None:
+        diag = st.positives()
         if tau is None:
             with torch.no_grad():
-                partition = sep_offdiag_logmeanexp(scores)
-            _, softplus_mean = sep_offdiag_means(scores, "softplus", grad_value=False)
+                partition = st.offdiag_logmeanexp()
+            _, softplus_mean = st.offdiag_means("softplus", grad_value=False)
         else:
             # mean of exp(clip(S) - tau) <= 1 cannot overflow; add tau back after the log
-            clipped_mean, softplus_mean = sep_offdiag_means(
-                scores, "softplus", value_fn="exp-clip", param=tau, grad_value=False
+            clipped_mean, softplus_mean = st.offdiag_means(
+                "softplus", value_fn="exp-clip", param=tau, grad_value=False
             )
             assert clipped_mean is not None
             partition = torch.log(clipped_mean) + tau
-        value = diag.mean(-1) - partition
-        objective = -F.softplus(-diag).mean(-1) - softplus_mean
-        return _finish(_with_gradient_of(value, objective), scores)
+        value = st.row_mean(diag) - partition
+        objective = -st.row_mean(F.softplus(-diag)) - softplus_mean
+        return _finish(_with_gradient_of(value, objective), st)
     s, out_dtype = prepare(scores)
     partition_scores = s if tau is None else s.clamp(-tau, tau)
     value = diagonal(s).mean(-1) - offdiag_logmeanexp(partition_scores)
@@ -492,7 +511,13 @@ def interpolated(scores: Scores, log_baseline: Tensor | None = None, alpha: floa
     return (1 + joint - marginal).to(out_dtype)
 
 
-def fmi(scores: Scores, divergence: str | FDivergence = "kl", *, reduction: str = "mean") -> Tensor:
+def fmi(
+    scores: Scores,
+    divergence: str | FDivergence = "kl",
+    *,
+    reduction: str = "mean",
+    gather: GroupArg = False,
+) -> Tensor:
     r"""Variational lower bound on the f-mutual information :math:`D_f(p(x,y)\,\|\,p(x)p(y))`.
 
     .. math::
@@ -512,6 +537,9 @@ def fmi(scores: Scores, divergence: str | FDivergence = "kl", *, reduction: str 
         scores: ``(..., N, N)`` scores or :class:`~mibounds.scores.SeparableScores`.
         divergence: a registered name or alias, or an :class:`~mibounds.divergences.FDivergence`.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the per-sample (per-row) terms.
+        gather: ``True`` or a process group: negatives from every rank, and the value of the
+            concatenated batch (see :mod:`mibounds.distributed`); dense scores are then this
+            rank's rows against every rank's columns, ``(..., N_local, N)``.
 
     Returns:
         The estimate (in nats for ``"kl"``), shape ``(...)`` (``(..., N)`` with
@@ -533,12 +561,17 @@ def fmi(scores: Scores, divergence: str | FDivergence = "kl", *, reduction: str 
     """
     div = get_divergence(divergence)
     reduction = _checks.check_reduction(reduction)
-    name = streaming_name(div) if _streams(scores, reduction) else None
-    if name is not None:
-        assert isinstance(scores, SeparableScores)
-        _, marginal = sep_offdiag_means(scores, name)
-        joint = div.activation(sep_diagonal(scores)).mean(-1)
-        return _finish(joint - marginal, scores, reduction)
+    st = batch_statistics(scores, gather, reduction)
+    name = None if st is None else streaming_name(div)
+    if st is not None and name is None and not isinstance(st, SeparableBatch):
+        raise ValueError(
+            f"fmi with gather needs a divergence with conjugate_of_activation_grad; "
+            f"{div.name!r} has none"
+        )
+    if st is not None and name is not None:
+        _, marginal = st.offdiag_means(name)
+        joint = st.row_mean(div.activation(st.positives()))
+        return _finish(joint - marginal, st, reduction)
     s, out_dtype = prepare(scores)
     terms = div.activation(diagonal(s)) - offdiag_row_mean(s, div.conjugate_at_activation)
     return reduce_terms(terms, reduction).to(out_dtype)

@@ -16,15 +16,15 @@ from torch import Tensor
 
 from mibounds import _checks
 from mibounds._dtypes import accumulation_dtype
+from mibounds.distributed import GroupArg
 from mibounds.reductions import (
     Scores,
+    batch_statistics,
     diagonal,
     log_count,
     prepare,
     reduce_terms,
-    sep_diagonal,
 )
-from mibounds.scores import SeparableScores
 
 __all__ = ["club", "club_sample", "l1out", "nce_club", "variational_upper_bound"]
 
@@ -225,20 +225,7 @@ def l1out(log_q: Scores, *, reduction: str = "mean") -> Tensor:
     return reduce_terms(diagonal(s) - marginal, reduction).to(out_dtype)
 
 
-def _all_pairs_mean(scores: SeparableScores) -> Tensor:
-    """The mean of all N^2 separable scores in O(N d)."""
-    x, y = scores.x, scores.y
-    if scores.similarity == "cosine":
-        x = torch.nn.functional.normalize(x, dim=-1)
-        y = torch.nn.functional.normalize(y, dim=-1)
-    cross = (x.mean(-2) * y.mean(-2)).sum(-1)
-    if scores.similarity == "gaussian":
-        sq = (x * x).sum(-1).mean(-1) + (y * y).sum(-1).mean(-1)
-        return -(sq - 2 * cross) / scores.temperature
-    return cross / scores.temperature
-
-
-def nce_club(scores: Scores) -> Tensor:
+def nce_club(scores: Scores, *, gather: GroupArg = False) -> Tensor:
     r"""NCE-CLUB (FactorCL): an upper bound from a critic trained to optimality by InfoNCE.
 
     .. math::
@@ -255,6 +242,8 @@ def nce_club(scores: Scores) -> Tensor:
 
     Args:
         scores: ``(..., N, N)`` scores or :class:`~mibounds.scores.SeparableScores`.
+        gather: ``True`` or a process group: the value of the batch of every rank (see
+            :mod:`mibounds.distributed`); dense scores are then ``(..., N_local, N)``.
 
     Returns:
         The estimate in nats, shape ``(...)``.
@@ -271,10 +260,10 @@ def nce_club(scores: Scores) -> Tensor:
         Liang, Deng, Ma, Zou, Morency, Salakhutdinov. "Factorized Contrastive Learning: Going
         Beyond Multi-view Redundancy." NeurIPS 2023.
     """
-    if isinstance(scores, SeparableScores):
-        pos = sep_diagonal(scores)
-        value = pos.mean(-1) - _all_pairs_mean(scores).to(pos.dtype)
-        return value.to(scores.dtype)
+    st = batch_statistics(scores, gather)
+    if st is not None:
+        value = st.row_mean(st.positives()) - st.all_pairs_mean()
+        return value.to(st.dtype)
     s, out_dtype = prepare(scores)
     return (diagonal(s).mean(-1) - s.mean(-1).mean(-1)).to(out_dtype)  # two stages: see reductions
 

@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "ELEMENTWISE",
     "elementwise",
+    "elementwise_function",
     "get_backend",
     "get_memory_budget",
     "offdiag_logmeanexp",
@@ -122,14 +123,18 @@ class _Sweep:
     -\tau^{-2}\sum_i x_i \cdot (GY)_i`, so no extra pass over the scores is needed.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, tau: Tensor, sim: int, need_grad: bool) -> None:
+    def __init__(
+        self, x: Tensor, y: Tensor, tau: Tensor, sim: int, need_grad: bool, offset: int = 0
+    ) -> None:
         dt = _acc(x.dtype)
         self.in_dtype = x.dtype
         self.x, self.y = x.to(dt), y.to(dt)
         self.b, self.n, _ = self.x.shape
+        self.m = self.y.shape[1]  # columns: N, or the global N when the rows are one rank's
+        self.offset = offset  # the positive of row i sits in column offset + i
         self.sim, self.need_grad = sim, need_grad
         self.inv = (1.0 / tau.to(dt)).reshape(1, 1, 1)
-        self.panel = panel_rows(self.n)
+        self.panel = panel_rows(self.m)
         if sim == 1:
             self.sqx = (self.x * self.x).sum(-1)
             self.sqy = (self.y * self.y).sum(-1)
@@ -137,7 +142,7 @@ class _Sweep:
             self.gy = torch.zeros_like(self.x)  # rows of G Y
             self.gtx = torch.zeros_like(self.y)  # rows of G^T X
             self.rowsum = self.x.new_zeros(self.b, self.n)
-            self.colsum = self.x.new_zeros(self.b, self.n)
+            self.colsum = self.x.new_zeros(self.b, self.m)
 
     def panels(self):
         for r0 in range(0, self.n, self.panel):
@@ -191,9 +196,9 @@ class _Sweep:
         return (*empty, self.x.new_zeros(self.b))
 
     def diag(self, r0: int, r1: int) -> tuple[Tensor, Tensor]:
-        """Local row and global column indices of the diagonal entries in rows ``r0:r1``."""
-        cols = torch.arange(r0, r1, device=self.x.device)
-        return cols - r0, cols
+        """Local row and global column indices of the positive entries in rows ``r0:r1``."""
+        rows = torch.arange(r1 - r0, device=self.x.device)
+        return rows, rows + (r0 + self.offset)
 
 
 def _dot_scores(xp: Tensor, y: Tensor, inv: Tensor) -> Tensor:
@@ -252,7 +257,7 @@ if triton_kernels.HAS_TRITON:  # pragma: no cover - needs CUDA
     @_row_lse_mean.register_kernel("cuda")
     def _(x, y, tau, sim, need_grad):
         """Triton on CUDA for dot scores with d <= 256; the generic sweep otherwise."""
-        if sim != 0 or x.shape[-1] > 256:
+        if sim != 0 or x.shape[-1] > 256 or x.shape[-2] != y.shape[-2]:
             return _row_lse_mean_sweep(x, y, tau, sim, need_grad)
         t = float(tau)
         outs = [
@@ -329,9 +334,10 @@ def _(x, y, tau, sim, need_grad):
 
 @torch.library.custom_op("mibounds::offdiag_lme", mutates_args=())
 def _offdiag_lme(
-    x: Tensor, y: Tensor, tau: Tensor, sim: int, need_grad: bool
+    x: Tensor, y: Tensor, tau: Tensor, sim: int, offset: int, need_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    sw = _Sweep(x, y, tau, sim, need_grad)
+    """Log-mean-exp over the pairs ``(i, j != offset + i)`` of ``n`` rows and ``m`` columns."""
+    sw = _Sweep(x, y, tau, sim, need_grad, offset)
     run_max = sw.x.new_full((sw.b,), -math.inf)
     run_sum = sw.x.new_zeros(sw.b)
     for r0, r1 in sw.panels():
@@ -348,13 +354,13 @@ def _offdiag_lme(
             sw.rescale(rescale, r0)
             sw.accumulate(p.mul_(weight[..., None]), r0, r1)
         run_max = new_max
-    value = run_max + torch.log(run_sum) - math.log(sw.n * (sw.n - 1))
+    value = run_max + torch.log(run_sum) - math.log(sw.n * (sw.m - 1))
     grads = sw.finish(1.0 / run_sum) if need_grad else sw.no_grads()
     return (value, *grads)
 
 
 @_offdiag_lme.register_fake
-def _(x, y, tau, sim, need_grad):
+def _(x, y, tau, sim, offset, need_grad):
     return _fake_outputs(x, y, need_grad, 1)
 
 
@@ -379,12 +385,9 @@ def elementwise(name: str, fn, dfn) -> str:
     return name
 
 
-def _fn_value_grad(
-    fid: int, s: Tensor, param: float, need_grad: bool
-) -> tuple[Tensor, Tensor | None]:
-    _, fn, dfn = _FNS[fid]
-    value = fn(s, param)  # type: ignore[operator]
-    return value, (dfn(s, param) if need_grad else None)  # type: ignore[operator]
+def elementwise_function(name: str):
+    """The value function ``fn(t, param)`` registered under ``name``."""
+    return _FNS[ELEMENTWISE[name]][1]
 
 
 @torch.library.custom_op("mibounds::offdiag_means", mutates_args=())
@@ -397,6 +400,7 @@ def _offdiag_means(
     grad_fn: int,
     shift: float,
     param: float,
+    offset: int,
     need_grad: bool,
     grad_value: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -404,11 +408,12 @@ def _offdiag_means(
     (with gradient); ``value_fn = -1`` skips the first. ``param`` is passed to both functions.
     With ``grad_value=False`` the second mean is returned as 0 but keeps its gradient (for
     objectives whose value cancels, as in :func:`mibounds.js`), and ``grad_fn`` itself is never
-    evaluated, only its derivative."""
-    sw = _Sweep(x, y, tau, sim, need_grad)
+    evaluated, only its derivative. The pairs are ``(i, j != offset + i)`` of ``n`` rows and
+    ``m`` columns (``offset = 0``, ``n = m`` for a square batch)."""
+    sw = _Sweep(x, y, tau, sim, need_grad, offset)
     vsum = sw.x.new_zeros(sw.b)
     gsum = sw.x.new_zeros(sw.b)
-    count = sw.n * (sw.n - 1)
+    count = sw.n * (sw.m - 1)
     _, gfn, gdfn = _FNS[grad_fn]
     vfn = _FNS[value_fn][1] if value_fn >= 0 else None
     # exp goes through the softmax: sum_j e^{S_ij} = e^{lse_i} (the fast exponential)
@@ -452,7 +457,7 @@ def _offdiag_means(
 
 
 @_offdiag_means.register_fake
-def _(x, y, tau, sim, value_fn, grad_fn, shift, param, need_grad, grad_value):
+def _(x, y, tau, sim, value_fn, grad_fn, shift, param, offset, need_grad, grad_value):
     return _fake_outputs(x, y, need_grad, 2)
 
 
@@ -482,16 +487,20 @@ def _backward_scalar(ctx, grad_value):
 
 
 def _backward_row(ctx, grad_value, *_):
+    return (*_backward_scalar(ctx, grad_value), None, None)
+
+
+def _backward_lme(ctx, grad_value, *_):
     return (*_backward_scalar(ctx, grad_value), None, None, None)
 
 
 def _backward_means(ctx, grad_vvalue, grad_gvalue, *_):
-    return (*_backward_scalar(ctx, grad_gvalue), None, None, None, None, None, None, None)
+    return (*_backward_scalar(ctx, grad_gvalue), *([None] * 8))
 
 
 _row_lse_mean.register_autograd(_backward_row, setup_context=_setup_scalar)
 _sym_lse_mean.register_autograd(_backward_row, setup_context=_setup_scalar)
-_offdiag_lme.register_autograd(_backward_row, setup_context=_setup_scalar)
+_offdiag_lme.register_autograd(_backward_lme, setup_context=_setup_scalar)
 _offdiag_means.register_autograd(_backward_means, setup_context=_setup_scalar)
 
 
@@ -533,11 +542,18 @@ def symmetric_logsumexp_mean(x: Tensor, y: Tensor, tau: float | Tensor, sim: str
     return value.reshape(lead)
 
 
-def offdiag_logmeanexp(x: Tensor, y: Tensor, tau: float | Tensor, sim: str) -> Tensor:
-    r""":math:`\log\frac1{N(N-1)}\sum_{i\ne j} e^{S_{ij}}`, shape ``(...)``."""
+def offdiag_logmeanexp(
+    x: Tensor, y: Tensor, tau: float | Tensor, sim: str, offset: int = 0
+) -> Tensor:
+    r""":math:`\log\frac1{N(N-1)}\sum_{i\ne j} e^{S_{ij}}`, shape ``(...)``.
+
+    With ``n`` rows of ``x`` against ``m`` columns of ``y`` (one rank's rows against the global
+    batch), the positive of row ``i`` is column ``offset + i`` and the mean is over the
+    ``n (m - 1)`` other pairs.
+    """
     xf, yf, lead = _flatten(x, y)
     t = _tau(tau, x)
-    value, *_ = _offdiag_lme(xf, yf, t, _SIMS[sim], _need_grad(x, y, t))
+    value, *_ = _offdiag_lme(xf, yf, t, _SIMS[sim], offset, _need_grad(x, y, t))
     return value.reshape(lead)
 
 
@@ -551,9 +567,11 @@ def offdiag_means(
     shift: float = 0.0,
     param: float = 0.0,
     grad_value: bool = True,
+    offset: int = 0,
 ) -> tuple[Tensor | None, Tensor]:
     r"""Off-diagonal means of ``value_fn(S + shift)`` (no gradient) and ``grad_fn(S + shift)``
-    (differentiable), in one sweep; ``param`` is passed to both registered functions.
+    (differentiable), in one sweep; ``param`` is passed to both registered functions. ``offset``
+    places the positives as in :func:`offdiag_logmeanexp`.
     Returns ``(value_mean or None, grad_mean)``, each ``(...)``; with ``grad_value=False`` the
     second is 0 with the right gradient (for an objective whose value cancels).
     """
@@ -569,6 +587,7 @@ def offdiag_means(
         ELEMENTWISE[grad_fn],
         float(shift),
         float(param),
+        int(offset),
         _need_grad(x, y, t),
         grad_value,
     )

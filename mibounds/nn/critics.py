@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -85,6 +85,8 @@ class SeparableCritic(nn.Module):
             :class:`GaussianKernelCritic`).
         temperature: :math:`\tau > 0`.
         learn_temperature: make :math:`\tau` a parameter (stored as :math:`\log\tau`).
+        gather: ``True`` or a process group: the scores use the negatives of every rank
+            (:mod:`mibounds.distributed`).
 
     Returns (forward):
         :class:`~mibounds.scores.SeparableScores` of shape ``(..., N, N)``.
@@ -105,12 +107,14 @@ class SeparableCritic(nn.Module):
         similarity: str = "dot",
         temperature: float = 1.0,
         learn_temperature: bool = False,
+        gather: Any = False,
     ) -> None:
         super().__init__()
         self.similarity = _checks.check_choice("similarity", similarity, SIMILARITIES[:2])
         self.x_encoder = x_encoder
         self.y_encoder = y_encoder
         self.temp = _Temperature(temperature, learn_temperature, "temperature")
+        self.gather = gather
 
     @property
     def temperature(self) -> Tensor:
@@ -119,7 +123,7 @@ class SeparableCritic(nn.Module):
     def forward(self, x: Tensor, y: Tensor) -> SeparableScores:
         gx = _encode(self.x_encoder, x)
         hy = _encode(self.y_encoder if self.y_encoder is not None else self.x_encoder, y)
-        return SeparableScores(gx, hy, self.similarity, self.temperature)
+        return SeparableScores(gx, hy, self.similarity, self.temperature, gather=self.gather)
 
 
 class GaussianKernelCritic(nn.Module):
@@ -130,6 +134,8 @@ class GaussianKernelCritic(nn.Module):
         y_encoder: :math:`h`; ``None`` shares ``x_encoder``.
         bandwidth: kernel width :math:`\sigma > 0`.
         learn_bandwidth: make :math:`\sigma` a parameter (stored as :math:`\log\sigma`).
+        gather: ``True`` or a process group: the scores use the negatives of every rank
+            (:mod:`mibounds.distributed`).
 
     Returns (forward):
         :class:`~mibounds.scores.SeparableScores` with ``similarity="gaussian"`` and
@@ -151,11 +157,13 @@ class GaussianKernelCritic(nn.Module):
         *,
         bandwidth: float = 1.0,
         learn_bandwidth: bool = False,
+        gather: Any = False,
     ) -> None:
         super().__init__()
         self.x_encoder = x_encoder
         self.y_encoder = y_encoder
         self.sigma = _Temperature(bandwidth, learn_bandwidth, "bandwidth")
+        self.gather = gather
 
     @property
     def bandwidth(self) -> Tensor:
@@ -164,7 +172,7 @@ class GaussianKernelCritic(nn.Module):
     def forward(self, x: Tensor, y: Tensor) -> SeparableScores:
         gx = _encode(self.x_encoder, x)
         hy = _encode(self.y_encoder if self.y_encoder is not None else self.x_encoder, y)
-        return SeparableScores(gx, hy, "gaussian", 2 * self.bandwidth**2)
+        return SeparableScores(gx, hy, "gaussian", 2 * self.bandwidth**2, gather=self.gather)
 
 
 class BilinearCritic(nn.Module):

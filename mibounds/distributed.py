@@ -1,0 +1,367 @@
+r"""Negatives from every rank: collectives with gradients, and bounds over the global batch.
+
+With data parallelism each rank holds ``n_r`` of the ``N = sum_r n_r`` pairs. Passing
+``gather=True`` (or a process group) to a bound, or to
+:class:`~mibounds.scores.SeparableScores`, makes every rank score **its own rows against the
+columns of all ranks**, with the positive of local row ``i`` in global column
+``offset_r + i`` (``offset_r = n_0 + ... + n_{r-1}``, the order of the ranks in the group).
+Each rank reduces its rows, the partial sums are combined across ranks, and every rank returns
+the bound of the concatenated batch.
+
+**Gradient convention (the DDP one).** The collectives here sum gradients over ranks in
+their backward pass, like :mod:`torch.distributed.nn.functional`. Every rank computes the same
+global value, so the gradient reaching each rank's local inputs is ``world_size`` times the
+single-process gradient of the concatenated batch, and
+:class:`~torch.nn.parallel.DistributedDataParallel`, which averages gradients over ranks,
+ends with exactly the single-process gradient. Without DDP, sum the parameter gradients over
+ranks and divide by the world size. Every rank must call ``backward``.
+
+Local batch sizes may differ between ranks (they are exchanged on every call, which is one
+small host synchronisation); every rank needs at least one row. These functions run eagerly:
+under ``torch.compile`` the collectives are graph breaks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, TypeAlias
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from mibounds import _checks
+from mibounds._dtypes import upcast
+from mibounds.kernels import streaming
+
+__all__ = ["GroupArg", "all_gather", "all_reduce", "batch_layout", "resolve_group"]
+
+#: What ``gather=`` accepts: ``False``/``None`` (off), ``True`` (the default group) or a group.
+GroupArg: TypeAlias = "bool | dist.ProcessGroup | None"
+
+
+def resolve_group(gather: Any) -> Any:
+    """The process group named by a ``gather=`` argument, or ``None`` when gathering is off.
+
+    Args:
+        gather: ``False`` or ``None`` (off), ``True`` (the default group) or a
+            :class:`torch.distributed.ProcessGroup`.
+
+    Raises:
+        TypeError: for any other value.
+        RuntimeError: ``gather`` is on but :func:`torch.distributed.init_process_group` was
+            not called.
+
+    Example:
+        >>> resolve_group(False) is None
+        True
+    """
+    if gather is None or gather is False:
+        return None
+    if gather is not True and not (dist.is_available() and isinstance(gather, dist.ProcessGroup)):
+        raise TypeError(
+            f"gather must be a bool, None or a torch.distributed.ProcessGroup, got {gather!r}"
+        )
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "gather needs an initialised torch.distributed process group: call "
+            "torch.distributed.init_process_group(...) first, or pass gather=False"
+        )
+    return dist.group.WORLD if gather is True else gather
+
+
+def _world(group: Any) -> tuple[int, int]:
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+_MAX_DIMS = 8
+
+
+def _shapes(t: Tensor, group: Any) -> list[tuple[int, ...]]:
+    """Every rank's shape of ``t`` (one small all-gather)."""
+    if t.dim() > _MAX_DIMS:
+        raise ValueError(
+            f"gather supports tensors of at most {_MAX_DIMS} dimensions, got {t.dim()}"
+        )
+    code = torch.full((_MAX_DIMS + 1,), -1, dtype=torch.int64, device=t.device)
+    code[0] = t.dim()
+    code[1 : t.dim() + 1] = torch.tensor(t.shape, dtype=torch.int64)
+    out = [torch.empty_like(code) for _ in range(_world(group)[1])]
+    dist.all_gather(out, code, group=group)
+    rows = [c.tolist() for c in out]
+    return [tuple(int(v) for v in r[1 : int(r[0]) + 1]) for r in rows]
+
+
+def _sizes_along(name: str, t: Tensor, dim: int, group: Any) -> list[int]:
+    """Every rank's size of ``t`` along ``dim``; the other dimensions must agree."""
+    shapes = _shapes(t, group)
+    d = dim % t.dim()
+    others = {s[:d] + s[d + 1 :] if len(s) == t.dim() else s for s in shapes}
+    if len(others) != 1:
+        raise ValueError(
+            f"{name}: the ranks must agree on every dimension but dim {dim} (the batch), got "
+            f"shapes {shapes} (rank order)"
+        )
+    return [s[d] for s in shapes]
+
+
+class _AllGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: Tensor, sizes: list[int], group: Any) -> Tensor:
+        rank, _ = _world(group)
+        ctx.sizes, ctx.group, ctx.rank = sizes, group, rank
+        width = max(sizes)
+        padded = t
+        if t.shape[0] < width:
+            padded = torch.cat([t, t.new_zeros(width - t.shape[0], *t.shape[1:])])
+        bufs = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(bufs, padded.contiguous(), group=group)
+        return torch.cat([b[:n] for b, n in zip(bufs, sizes, strict=True)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, group=ctx.group)
+        start = sum(ctx.sizes[: ctx.rank])
+        return total[start : start + ctx.sizes[ctx.rank]], None, None
+
+
+class _AllReduce(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: Tensor, group: Any) -> Tensor:
+        ctx.group = group
+        out = t.contiguous().clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, group=ctx.group)
+        return total, None
+
+
+def all_gather(tensor: Tensor, group: GroupArg = True, dim: int = 0) -> Tensor:
+    """Concatenate every rank's ``tensor`` along ``dim`` (in rank order), with gradient.
+
+    The sizes along ``dim`` may differ between ranks; every other dimension must agree. The
+    backward pass sums the incoming gradients over ranks and returns this rank's slice (see the
+    gradient convention in the module documentation).
+
+    Args:
+        tensor: this rank's part.
+        group: ``True`` (the default group) or a process group.
+        dim: the dimension to concatenate along.
+
+    Returns:
+        The concatenation, the same on every rank.
+
+    Raises:
+        RuntimeError: no initialised process group.
+        ValueError: the ranks disagree on a dimension other than ``dim``.
+    """
+    g = resolve_group(group if group is not None else True)
+    _checks.check_tensor("tensor", tensor, min_dim=1)
+    sizes = _sizes_along("all_gather", tensor, dim, g)
+    moved = tensor.movedim(dim, 0)
+    return _AllGather.apply(moved, sizes, g).movedim(0, dim)
+
+
+def all_reduce(tensor: Tensor, group: GroupArg = True) -> Tensor:
+    """Sum of every rank's ``tensor``, with gradient (the backward pass sums over ranks too).
+
+    Raises:
+        RuntimeError: no initialised process group.
+    """
+    g = resolve_group(group if group is not None else True)
+    _checks.check_tensor("tensor", tensor)
+    return _AllReduce.apply(tensor, g)
+
+
+def batch_layout(n_local: int, group: GroupArg = True, device: Any = "cpu") -> tuple[int, int]:
+    """``(offset, N)``: where this rank's rows start in the global batch, and its size.
+
+    One small all-gather (a host synchronisation).
+
+    Raises:
+        RuntimeError: no initialised process group.
+    """
+    g = resolve_group(group if group is not None else True)
+    sizes = _sizes_along("batch_layout", torch.zeros(n_local, device=device), 0, g)
+    rank, _ = _world(g)
+    return sum(sizes[:rank]), sum(sizes)
+
+
+class GlobalBatch:
+    r"""The reductions of :mod:`mibounds.reductions` over the concatenated batch of all ranks.
+
+    Built from this rank's scores: a dense ``(..., n_local, N)`` tensor (local rows against
+    every rank's columns, in rank order) or a :class:`~mibounds.scores.SeparableScores` of the
+    local pairs, whose ``y`` (and, for symmetric bounds, ``x``) are gathered here. Every method
+    returns the global statistic, the same on every rank, in the accumulation dtype.
+    """
+
+    def __init__(self, scores: Any, group: Any) -> None:
+        from mibounds.reductions import streaming_operands
+        from mibounds.scores import SeparableScores
+
+        self.group = group
+        self.rank, self.world = _world(group)
+        self.separable = isinstance(scores, SeparableScores)
+        if isinstance(scores, SeparableScores):
+            self.scores = scores
+            self.x, self.y, self.tau, self.sim = streaming_operands(scores)
+            sizes = _sizes_along("scores (gathered x and y)", self.x, -2, group)
+            self.dtype = scores.dtype
+            # gathered features, cached per grad mode (a copy gathered under no_grad has no
+            # gradient to give back)
+            self._gathered: dict[tuple[str, bool], Tensor] = {}
+        else:
+            _checks.check_tensor("scores", scores, min_dim=2)
+            _checks.check_values("scores", scores)
+            sizes = _sizes_along("scores (gathered rows)", scores[..., 0], -1, group)
+            if sum(sizes) != scores.shape[-1]:
+                raise ValueError(
+                    "with gather, dense scores must be (..., N_local, N_global): this rank's rows "
+                    f"against the columns of all ranks; the ranks hold {sizes} rows (N = "
+                    f"{sum(sizes)}), but scores has shape {tuple(scores.shape)}"
+                )
+            self.dtype = scores.dtype
+            self.s = upcast(scores)
+        if min(sizes) < 1:
+            raise ValueError(f"gather: every rank needs at least one sample, got sizes {sizes}")
+        self.sizes = sizes
+        self.n_local = sizes[self.rank]
+        self.offset = sum(sizes[: self.rank])
+        self.n = sum(sizes)
+        if self.n < 2:
+            raise ValueError(f"gather: the global batch needs N >= 2 samples, got {self.n}")
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _sum(self, t: Tensor) -> Tensor:
+        return _AllReduce.apply(t, self.group)
+
+    def _gather_rows(self, t: Tensor) -> Tensor:
+        return _AllGather.apply(t.movedim(-2, 0), self.sizes, self.group).movedim(0, -2)
+
+    def _stack(self, t: Tensor) -> Tensor:
+        """``(world, ...)``: every rank's ``t``, with gradient."""
+        return _AllGather.apply(t.unsqueeze(0), [1] * self.world, self.group)
+
+    def _gathered_features(self, which: str) -> Tensor:
+        key = (which, torch.is_grad_enabled())
+        if key not in self._gathered:
+            self._gathered[key] = self._gather_rows(self.y if which == "y" else self.x)
+        return self._gathered[key]
+
+    def y_all(self) -> Tensor:
+        """Every rank's ``y`` features, ``(..., N, d)``."""
+        return self._gathered_features("y")
+
+    def x_all(self) -> Tensor:
+        """Every rank's ``x`` features, ``(..., N, d)``."""
+        return self._gathered_features("x")
+
+    def _mask(self) -> Tensor:
+        rows = torch.arange(self.n_local, device=self.s.device)
+        cols = torch.arange(self.n, device=self.s.device)
+        return cols[None, :] == (rows[:, None] + self.offset)
+
+    # -- the reductions ---------------------------------------------------------------------
+
+    def positives(self) -> Tensor:
+        """This rank's positive scores, ``(..., n_local)``."""
+        if self.separable:
+            return upcast(self.scores.diagonal())
+        return torch.diagonal(self.s, offset=self.offset, dim1=-2, dim2=-1)
+
+    def row_mean(self, terms: Tensor) -> Tensor:
+        """Global mean of per-row terms given this rank's ``(..., n_local)``."""
+        return self._sum(terms.sum(-1)) / self.n
+
+    def lse_mean(self, symmetric: bool = False) -> Tensor:
+        r"""Mean row log-sum-exp (averaged with the column one if ``symmetric``)."""
+        if self.separable:
+            total = streaming.row_logsumexp_mean(self.x, self.y_all(), self.tau, self.sim)
+            if symmetric:
+                cols = streaming.row_logsumexp_mean(self.y, self.x_all(), self.tau, self.sim)
+                total = 0.5 * (total + cols)
+            return self._sum(total * self.n_local) / self.n
+        total = torch.logsumexp(self.s, dim=-1).sum(-1)
+        if symmetric:
+            # every rank's column log-sum-exp over its rows, combined over ranks; this rank
+            # keeps the columns of its own samples
+            col = torch.logsumexp(self._stack(torch.logsumexp(self.s, dim=-2)), dim=0)
+            own = col[..., self.offset : self.offset + self.n_local]
+            total = 0.5 * (total + own.sum(-1))
+        return self._sum(total) / self.n
+
+    def offdiag_means(
+        self,
+        grad_fn: str,
+        value_fn: str | None = None,
+        shift: float = 0.0,
+        param: float = 0.0,
+        grad_value: bool = True,
+    ) -> tuple[Tensor | None, Tensor]:
+        """As :func:`mibounds.kernels.streaming.offdiag_means`, over the global batch."""
+        local = self.n_local * (self.n - 1)
+        if self.separable:
+            v, g = streaming.offdiag_means(
+                self.x,
+                self.y_all(),
+                self.tau,
+                self.sim,
+                grad_fn,
+                value_fn,
+                shift,
+                param,
+                grad_value,
+                offset=self.offset,
+            )
+            v_sum = None if v is None else v * local
+            g_sum = g * local
+        else:
+            mask = self._mask()
+            t = self.s + shift if shift else self.s
+            masked = t.masked_fill(mask, 0.0)
+
+            def total(name: str) -> Tensor:
+                fn = streaming.elementwise_function(name)
+                return fn(masked, param).masked_fill(mask, 0.0).sum((-2, -1))
+
+            v_sum = None
+            if value_fn is not None:
+                with torch.no_grad():
+                    v_sum = total(value_fn)
+            g_sum = total(grad_fn)
+            if not grad_value:
+                g_sum = g_sum - g_sum.detach()
+        count = self.n * (self.n - 1)
+        v_mean = None if v_sum is None else self._sum(v_sum) / count
+        return v_mean, self._sum(g_sum) / count
+
+    def offdiag_logmeanexp(self) -> Tensor:
+        r""":math:`\log\frac{1}{N(N-1)}\sum_{i\ne j} e^{S_{ij}}` over the global batch."""
+        local = self.n_local * (self.n - 1)
+        if self.separable:
+            lse = streaming.offdiag_logmeanexp(
+                self.x, self.y_all(), self.tau, self.sim, offset=self.offset
+            ) + math.log(local)
+        else:
+            masked = self.s.masked_fill(self._mask(), -math.inf)
+            lse = torch.logsumexp(torch.logsumexp(masked, dim=-1), dim=-1)
+        return torch.logsumexp(self._stack(lse), dim=0) - math.log(self.n * (self.n - 1))
+
+    def all_pairs_mean(self) -> Tensor:
+        r""":math:`\frac{1}{N^2}\sum_{i,j} S_{ij}` (the diagonal included)."""
+        if not self.separable:
+            return self._sum(self.s.sum((-2, -1))) / (self.n * self.n)
+        x, y = upcast(self.x), upcast(self.y)
+        mx, my = self._sum(x.sum(-2)) / self.n, self._sum(y.sum(-2)) / self.n
+        cross = (mx * my).sum(-1)
+        if self.sim == "gaussian":
+            sq = self._sum((x * x).sum(-1).sum(-1) + (y * y).sum(-1).sum(-1)) / self.n
+            return -(sq - 2 * cross) / self.tau
+        return cross / self.tau

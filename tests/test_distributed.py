@@ -1,0 +1,201 @@
+"""Distributed negatives: 2 and 3 gloo processes on the CPU against one process on the
+concatenated batch (values, gradients of x, y and the temperature, and a real DDP step)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import mibounds
+from mibounds import distributed
+
+D = 3
+DIVERGENCES = mibounds.list_divergences()
+
+
+def _bounds():
+    """name -> f(scores, gather) returning a scalar to compare (and differentiate)."""
+    out = {
+        "infonce": lambda s, g: mibounds.infonce(s, gather=g),
+        "infonce-sym": lambda s, g: mibounds.infonce(s, symmetric=True, gather=g),
+        "infonce-sum": lambda s, g: mibounds.infonce(s, reduction="sum", gather=g),
+        "nwj": lambda s, g: mibounds.nwj(s, gather=g),
+        "tuba": lambda s, g: mibounds.tuba(s, gather=g),
+        "dv": lambda s, g: mibounds.dv(s, gather=g),
+        "mine": lambda s, g: mibounds.mine(s, gather=g)[0],
+        "js": lambda s, g: mibounds.js(s, gather=g),
+        "smile": lambda s, g: mibounds.smile(s, gather=g),
+        "smile-noclip": lambda s, g: mibounds.smile(s, clip=None, gather=g),
+        "nce_club": lambda s, g: mibounds.nce_club(s, gather=g),
+    }
+    for name in DIVERGENCES:
+        out[f"fmi-{name}"] = lambda s, g, name=name: mibounds.fmi(s, name, gather=g)
+    return out
+
+
+def _data(n, lead=()):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*lead, n, D, generator=g, dtype=torch.float64)
+    y = 0.8 * x + 0.6 * torch.randn(*lead, n, D, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def _value_and_grads(fn, x, y, tau, make_scores):
+    x = x.detach().clone().requires_grad_(True)
+    y = y.detach().clone().requires_grad_(True)
+    t = torch.tensor(tau, dtype=torch.float64, requires_grad=True)
+    v = fn(make_scores(x, y, t))
+    v.sum().backward()
+    return v.detach(), x.grad, y.grad, t.grad
+
+
+def _check_bounds(rank, world, sizes, lead):
+    n = sum(sizes)
+    start = sum(sizes[:rank])
+    sl = slice(start, start + sizes[rank])
+    x, y = _data(n, lead)
+    xl, yl = x[..., sl, :], y[..., sl, :]
+    modes = {
+        f"separable-{sim}": (
+            lambda a, b, t, sim=sim, g=False: mibounds.SeparableScores(a, b, sim, t, gather=g)
+        )
+        for sim in ("dot", "cosine", "gaussian")
+    }
+    for name, fn in _bounds().items():
+        for mode, make in modes.items():
+            ref = _value_and_grads(lambda s, fn=fn: fn(s, False), x, y, 0.7, make)
+            got = _value_and_grads(
+                lambda s, fn=fn: fn(s, False),
+                xl,
+                yl,
+                0.7,
+                lambda a, b, t, make=make: make(a, b, t, g=True),
+            )
+            _compare(f"{name}/{mode}", ref, got, sl, world)
+        # dense: this rank's rows against the gathered columns
+        ref = _value_and_grads(
+            lambda s, fn=fn: fn(s, False), x, y, 0.7, lambda a, b, t: (a @ b.mT) / t
+        )
+        got = _value_and_grads(
+            lambda s, fn=fn: fn(s, True),
+            xl,
+            yl,
+            0.7,
+            lambda a, b, t: (a @ distributed.all_gather(b, dim=-2).mT) / t,
+        )
+        _compare(f"{name}/dense", ref, got, sl, world)
+
+
+def _compare(label, ref, got, sl, world):
+    v_ref, gx_ref, gy_ref, gt_ref = ref
+    v, gx, gy, gt = got
+    try:
+        torch.testing.assert_close(v, v_ref, rtol=1e-9, atol=1e-9)
+        # DDP convention: each rank's local gradient is world x the single-process one ...
+        torch.testing.assert_close(gx / world, gx_ref[..., sl, :], rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(gy / world, gy_ref[..., sl, :], rtol=1e-7, atol=1e-9)
+        # ... and the replicated temperature's gradients average to the single-process one
+        tau_avg = distributed.all_reduce(gt.detach()) / world
+        torch.testing.assert_close(tau_avg, gt_ref, rtol=1e-7, atol=1e-9)
+    except AssertionError as e:
+        raise AssertionError(f"{label}: {e}") from None
+
+
+class _Pair(torch.nn.Module):
+    """Two encoders and a learnt temperature; forward returns (gathered) cosine scores."""
+
+    def __init__(self, gather):
+        super().__init__()
+        torch.manual_seed(0)
+        f, g = torch.nn.Linear(D, 4).double(), torch.nn.Linear(D, 4).double()
+        self.critic = mibounds.nn.SeparableCritic(
+            f, g, similarity="cosine", temperature=0.5, learn_temperature=True, gather=gather
+        ).double()
+
+    def forward(self, x, y):
+        return self.critic(x, y)
+
+
+def _check_ddp(rank, world, sizes):
+    """One DDP step with gathered symmetric InfoNCE: the averaged parameter gradients equal the
+    single-process gradients on the concatenated batch."""
+    n = sum(sizes)
+    start = sum(sizes[:rank])
+    x, y = _data(n)
+    single = _Pair(False)
+    ref_loss = -mibounds.infonce(single(x, y), symmetric=True)
+    ref_loss.backward()
+    ddp = torch.nn.parallel.DistributedDataParallel(_Pair(True))
+    xl, yl = x[start : start + sizes[rank]], y[start : start + sizes[rank]]
+    loss = -mibounds.infonce(ddp(xl, yl), symmetric=True)
+    torch.testing.assert_close(loss.detach(), ref_loss.detach(), rtol=1e-9, atol=1e-9)
+    loss.backward()
+    for p, r in zip(ddp.module.parameters(), single.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-7, atol=1e-9)
+
+
+def _check_errors(rank, world):
+    x, y = _data(4)
+    with pytest.raises(ValueError, match=r"N_local, N_global"):
+        mibounds.infonce(x @ y.mT, gather=True)  # 4 x 4 on each rank: not N_global columns
+    with pytest.raises(ValueError, match="reduction='none'"):
+        mibounds.infonce(mibounds.SeparableScores(x, y, gather=True), reduction="none")
+    with pytest.raises(ValueError, match="gather"):
+        mibounds.interpolated(mibounds.SeparableScores(x, y, gather=True))
+    xd = torch.randn(4, 3 + rank)
+    with pytest.raises(ValueError, match="ranks must agree"):
+        mibounds.infonce(mibounds.SeparableScores(xd, xd, gather=True))
+
+
+def _worker(rank, world, init_file, errors, sizes):
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"file://{init_file}",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=120),
+        )
+        torch.set_num_threads(1)
+        _check_bounds(rank, world, sizes, ())
+        _check_bounds(rank, world, sizes, (2,))
+        _check_ddp(rank, world, sizes)
+        _check_errors(rank, world)
+    except BaseException:
+        with open(errors, "a") as fh:
+            fh.write(f"rank {rank}:\n{traceback.format_exc()}\n")
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("sizes", [[3, 5], [2, 4, 3]], ids=["2-ranks", "3-ranks-uneven"])
+def test_gathered_bounds_match_one_process(sizes):
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        errors = os.path.join(tmp, "errors")
+        try:
+            mp.spawn(_worker, args=(len(sizes), init_file, errors, sizes), nprocs=len(sizes))
+        except Exception:
+            msg = Path(errors).read_text() if os.path.exists(errors) else ""
+            pytest.fail(f"a worker failed:\n{msg}")
+
+
+def test_gather_needs_a_process_group():
+    x = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        mibounds.infonce(mibounds.SeparableScores(x, x, gather=True))
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        mibounds.nwj(x @ x.mT, gather=True)
+    with pytest.raises(TypeError, match="gather must be"):
+        mibounds.dv(x @ x.mT, gather="yes")
+    assert distributed.resolve_group(False) is None
