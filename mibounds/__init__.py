@@ -5,7 +5,7 @@ Functional bounds return the estimate; loss modules in :mod:`mibounds.nn` return
 minimise.
 """
 
-from mibounds import distributed, nn, tasks
+from mibounds import distributed, methods, nn, tasks
 from mibounds._checks import get_validate_args, set_validate_args
 from mibounds._version import __version__
 from mibounds.bounds.lower import dv, fmi, infonce, interpolated, js, mine, nwj, smile, tuba
@@ -40,6 +40,7 @@ __all__ = [
     "js",
     "l1out",
     "list_divergences",
+    "methods",
     "mine",
     "nce_club",
     "nn",

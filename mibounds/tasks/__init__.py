@@ -8,6 +8,7 @@ from mibounds.tasks.base import (
     list_transforms,
     register_transform,
 )
+from mibounds.tasks.factorcl import FactorCLSynthetic
 from mibounds.tasks.gaussian import CorrelatedGaussian, FMutualInformation
 from mibounds.tasks.staircase import Staircase, staircase
 from mibounds.tasks.student import MultivariateStudentT
@@ -16,6 +17,7 @@ from mibounds.tasks.uniform import AdditiveUniformNoise
 __all__ = [
     "AdditiveUniformNoise",
     "CorrelatedGaussian",
+    "FactorCLSynthetic",
     "FMutualInformation",
     "MultivariateStudentT",
     "Staircase",
