@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.abspath(".."))
 
@@ -21,6 +22,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
     "myst_parser",
+    "sphinx_gallery.gen_gallery",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
@@ -34,4 +36,82 @@ nitpicky = False
 html_theme = "alabaster"
 html_static_path = ["_static"]
 myst_heading_anchors = 2
+
+
+def _gallery_argv(gallery_conf, script_vars):
+    """Tutorials run as they are; the paper examples run their --quick mode (seconds each),
+    writing their PNG to a temporary folder: their figure in the gallery is that run's."""
+    if "/examples/" not in script_vars["src_file"].replace(os.sep, "/"):
+        return []
+    out = os.path.join(
+        tempfile.gettempdir(), "mibounds-docs-" + os.path.basename(script_vars["src_file"])
+    )
+    return ["--quick", "--out", out + ".png"]
+
+
+sphinx_gallery_conf = {
+    "examples_dirs": ["../tutorials", "../examples"],
+    "gallery_dirs": ["auto_tutorials", "auto_examples"],
+    "filename_pattern": r"/(plot_|factorcl_|nce_club_|infocl_|fmicl_)",
+    "reset_argv": _gallery_argv,
+    "download_all_examples": False,
+    "remove_config_comments": True,
+    "within_subsection_order": "FileNameSortKey",
+    "abort_on_example_error": True,
+}
 suppress_warnings = ["myst.header"]
+
+
+# --- generated pages ---------------------------------------------------------------------
+
+
+def _divergence_table() -> str:
+    """The registry as an RST list-table, with the shape of f-MICL's h(t) on [0, 4]."""
+    import torch
+
+    from mibounds.methods import fmicl_terms
+
+    t = torch.linspace(0.0, 4.0, 401, dtype=torch.float64)
+    lines = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        "   * - name",
+        "     - aliases",
+        "     - generator :math:`f(u)`",
+        "     - domain of :math:`f^*`",
+        "     - f-MICL :math:`h(t)`",
+    ]
+    for div in mibounds.list_divergences():
+        _, marginal, _ = fmicl_terms(div.name)
+        h = marginal(-t)
+        second = h[2:] - 2 * h[1:-1] + h[:-2]
+        scale = float(h.abs().max()) * 1e-9 + 1e-12
+        if bool((h - h[0]).abs().max() < scale):
+            shape = "constant (no gradient)"
+        elif bool((second.abs() < scale).all()):
+            shape = "linear: collapses"
+        elif bool((second > scale).all()):
+            shape = "strictly convex: spreads"
+        elif bool((second < -scale).all()):
+            shape = "concave: collapses"
+        else:
+            shape = "mixed"
+        aliases = ", ".join(f"``{a}``" for a in div.aliases) or "-"
+        formula = div.formula or "-"
+        lines += [
+            f"   * - ``{div.name}``",
+            f"     - {aliases}",
+            f"     - ``{formula}``",
+            "     - :math:`"
+            + str(div.conjugate_domain).replace("log 2", "\\log 2").replace("inf", "\\infty")
+            + "`",
+            f"     - {shape}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+_GEN = os.path.join(os.path.dirname(__file__), "_generated")
+os.makedirs(_GEN, exist_ok=True)
+with open(os.path.join(_GEN, "divergence_table.rst"), "w") as _fh:
+    _fh.write(_divergence_table())

@@ -18,7 +18,7 @@ import mibounds
 from mibounds import distributed
 
 D = 3
-DIVERGENCES = mibounds.list_divergences()
+DIVERGENCES = [d.name for d in mibounds.list_divergences()]
 
 
 def _bounds():

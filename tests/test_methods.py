@@ -27,7 +27,7 @@ from mibounds.methods import (
 from mibounds.tasks import FactorCLSynthetic
 from tests import reference as ref
 
-DIVS = mibounds.list_divergences()
+DIVS = [d.name for d in mibounds.list_divergences()]
 
 # --- f-MICL --------------------------------------------------------------------------------
 

@@ -12,13 +12,16 @@ from mibounds.methods.evaluation import effective_rank, linear_probe, mean_pairw
 from mibounds.methods.factorcl import FactorCL, FactorCLSSL, FactorCLSUP
 from mibounds.methods.fmicl import FMICL, fmicl, fmicl_terms, log_kernel_scores
 from mibounds.methods.infocl import LBE, lbe_bound, reconstruction_loss
+from mibounds.methods.networks import ConvDecoder, SmallConvEncoder
 
 __all__ = [
+    "ConvDecoder",
     "FMICL",
-    "LBE",
     "FactorCL",
     "FactorCLSSL",
     "FactorCLSUP",
+    "LBE",
+    "SmallConvEncoder",
     "effective_rank",
     "fmicl",
     "fmicl_terms",

@@ -8,6 +8,7 @@ from mibounds.tasks.base import (
     list_transforms,
     register_transform,
 )
+from mibounds.tasks.digits import load_digits, split_by_class
 from mibounds.tasks.factorcl import FactorCLSynthetic
 from mibounds.tasks.gaussian import CorrelatedGaussian, FMutualInformation
 from mibounds.tasks.staircase import Staircase, staircase
@@ -17,8 +18,8 @@ from mibounds.tasks.uniform import AdditiveUniformNoise
 __all__ = [
     "AdditiveUniformNoise",
     "CorrelatedGaussian",
-    "FactorCLSynthetic",
     "FMutualInformation",
+    "FactorCLSynthetic",
     "MultivariateStudentT",
     "Staircase",
     "Task",
@@ -26,6 +27,8 @@ __all__ = [
     "Transformed",
     "get_transform",
     "list_transforms",
+    "load_digits",
     "register_transform",
+    "split_by_class",
     "staircase",
 ]
