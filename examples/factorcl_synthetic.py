@@ -17,6 +17,44 @@ head per modality) at several shared/unique label ratios, then report
 
 Run ``python examples/factorcl_synthetic.py`` (about 8 minutes on a 2-core CPU) or add
 ``--quick`` for a smoke run.
+
+Settings: MLP encoders 100-256-64, heads of 32, concat critics with one hidden layer of 64
+(the official code: two of 512), batch 128, Adam 1e-3, 1500 steps, and **5 NCE-CLUB critic
+steps per main step** (the official code takes 1). With one step and this short, fast
+schedule the encoders outran the frozen NCE-CLUB critic: the conditional shared NCE-CLUB term
+reached -145 nats, an "upper bound" the encoder had learnt to exploit, and the
+representations lost their information. Five critic steps keep the critic near its InfoNCE
+optimum, where NCE-CLUB is an upper bound.
+
+**Default run** (2-core CPU, 479 s; linear-probe accuracy on held-out data, SMILE estimates of
+the MI in nats between modality 1's shared head :math:`Z_S`, its unique head :math:`Z_U` (the
+baseline's single representation for both) and the latents)::
+
+    label (l_s, l_1, l_2)    method                 acc  I(Zs;ws) I(Zs;w1) I(Zu;ws) I(Zu;w1)
+    shared only (10, 0, 0)   InfoNCE (cross-modal) 0.967  4.721    1.039    4.721    1.039
+    shared only (10, 0, 0)   FactorCL-SSL          0.919  1.324    0.523    1.383    0.507
+    shared only (10, 0, 0)   FactorCL-SUP          0.992  2.335    1.528    2.509    1.540
+    balanced (10, 6, 6)      InfoNCE (cross-modal) 0.935  4.725    1.183    4.725    1.183
+    balanced (10, 6, 6)      FactorCL-SSL          0.940  2.023    0.745    2.094    0.806
+    balanced (10, 6, 6)      FactorCL-SUP          0.979  1.995    0.809    0.237    0.274
+    mostly unique (2, 6, 6)  InfoNCE (cross-modal) 0.879  4.747    1.446    4.747    1.446
+    mostly unique (2, 6, 6)  FactorCL-SSL          0.823  0.571    0.438    1.796    1.260
+    mostly unique (2, 6, 6)  FactorCL-SUP          0.982  4.057    2.035    2.089    1.492
+
+**Against the paper.** The official notebook reports FactorCL-SUP 98.63%, FactorCL-SSL 97.17%
+and SimCLR 95.55% (its 10/6/6 label). **FactorCL-SUP reproduces the claim**: it beats the
+cross-modal InfoNCE at every ratio, and the gap grows with the share of unique information in
+the label (+2.5, +4.4 and +10.3 points), because the contrastive baseline keeps mostly
+:math:`w_s` (4.7 nats) and little of the unique latents. **The factorisation is only partial
+at this scale**: the paper's Table 1 has the unique head carrying much more of :math:`w_1`
+than SimCLR's representation (7.83 vs 4.45 nats); here :math:`I(Z_U; w_1)` of FactorCL-SUP is
+0.3-1.5 nats, about the baseline's 1.0-1.4. **FactorCL-SSL does not reproduce the paper's
+97.17%**: it matches the baseline only on the balanced label (94.0 vs 93.5%) and is about 5
+points below it otherwise. With FactorCL's
+vector augmentations (noise of standard deviation 0.01, halves swapped, 10% of the features
+zeroed), an augmented view keeps almost all of the information of the original, so
+:math:`I(Z_{S1}; Z_{S2} | X_1', X_2')` is close to :math:`I(Z_{S1}; Z_{S2})` and the two shared
+terms nearly cancel, leaving the shared heads little to learn.
 """
 
 # %%
@@ -45,7 +83,13 @@ RATIOS = {"shared only": (10, 0, 0), "balanced": (10, 6, 6), "mostly unique": (2
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     p.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
-    p.add_argument("--steps", type=int, default=2000, help="training steps per model")
+    p.add_argument("--steps", type=int, default=1500, help="training steps per model")
+    p.add_argument(
+        "--critic-steps",
+        type=int,
+        default=5,
+        help="NCE-CLUB critic steps per main step (the official code: 1; see the docs)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--mi-steps", type=int, default=400, help="critic steps per MI estimate")
@@ -54,7 +98,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="factorcl_synthetic.png", help="figure path")
     args = p.parse_args(argv)
     if args.quick:
-        args.steps, args.mi_steps, args.batch_size = 20, 20, 64
+        args.steps, args.mi_steps, args.batch_size, args.critic_steps = 20, 20, 64, 1
     return args
 
 
@@ -108,7 +152,7 @@ def train(kind, task, args, gen):
             model.loss(x1, x2).backward()
             opt.step()
         else:
-            model.step(batch(), batch(), opt, critic_opt)
+            model.step(batch(), batch(), opt, critic_opt, critic_steps=args.critic_steps)
     return model.eval()
 
 

@@ -16,7 +16,41 @@ JS and Vincze-Le Cam. For each run we report the linear-probe accuracy on held-o
 mean pairwise squared distance of the normalised features (0 = one point, 2 = spread around the
 sphere on average) and their effective rank (1 = on a line).
 
-Run ``python examples/fmicl_digits.py`` (about 6 minutes on a 2-core CPU) or add ``--quick``.
+Run ``python examples/fmicl_digits.py`` (about a minute on a 2-core CPU) or add ``--quick``.
+
+**Default run** (2-core CPU, 62 s, 60 epochs, alpha 40, :math:`1/(2\sigma^2) = 1`; accuracy of
+a linear probe on the encoder's features of held-out digits; distance and rank of the
+normalised projector features)::
+
+    divergence       similarity  accuracy  mean d^2  eff. rank
+    untrained        -              96.3%     0.000      16.44
+    gan              gaussian       98.3%     1.952      25.60
+    hellinger        gaussian       98.1%     1.957      23.63
+    js               gaussian       98.3%     1.952      25.60
+    kl               gaussian       98.1%     1.970      26.38
+    neyman           gaussian       93.3%     1.993       2.98
+    pearson          gaussian       98.1%     1.930      26.59
+    reverse-kl       gaussian       97.4%     1.989       8.55
+    total-variation  gaussian       91.3%     0.376      23.42
+    tsallis          gaussian       97.8%     1.931      26.53
+    vincze-le-cam    gaussian       97.8%     1.929      27.17
+    kl               cosine         95.9%     1.821      28.66
+    js               cosine         95.7%     1.853      26.35
+    vincze-le-cam    cosine         96.3%     1.826      21.94
+
+**Against the paper.** The collapse the paper predicts is there, but it shows in the *rank*,
+not in the mean distance: Neyman :math:`\chi^2` puts the features on an effective rank of 3
+and reverse KL on 8.5, against 24-27 for every strictly convex divergence, and both lose
+accuracy (93.3% and 97.4% against 97.8-98.3%). Their mean pairwise squared distance is about 2,
+like the others': a concave or linear :math:`h` is minimised by pushing pairs to the antipodes
+(distance 4) or together (0), which keeps the mean near 2 while the features lie on few
+directions. Total variation gives no gradient (its :math:`h` is constant here) and stays near
+the untrained encoder. The paper (CIFAR-10, ResNet, 200+ epochs) reports KL 90.61, JS 89.66,
+Pearson 89.35, SH 89.52, Tsallis 89.15, VLC 89.13 and SimCLR 89.71: the strictly convex
+divergences within about 1.5 points of each other, as here. It reports the cosine similarity
+slightly worse than the Gaussian one for KL and JS (88.95 vs 89.13, 87.06 vs 88.94), as here
+(about 2 points), and a failure of Vincze-Le Cam with cosine (10%), which we do **not** see
+(96.3%).
 """
 
 # %%
@@ -48,7 +82,7 @@ from mibounds.tasks import load_digits, split_by_class
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     p.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
-    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--alpha", type=float, default=40.0)
@@ -67,8 +101,17 @@ def parse_args(argv=None):
 def runs(quick):
     divs = [d.name for d in mibounds.list_divergences()]
     if quick:
-        return [("kl", "gaussian"), ("reverse-kl", "gaussian"), ("js", "cosine")]
-    return [(d, "gaussian") for d in divs] + [(d, "cosine") for d in ("kl", "js", "vincze-le-cam")]
+        return [
+            ("untrained", "-"),
+            ("kl", "gaussian"),
+            ("reverse-kl", "gaussian"),
+            ("js", "cosine"),
+        ]
+    return (
+        [("untrained", "-")]
+        + [(d, "gaussian") for d in divs]
+        + [(d, "cosine") for d in ("kl", "js", "vincze-le-cam")]
+    )
 
 
 def pretrain(divergence, similarity, images, args):
@@ -81,7 +124,8 @@ def pretrain(divergence, similarity, images, args):
     sigma = (1.0 / (2.0 * args.inv_two_sigma_sq)) ** 0.5
     n = len(images)
     label = f"{divergence}/{similarity}"
-    for _ in tqdm(range(args.epochs), desc=label, leave=False, disable=args.quick):
+    epochs = 0 if divergence == "untrained" else args.epochs
+    for _ in tqdm(range(epochs), desc=label, leave=False, disable=args.quick):
         order = torch.randperm(n, generator=order_gen).to(args.device)
         for start in range(0, n - args.batch_size + 1, args.batch_size):
             v = images[order[start : start + args.batch_size]]
@@ -137,7 +181,7 @@ def main(argv=None):
         )
     print(
         f"({time.time() - start:.0f} s; alpha {args.alpha}, 1/(2 sigma^2) = "
-        f"{args.inv_two_sigma_sq}; an untrained encoder's probe is the floor to compare with)"
+        f"{args.inv_two_sigma_sq}; 'untrained': the randomly initialised encoder, the floor)"
     )
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))

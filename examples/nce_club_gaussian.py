@@ -11,6 +11,29 @@ settings: batch 64, Adam 5e-3, 4000 steps per stair, and the paper's critic
 Linear(2d, 512)-ReLU-Linear(512, 1) for NCE-CLUB.
 
 Run ``python examples/nce_club_gaussian.py`` (about 5 minutes on a 2-core CPU) or add ``--quick``.
+
+**Default run** (2-core CPU, 263 s; mean, bias and standard deviation over the last half of
+each stair)::
+
+    estimator  true MI    mean    bias    std
+    club           2.0   3.702   1.702  0.311
+    club           4.0   8.923   4.923  0.533
+    club           6.0  15.226   9.226  0.800
+    club           8.0  22.716  14.716  1.068
+    club          10.0  31.775  21.775  1.490
+    nce-club       2.0   3.947   1.947  0.279
+    nce-club       4.0   8.473   4.473  0.447
+    nce-club       6.0  13.772   7.772  0.625
+    nce-club       8.0  20.047  12.047  0.835
+    nce-club      10.0  28.486  18.486  1.144
+
+**Against the paper.** FactorCL's Fig. 3 (d = 20 to 200) shows NCE-CLUB above the truth and
+tighter than CLUB, and CLUB collapsing toward 0 at high dimension. At d = 20 we reproduce the
+first part: NCE-CLUB stays above the truth on every stair and is 5-12% tighter than CLUB from
+the 4-nat stair on (at 2 nats they are within noise). Our CLUB does not collapse: its Gaussian
+:math:`q(y|x)` has a smoothly bounded, not tanh-capped, log-variance, so it stays a valid but
+loose bound (about the MI plus the reverse-KL f-information at the optimum; see
+:func:`mibounds.club`). Both are far looser than L1Out on the same data (``mibounds validate``).
 """
 
 # %%

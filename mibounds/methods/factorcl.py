@@ -163,18 +163,21 @@ class FactorCL(nn.Module):
         critic_batch: tuple[Any, ...],
         main_optimizer: torch.optim.Optimizer,
         critic_optimizer: torch.optim.Optimizer,
+        critic_steps: int = 1,
     ) -> dict[str, Tensor]:
-        """One alternating update: the main step on ``batch``, then one NCE-CLUB critic step
-        on ``critic_batch`` (the official synthetic code uses a fresh batch). Batches are
-        the arguments of :meth:`loss`: ``(x1, x2, y)`` (SUP) or ``(x1, x2, (x1_aug, x2_aug))``
-        (SSL). Returns the terms."""
+        """One alternating update: the main step on ``batch``, then ``critic_steps`` NCE-CLUB
+        critic steps on ``critic_batch`` (the official code: one step; its synthetic version
+        on a fresh batch). Batches are the arguments of :meth:`loss`: ``(x1, x2, y)`` (SUP) or
+        ``(x1, x2, (x1_aug, x2_aug))`` (SSL). Returns the terms."""
+        steps = _checks.check_positive_int("critic_steps", critic_steps)
         main_optimizer.zero_grad(set_to_none=True)
         loss, terms = self.loss(*batch)
         loss.backward()
         main_optimizer.step()
-        critic_optimizer.zero_grad(set_to_none=True)
-        self.club_critic_loss(*critic_batch).backward()
-        critic_optimizer.step()
+        for _ in range(steps):
+            critic_optimizer.zero_grad(set_to_none=True)
+            self.club_critic_loss(*critic_batch).backward()
+            critic_optimizer.step()
         return terms
 
 
