@@ -59,7 +59,9 @@ sphinx_gallery_conf = {
     "within_subsection_order": "FileNameSortKey",
     "abort_on_example_error": True,
 }
-suppress_warnings = ["myst.header"]
+# the gallery's argv hook is a function, which sphinx cannot cache (harmless: it only means
+# the environment is rebuilt when the configuration is re-read)
+suppress_warnings = ["myst.header", "config.cache"]
 
 
 # --- generated pages ---------------------------------------------------------------------

@@ -81,7 +81,7 @@ RATIOS = {"shared only": (10, 0, 0), "balanced": (10, 6, 6), "mostly unique": (2
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(description="FactorCL on synthetic two-modality data")
     p.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
     p.add_argument("--steps", type=int, default=1500, help="training steps per model")
     p.add_argument(

@@ -80,7 +80,9 @@ from mibounds.tasks import load_digits, split_by_class
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(
+        description="f-MICL on digits: every f-divergence, Gaussian against cosine similarity"
+    )
     p.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=128)

@@ -64,7 +64,7 @@ TASKS = ("source", "transfer", "transfer, 10 labels/class")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(description="SimCLR with the LBE and RC regularisers on digits")
     p.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--seeds", type=int, default=5, help="repetitions with different seeds")

@@ -60,7 +60,7 @@ from mibounds.tasks import staircase
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(description="NCE-CLUB against CLUB on the Gaussian staircase")
     p.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
     p.add_argument("--steps-per-level", type=int, default=4000)
     p.add_argument("--dim", type=int, default=20)

@@ -97,6 +97,6 @@ def split_by_class(
         new[mask] = i
     idx = torch.nonzero(keep).squeeze(1)
     idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))]
-    n_test = max(1, int(round(test_fraction * len(idx))))
+    n_test = max(1, round(test_fraction * len(idx)))
     test, train = idx[:n_test], idx[n_test:]
     return images[train], new[train], images[test], new[test]
