@@ -88,7 +88,13 @@ BOUNDS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[..., Tensor]]] = {
 
 @dataclass
 class BenchResult:
-    """One measured configuration (times in seconds, memory in MiB)."""
+    """One measured configuration (times in seconds, memory in MiB).
+
+    Example:
+        >>> r = run_one("infonce", "streaming", 64, 8, repeats=1)
+        >>> isinstance(r, BenchResult), r.method, r.n, r.time_s > 0
+        (True, 'streaming', 64, True)
+    """
 
     bound: str
     method: str
@@ -142,7 +148,13 @@ def run_one(
     device: str = "cpu",
     repeats: int = 3,
 ) -> BenchResult:
-    """Measure one configuration in this process (call it in a fresh one for the memory)."""
+    """Measure one configuration in this process (call it in a fresh one for the memory).
+
+    Example:
+        >>> r = run_one("nwj", "bare", 64, 8, repeats=1)
+        >>> r.bound, r.method, r.d
+        ('nwj', 'bare', 8)
+    """
     dt = getattr(torch, dtype)
     dev = torch.device(device)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -208,7 +220,13 @@ def run_benchmarks(
     memory_limit_gib: float = 20.0,
     progress: Callable[[BenchResult], None] | None = None,
 ) -> list[BenchResult]:
-    """Run every configuration in its own subprocess; skip dense ones that cannot fit."""
+    """Run every configuration in its own subprocess; skip dense ones that cannot fit.
+
+    Example:
+        >>> rs = run_benchmarks(("infonce",), sizes=(64,), dims=(8,), methods=("bare", "streaming"))
+        >>> sorted(r.method for r in rs)
+        ['bare', 'streaming']
+    """
     results = []
     bare_cache: dict[tuple[int, int], BenchResult] = {}
     for bound in bounds:
@@ -257,7 +275,14 @@ def _in_subprocess(
 
 
 def ratio_table(results: Sequence[BenchResult]) -> list[dict[str, object]]:
-    """Rows per (bound, N, d): each method's time, memory and ratios to naive and to bare."""
+    """Rows per (bound, N, d): each method's time, memory and ratios to naive and to bare.
+
+    Example:
+        >>> rs = [run_one("infonce", m, 64, 8, repeats=1) for m in ("bare", "streaming")]
+        >>> rows = ratio_table(rs)
+        >>> sorted(row["method"] for row in rows), all("x_bare" in row for row in rows)
+        (['bare', 'streaming'], True)
+    """
     rows = []
     keys = sorted({(r.bound, r.n, r.d) for r in results}, key=lambda k: (k[0], k[2], k[1]))
     for bound, n, d in keys:

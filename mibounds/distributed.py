@@ -159,6 +159,14 @@ def all_gather(tensor: Tensor, group: GroupArg = True, dim: int = 0) -> Tensor:
     Raises:
         RuntimeError: no initialised process group.
         ValueError: the ranks disagree on a dimension other than ``dim``.
+
+    Example:
+        >>> import os, tempfile, torch.distributed as dist
+        >>> dist.init_process_group("gloo", init_method="file://" + os.path.join(
+        ...     tempfile.mkdtemp(), "pg"), rank=0, world_size=1)
+        >>> all_gather(torch.ones(2, 3)).shape  # one process: the tensor itself
+        torch.Size([2, 3])
+        >>> dist.destroy_process_group()
     """
     g = resolve_group(group if group is not None else True)
     _checks.check_tensor("tensor", tensor, min_dim=1)
@@ -172,6 +180,14 @@ def all_reduce(tensor: Tensor, group: GroupArg = True) -> Tensor:
 
     Raises:
         RuntimeError: no initialised process group.
+
+    Example:
+        >>> import os, tempfile, torch.distributed as dist
+        >>> dist.init_process_group("gloo", init_method="file://" + os.path.join(
+        ...     tempfile.mkdtemp(), "pg"), rank=0, world_size=1)
+        >>> all_reduce(torch.tensor([1.0, 2.0]))
+        tensor([1., 2.])
+        >>> dist.destroy_process_group()
     """
     g = resolve_group(group if group is not None else True)
     _checks.check_tensor("tensor", tensor)
@@ -185,6 +201,14 @@ def batch_layout(n_local: int, group: GroupArg = True, device: Any = "cpu") -> t
 
     Raises:
         RuntimeError: no initialised process group.
+
+    Example:
+        >>> import os, tempfile, torch.distributed as dist
+        >>> dist.init_process_group("gloo", init_method="file://" + os.path.join(
+        ...     tempfile.mkdtemp(), "pg"), rank=0, world_size=1)
+        >>> batch_layout(5)  # (offset of this rank's rows, global N)
+        (0, 5)
+        >>> dist.destroy_process_group()
     """
     g = resolve_group(group if group is not None else True)
     sizes = _sizes_along("batch_layout", torch.zeros(n_local, device=device), 0, g)

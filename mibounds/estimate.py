@@ -84,7 +84,14 @@ def make_critic(
 
 
 class CriticEstimator(nn.Module):
-    """A critic trained by minimising a lower-bound loss module; the estimate is ``-loss``."""
+    """A critic trained by minimising a lower-bound loss module; the estimate is ``-loss``.
+
+    Example:
+        >>> est = CriticEstimator(make_critic("separable", 2, 2), losses.InfoNCE())
+        >>> loss, value = est(torch.randn(8, 2), torch.randn(8, 2))
+        >>> torch.allclose(loss, -value)
+        True
+    """
 
     def __init__(self, critic: nn.Module, loss: nn.Module) -> None:
         super().__init__()
@@ -109,6 +116,11 @@ class EstimatorSpec:
         build: ``build(dim_x, dim_y, critic)`` returns a module whose ``forward(x, y)`` gives
             ``(training_loss, estimate)``; ``critic`` is a ready critic module.
         description: one line for tables and help.
+
+    Example:
+        >>> spec = get_estimator("infonce")
+        >>> isinstance(spec, EstimatorSpec), spec.kind
+        (True, 'lower')
     """
 
     name: str
@@ -196,6 +208,13 @@ class VariationalUpperEstimator(nn.Module):
     """An upper-bound module trained with its own ``learning_loss``; the estimate is its bound.
 
     The bound is evaluated on the batch before the update, without gradient.
+
+    Example:
+        >>> from mibounds.nn import CLUB
+        >>> est = VariationalUpperEstimator(CLUB(2, 2))
+        >>> loss, value = est(torch.randn(8, 2), torch.randn(8, 2))
+        >>> value.requires_grad, loss.requires_grad
+        (False, True)
     """
 
     def __init__(self, bound: nn.Module) -> None:
@@ -267,6 +286,13 @@ class MIEstimate:
         eval_values: the bound on each held-out batch.
         n_train: training samples.
         n_eval: held-out samples.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(1000, 2)
+        >>> r = estimate_mi(x, x + 0.1 * torch.randn(1000, 2), "infonce", steps=5, progress=False)
+        >>> type(r).__name__, r.kind, len(r.history)
+        ('MIEstimate', 'lower', 5)
     """
 
     estimate: float
@@ -444,6 +470,13 @@ class StaircaseResult:
         true_mi: the true MI at every step.
         diverged: estimator name -> the step at which its parameters stopped being finite;
             such an estimator is not trained further and reports NaN from the next step on.
+
+    Example:
+        >>> from mibounds.tasks import staircase
+        >>> schedule = staircase((1.0,), steps_per_level=4, dim=2)
+        >>> res = run_staircase(["nwj"], schedule, progress=False)
+        >>> len(res.estimates["nwj"]), res.kinds["nwj"]
+        (4, 'lower')
     """
 
     staircase: Staircase
@@ -534,7 +567,16 @@ def run_staircase(
 
 @dataclass(frozen=True)
 class StairRow:
-    """One row of :func:`staircase_table`."""
+    """One row of :func:`staircase_table`.
+
+    Example:
+        >>> from mibounds.tasks import staircase
+        >>> schedule = staircase((1.0,), steps_per_level=4, dim=2)
+        >>> res = run_staircase(["infonce"], schedule, progress=False)
+        >>> row = staircase_table(res)[0]
+        >>> row.estimator, row.kind, row.true_mi
+        ('infonce', 'lower', 1.0)
+    """
 
     estimator: str
     kind: str
@@ -557,6 +599,13 @@ def staircase_table(result: StaircaseResult, tail: float = 0.5) -> list[StairRow
 
     Returns:
         A list of :class:`StairRow`, estimator-major.
+
+    Example:
+        >>> from mibounds.tasks import staircase
+        >>> schedule = staircase((1.0, 2.0), steps_per_level=4, dim=2)
+        >>> res = run_staircase(["smile"], schedule, progress=False)
+        >>> [row.true_mi for row in staircase_table(res)]
+        [1.0, 2.0]
     """
     if not 0 < tail <= 1:
         raise ValueError(f"tail must lie in (0, 1], got {tail!r}")
@@ -592,6 +641,16 @@ def plot_staircase(result: StaircaseResult, path: str, *, smoothing: float = 0.9
 
     Raises:
         ImportError: if matplotlib is not installed (``pip install "mibounds[examples]"``).
+
+    Example:
+        >>> import os, tempfile
+        >>> from mibounds.tasks import staircase
+        >>> schedule = staircase((1.0,), steps_per_level=4, dim=2)
+        >>> res = run_staircase(["infonce"], schedule, progress=False)
+        >>> path = os.path.join(tempfile.mkdtemp(), "staircase.png")
+        >>> plot_staircase(res, path)
+        >>> os.path.getsize(path) > 0
+        True
     """
     try:
         import matplotlib

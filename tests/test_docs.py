@@ -97,3 +97,20 @@ def test_docs_build(tmp_path):
             assert images, f"{gallery}/{name} has no figure"
             for src in images:
                 assert (out / gallery / src).exists(), src
+
+
+def test_every_public_callable_has_a_runnable_example():
+    """Every public function and class documents an Example (run by --doctest-modules); plain
+    data (constants, type aliases) has no docstring of its own in Python and is exempt."""
+    import inspect
+
+    modules = (mibounds.nn, mibounds.tasks, mibounds.estimate, streaming, benchmark)
+    missing = []
+    for module in (mibounds, *modules, mibounds.distributed, mibounds.methods):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.ismodule(obj) or not (inspect.isclass(obj) or callable(obj)):
+                continue
+            if ">>>" not in (inspect.getdoc(obj) or ""):
+                missing.append(f"{module.__name__}.{name}")
+    assert not missing, f"no doctest example: {missing}"

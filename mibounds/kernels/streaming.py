@@ -55,6 +55,12 @@ def set_memory_budget(nbytes: int | None) -> None:
 
     Raises:
         ValueError: if ``nbytes`` is not a positive int.
+
+    Example:
+        >>> set_memory_budget(1 << 20)
+        >>> get_memory_budget()
+        1048576
+        >>> set_memory_budget(None)
     """
     if nbytes is None:
         _BUDGET[0] = DEFAULT_MEMORY_BUDGET
@@ -78,6 +84,11 @@ def set_backend(name: str) -> None:
 
     Raises:
         ValueError: for another name.
+
+    Example:
+        >>> set_backend("eager")
+        >>> get_backend()
+        'eager'
     """
     if name not in ("eager", "compiled"):
         raise ValueError(f"backend must be 'eager' or 'compiled', got {name!r}")
@@ -85,7 +96,12 @@ def set_backend(name: str) -> None:
 
 
 def get_backend() -> str:
-    """The current panel-body backend, ``"eager"`` or ``"compiled"``."""
+    """The current panel-body backend, ``"eager"`` or ``"compiled"``.
+
+    Example:
+        >>> get_backend()
+        'eager'
+    """
     return _BACKEND[0]
 
 
@@ -100,7 +116,12 @@ def _kernel(fn):
 
 
 def get_memory_budget() -> int:
-    """The current panel workspace of the streaming kernels, in bytes."""
+    """The current panel workspace of the streaming kernels, in bytes.
+
+    Example:
+        >>> get_memory_budget() == DEFAULT_MEMORY_BUDGET
+        True
+    """
     return _BUDGET[0]
 
 
@@ -108,7 +129,12 @@ _SIMS = {"dot": 0, "gaussian": 1}
 
 
 def panel_rows(n: int, budget: int | None = None, buffers: int = 4) -> int:
-    """Rows per panel so that ``buffers`` float32 ``P x N`` panels fit in ``budget`` bytes."""
+    """Rows per panel so that ``buffers`` float32 ``P x N`` panels fit in ``budget`` bytes.
+
+    Example:
+        >>> panel_rows(16384, budget=32 * 2**20)
+        128
+    """
     b = _BUDGET[0] if budget is None else budget
     return max(1, min(n, b // (buffers * 4 * max(n, 1))))
 
@@ -379,14 +405,25 @@ def _register_fn(name: str, fn, dfn) -> None:
 
 def elementwise(name: str, fn, dfn) -> str:
     """Make an elementwise function ``fn`` with derivative ``dfn`` available to
-    :func:`offdiag_means` under ``name`` (the first registration of a name wins)."""
+    :func:`offdiag_means` under ``name`` (the first registration of a name wins).
+
+    Example:
+        >>> name = elementwise("doc-square", lambda t, p: t * t, lambda t, p: 2 * t)
+        >>> name in ELEMENTWISE
+        True
+    """
     if name not in ELEMENTWISE:
         _register_fn(name, fn, dfn)
     return name
 
 
 def elementwise_function(name: str):
-    """The value function ``fn(t, param)`` registered under ``name``."""
+    """The value function ``fn(t, param)`` registered under ``name``.
+
+    Example:
+        >>> elementwise_function("softplus")(torch.tensor(0.0), 0.0)
+        tensor(0.6931)
+    """
     return _FNS[ELEMENTWISE[name]][1]
 
 
@@ -526,6 +563,12 @@ def row_logsumexp_mean(x: Tensor, y: Tensor, tau: float | Tensor, sim: str) -> T
     r""":math:`\frac1N\sum_i \log\sum_j e^{S_{ij}}` for ``S = sim(x, y) / tau``, shape ``(...)``.
 
     The column version is ``row_logsumexp_mean(y, x, ...)`` (the similarities are symmetric).
+
+    Example:
+        >>> x, y = torch.randn(5, 3), torch.randn(5, 3)
+        >>> dense = torch.logsumexp(x @ y.T / 0.5, dim=-1).mean()
+        >>> torch.allclose(row_logsumexp_mean(x, y, 0.5, "dot"), dense)
+        True
     """
     xf, yf, lead = _flatten(x, y)
     t = _tau(tau, x)
@@ -535,7 +578,15 @@ def row_logsumexp_mean(x: Tensor, y: Tensor, tau: float | Tensor, sim: str) -> T
 
 def symmetric_logsumexp_mean(x: Tensor, y: Tensor, tau: float | Tensor, sim: str) -> Tensor:
     r"""Average of the row and the column :math:`\frac1N\sum \log\sum e^{S}`, ``(...)``: two
-    sweeps, four matrix products (the symmetric InfoNCE partition terms)."""
+    sweeps, four matrix products (the symmetric InfoNCE partition terms).
+
+    Example:
+        >>> x, y = torch.randn(5, 3), torch.randn(5, 3)
+        >>> s = x @ y.T
+        >>> dense = 0.5 * (torch.logsumexp(s, -1).mean() + torch.logsumexp(s, -2).mean())
+        >>> torch.allclose(symmetric_logsumexp_mean(x, y, 1.0, "dot"), dense)
+        True
+    """
     xf, yf, lead = _flatten(x, y)
     t = _tau(tau, x)
     value, *_ = _sym_lse_mean(xf, yf, t, _SIMS[sim], _need_grad(x, y, t))
@@ -550,6 +601,13 @@ def offdiag_logmeanexp(
     With ``n`` rows of ``x`` against ``m`` columns of ``y`` (one rank's rows against the global
     batch), the positive of row ``i`` is column ``offset + i`` and the mean is over the
     ``n (m - 1)`` other pairs.
+
+    Example:
+        >>> x, y = torch.randn(6, 3), torch.randn(6, 3)
+        >>> s = x @ y.T
+        >>> dense = torch.logsumexp(s[~torch.eye(6, dtype=torch.bool)], 0) - math.log(30)
+        >>> torch.allclose(offdiag_logmeanexp(x, y, 1.0, "dot"), dense)
+        True
     """
     xf, yf, lead = _flatten(x, y)
     t = _tau(tau, x)
@@ -574,6 +632,13 @@ def offdiag_means(
     places the positives as in :func:`offdiag_logmeanexp`.
     Returns ``(value_mean or None, grad_mean)``, each ``(...)``; with ``grad_value=False`` the
     second is 0 with the right gradient (for an objective whose value cancels).
+
+    Example:
+        >>> x, y = torch.randn(6, 3), torch.randn(6, 3)
+        >>> off = (x @ y.T)[~torch.eye(6, dtype=torch.bool)]
+        >>> _, mean_exp = offdiag_means(x, y, 1.0, "dot", "exp")
+        >>> torch.allclose(mean_exp, off.exp().mean())
+        True
     """
     xf, yf, lead = _flatten(x, y)
     t = _tau(tau, x)

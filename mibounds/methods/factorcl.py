@@ -65,6 +65,10 @@ class FactorCL(nn.Module):
         cond_dim: size of what the conditional terms concatenate (one-hot label size, or
             ``head_dim`` for the augmented views of the SSL variant).
         critic_hidden: hidden sizes of every concat critic (the official code: ``(512, 512)``).
+
+    Example:
+        >>> issubclass(FactorCLSUP, FactorCL) and issubclass(FactorCLSSL, FactorCL)
+        True
     """
 
     def __init__(

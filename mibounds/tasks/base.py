@@ -34,6 +34,12 @@ class Task(ABC):
     Subclasses set ``dim_x`` and ``dim_y``, implement :meth:`sample` and
     :attr:`mutual_information`, and may implement :meth:`log_density_ratio` (the oracle critic
     :math:`\log p(x, y) / (p(x) p(y))`).
+
+    Example:
+        >>> from mibounds.tasks import CorrelatedGaussian
+        >>> task = CorrelatedGaussian(dim=2, mi=1.0)
+        >>> isinstance(task, Task), task.mutual_information
+        (True, 1.0)
     """
 
     dim_x: int
@@ -98,7 +104,14 @@ class Task(ABC):
 
 @dataclass(frozen=True)
 class Transform:
-    """An elementwise invertible map (applied to every coordinate)."""
+    """An elementwise invertible map (applied to every coordinate).
+
+    Example:
+        >>> t = get_transform("cubic")
+        >>> x = torch.tensor([-2.0, 0.5])
+        >>> torch.allclose(t.inverse(t.forward(x)), x)
+        True
+    """
 
     name: str
     forward: Callable[[Tensor], Tensor]

@@ -17,7 +17,13 @@ __all__ = ["CorrelatedGaussian", "FMutualInformation"]
 
 
 class FMutualInformation(NamedTuple):
-    """An f-mutual information value with its numerical error and how it was obtained."""
+    """An f-mutual information value with its numerical error and how it was obtained.
+
+    Example:
+        >>> value = CorrelatedGaussian(dim=2, mi=1.0).f_mutual_information("kl")
+        >>> round(value.value, 6), value.method
+        (1.0, 'closed form')
+    """
 
     value: float
     error: float

@@ -21,6 +21,11 @@ class Staircase:
         levels: the MI of each stair, in nats.
         steps_per_level: training steps spent on each stair.
         make_task: builds the task of a given MI (e.g. a :class:`CorrelatedGaussian`).
+
+    Example:
+        >>> s = staircase(levels=(1.0, 2.0), steps_per_level=3, dim=2)
+        >>> s.total_steps, s.mi_at(4), s.level_index(4)
+        (6, 2.0, 1)
     """
 
     levels: tuple[float, ...]
