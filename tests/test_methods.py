@@ -22,6 +22,7 @@ from mibounds.methods import (
     mean_pairwise_sq_distance,
     mixup,
     reconstruction_loss,
+    sequence_augment,
     vector_augment,
 )
 from mibounds.tasks import FactorCLSynthetic
@@ -354,6 +355,25 @@ def test_vector_augment_applies_one_of_four_operations():
             kinds.add("noise")
     assert kinds == {"identity", "swap", "drop", "noise"}
     assert mixup(x).shape == x.shape
+
+
+def test_sequence_augment_applies_one_of_four_operations():
+    x = torch.arange(1.0, 201.0).reshape(40, 5, 1).repeat(1, 1, 2)
+    out = sequence_augment(x, torch.Generator().manual_seed(0))
+    kinds = set()
+    for a, b in zip(x, out, strict=True):
+        if torch.equal(a, b):
+            kinds.add("identity")
+        elif torch.equal(torch.sort(b[:, 0]).values, a[:, 0]) and torch.equal(b[:, 0], b[:, 1]):
+            kinds.add("permute")
+        elif ((b == 0).all(1) | (b == a).all(1)).all():
+            kinds.add("drop")
+        else:
+            assert (b - a).abs().max() < 1.0
+            kinds.add("noise")
+    assert kinds == {"identity", "permute", "drop", "noise"}
+    with pytest.raises(ValueError, match=r"\(N, T, C\)"):
+        sequence_augment(torch.zeros(2, 3, 4, 5))
 
 
 def test_image_augment_range_and_shape():

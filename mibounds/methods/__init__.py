@@ -7,7 +7,7 @@
   linear-probe / collapse diagnostics used by the examples.
 """
 
-from mibounds.methods.augment import image_augment, mixup, vector_augment
+from mibounds.methods.augment import image_augment, mixup, sequence_augment, vector_augment
 from mibounds.methods.evaluation import effective_rank, linear_probe, mean_pairwise_sq_distance
 from mibounds.methods.f_micl import FMICL, fmicl, fmicl_terms, log_kernel_scores
 from mibounds.methods.factorcl import FactorCL, FactorCLSSL, FactorCLSUP
@@ -32,5 +32,6 @@ __all__ = [
     "mean_pairwise_sq_distance",
     "mixup",
     "reconstruction_loss",
+    "sequence_augment",
     "vector_augment",
 ]

@@ -3,6 +3,8 @@ r"""Data augmentations for the paper methods (all take an optional ``torch.Gener
 * :func:`vector_augment`: FactorCL's augmentation of feature vectors: per sample one of
   swapping the two halves, Gaussian noise (std 0.01), zeroing a random 10% of the features, or
   the identity.
+* :func:`sequence_augment`: FactorCL's time-series augmentation: per sample one of permuting
+  the time steps, Gaussian noise (std 0.1), zeroing a random 20% of the steps, or the identity.
 * :func:`mixup`: FactorCL's tabular mixup with a Beta(1, 1) weight.
 * :func:`image_augment`: light augmentations for small grey images such as scikit-learn's 8x8
   digits: a random shift of up to one pixel, random intensity scaling, Gaussian noise and a
@@ -16,7 +18,7 @@ from torch import Tensor
 
 from mibounds import _checks
 
-__all__ = ["image_augment", "mixup", "vector_augment"]
+__all__ = ["image_augment", "mixup", "sequence_augment", "vector_augment"]
 
 
 def _uniform(shape: tuple[int, ...], x: Tensor, generator) -> Tensor:
@@ -56,6 +58,36 @@ def vector_augment(
     noisy = x + noise * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     dropped = x * (_uniform((n, d), x, generator) >= drop)
     out = torch.where(choice == 0, swapped, x)
+    out = torch.where(choice == 1, noisy, out)
+    return torch.where(choice == 2, dropped, out)
+
+
+def sequence_augment(
+    x: Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    noise: float = 0.1,
+    drop: float = 0.2,
+) -> Tensor:
+    """FactorCL's time-series augmentation of ``(N, T, C)`` sequences, one operation per sample:
+    a random permutation of the ``T`` steps, Gaussian noise, zeroing a random ``drop`` share of
+    the steps (all channels), or the identity.
+
+    Example:
+        >>> x = torch.arange(24.0).reshape(2, 4, 3)
+        >>> sequence_augment(x, torch.Generator().manual_seed(0)).shape
+        torch.Size([2, 4, 3])
+    """
+    _checks.check_tensor("x", x, min_dim=3)
+    if x.dim() != 3:
+        raise ValueError(f"x must be (N, T, C), got shape {tuple(x.shape)}")
+    n, t, _ = x.shape
+    choice = torch.randint(0, 4, (n, 1, 1), generator=generator, device=x.device)
+    order = torch.argsort(_uniform((n, t), x, generator), dim=1)
+    permuted = torch.gather(x, 1, order[:, :, None].expand_as(x))
+    noisy = x + noise * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    dropped = x * (_uniform((n, t, 1), x, generator) >= drop)
+    out = torch.where(choice == 0, permuted, x)
     out = torch.where(choice == 1, noisy, out)
     return torch.where(choice == 2, dropped, out)
 
