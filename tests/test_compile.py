@@ -19,6 +19,7 @@ def _dense_loss(x, y):
         + mibounds.smile(s)
         + mibounds.nce_club(s)
         + mibounds.l1out(s)
+        + mibounds.interpolated(s, alpha=0.5)
     )
 
 
@@ -31,6 +32,7 @@ def _streaming_loss(x, y, tau):
         + mibounds.fmi(s, "js")
         + mibounds.nce_club(s)
         + mibounds.mine(s)[0]
+        + mibounds.interpolated(s, alpha=0.5)
     )
 
 

@@ -25,6 +25,7 @@ BOUNDS = {
     "smile-1": lambda s: mibounds.smile(s, clip=1.0),
     "smile-noclip": lambda s: mibounds.smile(s, clip=None),
     "nce_club": mibounds.nce_club,
+    "interpolated": lambda s: mibounds.interpolated(s, alpha=0.3),
     **{
         f"fmi-{d.name}": (lambda d: lambda s: mibounds.fmi(s, d))(d)
         for d in mibounds.list_divergences()
@@ -71,7 +72,7 @@ def test_streaming_equals_dense_value_and_gradient(name, sim, dtype, budget):
 
 
 @pytest.mark.parametrize(
-    "name", ["infonce", "infonce-sym", "nwj", "tuba", "dv", "fmi-js", "nce_club"]
+    "name", ["infonce", "infonce-sym", "nwj", "tuba", "dv", "fmi-js", "nce_club", "interpolated"]
 )
 @pytest.mark.parametrize("sim", SIMS)
 def test_streaming_gradcheck(name, sim):
@@ -87,6 +88,35 @@ def test_streaming_gradcheck(name, sim):
         )
     finally:
         streaming.set_memory_budget(None)
+
+
+@pytest.mark.parametrize("sim", SIMS)
+def test_streaming_interpolated_with_a_baseline(sim, budget):
+    x, y = _xy(torch.float64)
+    x.requires_grad_(True)
+    b = torch.randn(2, 37, dtype=torch.float64, requires_grad=True)
+    sep = mibounds.SeparableScores(x, y, sim, 0.6)
+    got = mibounds.interpolated(sep, b, alpha=0.7)
+    want = mibounds.interpolated(sep.dense(), b, alpha=0.7)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    for a, c in zip(
+        torch.autograd.grad(got.sum(), (x, b)), torch.autograd.grad(want.sum(), (x, b)), strict=True
+    ):
+        torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-9)
+
+
+def test_streaming_interpolated_is_exact_when_one_row_dominates_a_column():
+    """A column whose maximum dwarfs the rest: its leave-one-out sum must not cancel."""
+    x, y = _xy(torch.float64, lead=(), n=9, d=3)
+    x = x.clone()
+    x[4] = 40.0 * y[2] / y[2].norm() ** 2  # S[4, 2] = 40, far above the rest of column 2
+    x.requires_grad_(True)
+    sep = mibounds.SeparableScores(x, y, "dot", 1.0)
+    got, want = mibounds.interpolated(sep), mibounds.interpolated(sep.dense())
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    (g1,) = torch.autograd.grad(got, x)
+    (g2,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(g1, g2, rtol=1e-8, atol=1e-10)
 
 
 def test_no_grad_computes_statistics_only():
@@ -170,6 +200,17 @@ def test_rectangular_offset_matches_dense():
     torch.testing.assert_close(sp, torch.nn.functional.softplus(off).mean())
     lse = streaming.row_logsumexp_mean(xl, y, 0.7, "dot")
     torch.testing.assert_close(lse, torch.logsumexp(s, -1).mean())
+
+
+def test_opcheck_interpolated():
+    x, y = _xy(torch.float64, lead=(2,), n=9, d=3)
+    x.requires_grad_(True)
+    b = torch.randn(2, 9, dtype=torch.float64, requires_grad=True)
+    tau = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    for sim in (0, 1):
+        torch.library.opcheck(
+            torch.ops.mibounds.interpolated_terms.default, (x, y, tau, b, sim, 0.4, True)
+        )
 
 
 def test_memory_budget_setting():

@@ -17,6 +17,7 @@ from torch import Tensor
 from mibounds import _checks
 from mibounds.distributed import GroupArg
 from mibounds.divergences import FDivergence, get_divergence, streaming_name
+from mibounds.kernels import streaming
 from mibounds.reductions import (
     BatchStatistics,
     Scores,
@@ -31,7 +32,10 @@ from mibounds.reductions import (
     prepare,
     reduce_terms,
     row_logsumexp,
+    sep_diagonal,
+    streaming_operands,
 )
+from mibounds.scores import SeparableScores
 
 __all__ = ["dv", "fmi", "infonce", "interpolated", "js", "mine", "nwj", "smile", "tuba"]
 
@@ -476,7 +480,10 @@ def interpolated(scores: Scores, log_baseline: Tensor | None = None, alpha: floa
         - \frac{1}{N(N-1)}\sum_{i\ne j} e^{S_{ij} - A_{jj}}.
 
     The exponent is at most :math:`\log((N-1)/\alpha)`, so the bound is finite for any finite
-    scores; it is at most :math:`1 + \log((N-1)/\alpha)`.
+    scores; it is at most :math:`1 + \log((N-1)/\alpha)`. On
+    :class:`~mibounds.scores.SeparableScores` it is streamed in three sweeps (column
+    statistics with the exact leave-one-out sums, the sum of :math:`A`, the gradient), without
+    the N x N matrix; gathered scores (``gather``) are not supported.
 
     Args:
         scores: ``(..., N, N)`` scores or :class:`~mibounds.scores.SeparableScores`, ``N >= 3``
@@ -502,6 +509,17 @@ def interpolated(scores: Scores, log_baseline: Tensor | None = None, alpha: floa
         Information." ICML 2019 (Eq. 11-12).
     """
     a = _checks.check_open_unit("alpha", alpha)
+    if isinstance(scores, SeparableScores) and not scores.gather:
+        x, y, tau, sim = streaming_operands(scores)
+        diag = sep_diagonal(scores)
+        if log_baseline is None:
+            base = diag.new_zeros(diag.shape)
+        else:
+            what = "the per-y shape (..., N)"
+            base = _checks.check_broadcast("log_baseline", log_baseline, diag.shape, what)
+            base = base.expand(diag.shape)
+        rest = streaming.interpolated_terms(x, y, tau, sim, base, a)
+        return (1 + diag.mean(-1) + rest).to(scores.dtype)
     s, out_dtype = prepare(scores)
     b = _log_baseline(log_baseline, s)
     loo = _leave_one_out_logmeanexp(s)

@@ -34,6 +34,7 @@ __all__ = [
     "elementwise_function",
     "get_backend",
     "get_memory_budget",
+    "interpolated_terms",
     "offdiag_logmeanexp",
     "offdiag_means",
     "panel_rows",
@@ -496,6 +497,176 @@ def _offdiag_means(
 @_offdiag_means.register_fake
 def _(x, y, tau, sim, value_fn, grad_fn, shift, param, offset, need_grad, grad_value):
     return _fake_outputs(x, y, need_grad, 2)
+
+
+# --- the alpha-interpolated bound: leave-one-out column statistics, three sweeps -----------
+
+
+def _column_stats(sw: _Sweep) -> tuple[Tensor, Tensor, Tensor]:
+    """Per column ``j``: the row index of its maximum, the log-sum-exp of every entry and the
+    log-sum-exp of the entries other than the maximum (merged online over the panels)."""
+    b, m = sw.b, sw.m
+    top = sw.x.new_full((b, m), -math.inf)
+    top_row = torch.zeros(b, m, dtype=torch.long, device=sw.x.device)
+    rest = sw.x.new_full((b, m), -math.inf)
+    for r0, r1 in sw.panels():
+        s = sw.scores(r0, r1)
+        p_top, p_arg = s.max(dim=1)
+        p_rest = torch.logsumexp(s.scatter(1, p_arg[:, None, :], -math.inf), dim=1)
+        newer = p_top > top
+        rest = torch.where(
+            newer,
+            torch.logaddexp(torch.logaddexp(rest, top), p_rest),
+            torch.logaddexp(torch.logaddexp(rest, p_top), p_rest),
+        )
+        top_row = torch.where(newer, p_arg + r0, top_row)
+        top = torch.where(newer, p_top, top)
+    return top_row, torch.logaddexp(top, rest), rest
+
+
+def _leave_one_out(s: Tensor, rows: Tensor, top_row: Tensor, lse: Tensor, rest: Tensor) -> Tensor:
+    r"""``log sum_{k != i} e^{S_kj}`` for the entries ``s[:, p, j]`` of rows ``rows[p]``: exact, as
+    every entry but a column's maximum is at most half of its column's sum, and the maximum's
+    own entry is the stored sum of the others."""
+    is_top = rows[None, :, None] == top_row[:, None, :]
+    rel = (s - lse[:, None, :]).clamp_max(-math.log(2.0))
+    return torch.where(is_top, rest[:, None, :], lse[:, None, :] + torch.log1p(-torch.exp(rel)))
+
+
+@torch.library.custom_op("mibounds::interpolated_terms", mutates_args=())
+def _interpolated_terms(
+    x: Tensor,
+    y: Tensor,
+    tau: Tensor,
+    log_baseline: Tensor,
+    sim: int,
+    alpha: float,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r"""The part of the interpolated bound beyond :math:`1 + \frac1N\sum_j S_{jj}`:
+    :math:`-\frac{1}{N(N-1)}\sum_{i\ne j} A_{ij} - \frac1N\sum_j e^{L_{jj} - A_{jj}}` (see
+    :func:`mibounds.interpolated`), in three sweeps: column statistics; the sum of
+    :math:`A` with per-column sums for the gradient; the gradient."""
+    sw = _Sweep(x, y, tau, sim, need_grad)
+    n = sw.n
+    b = log_baseline.to(sw.x.dtype)
+    log_a, log_1ma = math.log(alpha), math.log1p(-alpha)
+    log_k = math.log(n - 1)
+    top_row, lse, rest = _column_stats(sw)
+    # the diagonal's leave-one-out statistics, O(N d)
+    if sim == 0:
+        diag = (sw.x * sw.y).sum(-1) * sw.inv[:, 0]
+    else:
+        diag = -((sw.x - sw.y) ** 2).sum(-1) * sw.inv[:, 0]
+    cols = torch.arange(n, device=sw.x.device)
+    rel = (diag - lse).clamp_max(-math.log(2.0))
+    l_diag = torch.where(top_row == cols, rest, lse + torch.log1p(-torch.exp(rel))) - log_k
+    a_diag = torch.logaddexp(log_a + l_diag, log_1ma + b)
+    phi = torch.exp(l_diag - a_diag)  # e^{L_jj - A_jj} <= 1 / alpha
+    sum_a = sw.x.new_zeros(sw.b)
+    log_q = sw.x.new_full((sw.b, n), -math.inf)  # log sum_{i != j} alpha e^{-A_ij}
+    log_q_rest = log_q.clone()  # the same without the column's maximum row
+    sum_w = sw.x.new_zeros(sw.b, n)  # sum_{i != j} alpha e^{L_ij - A_ij}
+    for r0, r1 in sw.panels():
+        s = sw.scores(r0, r1)
+        rows = torch.arange(r0, r1, device=sw.x.device)
+        ell = _leave_one_out(s, rows, top_row, lse, rest) - log_k
+        a = torch.logaddexp(log_a + ell, log_1ma + b[:, None, :])
+        prow, pcol = sw.diag(r0, r1)
+        a[:, prow, pcol] = 0.0
+        sum_a += a.sum((1, 2))
+        neg_a = log_a - a
+        neg_a[:, prow, pcol] = -math.inf
+        log_q = torch.logaddexp(log_q, torch.logsumexp(neg_a, dim=1))
+        is_top = rows[None, :, None] == top_row[:, None, :]
+        log_q_rest = torch.logaddexp(
+            log_q_rest, torch.logsumexp(neg_a.masked_fill(is_top, -math.inf), dim=1)
+        )
+        w = torch.exp(neg_a + ell)
+        sum_w += w.sum(1)
+    value = -sum_a / (n * (n - 1)) - phi.mean(-1)
+    if not need_grad:
+        return (value, *sw.no_grads(), b.new_zeros(0))
+    w_diag = torch.exp(log_a + l_diag - a_diag)
+    coef_f = phi * (1 - w_diag) / (n * (n - 1))  # d/dS_kj of the phi term, per e^{S_kj - L_jj}
+    coef_a = 1.0 / (n * (n - 1) * (n - 1))
+    for r0, r1 in sw.panels():
+        s = sw.scores(r0, r1)
+        rows = torch.arange(r0, r1, device=sw.x.device)
+        ell = _leave_one_out(s, rows, top_row, lse, rest) - log_k
+        a = torch.logaddexp(log_a + ell, log_1ma + b[:, None, :])
+        # d/dS_kj of the A terms: e^{S_kj} times the column's sum of alpha e^{-A_ij} over
+        # i != j, k. For the column's maximum row that sum is stored without it (subtracting
+        # its dominant term would cancel); for the other rows the subtraction is stable.
+        is_top = rows[None, :, None] == top_row[:, None, :]
+        g = torch.exp(s + torch.where(is_top, log_q_rest[:, None, :], log_q[:, None, :]))
+        own = torch.exp(log_a + s - a).masked_fill(is_top, 0.0)
+        own -= coef_f[:, None, :] / coef_a * torch.exp(s - l_diag[:, None, :])
+        prow, pcol = sw.diag(r0, r1)
+        own[:, prow, pcol] = 0.0
+        g = (own - g).mul_(coef_a)
+        sw.accumulate(g, r0, r1)
+    db = -((n - 1) - sum_w) / (n * (n - 1)) + phi * (1 - w_diag) / n
+    return (value, *sw.finish(), db.to(log_baseline.dtype))
+
+
+@_interpolated_terms.register_fake
+def _(x, y, tau, log_baseline, sim, alpha, need_grad):
+    value, dx, dy, dtau = _fake_outputs(x, y, need_grad, 1)
+    db = torch.empty_like(log_baseline) if need_grad else log_baseline.new_empty(0)
+    return value, dx, dy, dtau, db
+
+
+def _setup_interpolated(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*output[1:])
+    ctx.tau_shape, ctx.tau_dtype = inputs[2].shape, inputs[2].dtype
+
+
+def _backward_interpolated(ctx, grad_value, *_):
+    dx, dy, dtau, db = ctx.saved_tensors
+    if dx.numel() == 0:
+        raise RuntimeError(
+            "mibounds streaming op: no gradient was computed in the forward pass "
+            "(it ran with need_grad=False); call it with gradients enabled"
+        )
+    g = grad_value.to(dtau.dtype)
+    gx = (dx.to(g.dtype) * g[:, None, None]).to(dx.dtype)
+    gy = (dy.to(g.dtype) * g[:, None, None]).to(dy.dtype)
+    gt = (dtau * g).sum().reshape(ctx.tau_shape).to(ctx.tau_dtype)
+    gb = (db.to(g.dtype) * g[:, None]).to(db.dtype)
+    return gx, gy, gt, gb, None, None, None
+
+
+_interpolated_terms.register_autograd(_backward_interpolated, setup_context=_setup_interpolated)
+
+
+def interpolated_terms(
+    x: Tensor,
+    y: Tensor,
+    tau: float | Tensor,
+    sim: str,
+    log_baseline: Tensor,
+    alpha: float,
+) -> Tensor:
+    r"""The terms of :func:`mibounds.interpolated` beyond :math:`1 + \frac1N\sum_j S_{jj}`,
+    streamed: :math:`-\frac{1}{N(N-1)}\sum_{i\ne j} A_{ij} - \frac1N\sum_j e^{L_{jj}-A_{jj}}`,
+    shape ``(...)``; ``log_baseline`` is ``(..., N)`` and receives a gradient too.
+
+    Example:
+        >>> import mibounds
+        >>> x, y = torch.randn(6, 3), torch.randn(6, 3)
+        >>> rest = interpolated_terms(x, y, 1.0, "dot", torch.zeros(6), 0.5)
+        >>> value = 1 + (x * y).sum(-1).mean() + rest
+        >>> torch.allclose(value, mibounds.interpolated(x @ y.T, alpha=0.5), atol=1e-5)
+        True
+    """
+    xf, yf, lead = _flatten(x, y)
+    t = _tau(tau, x)
+    bf = log_baseline.reshape(-1, log_baseline.shape[-1])
+    value, *_ = _interpolated_terms(
+        xf, yf, t, bf, _SIMS[sim], float(alpha), _need_grad(x, y, t, log_baseline)
+    )
+    return value.reshape(lead)
 
 
 # --- autograd: backward scales the gradients stored by the forward sweep --------------------
