@@ -15,25 +15,56 @@ pytest.importorskip("triton")
 SCRIPT = textwrap.dedent(
     """
     import torch
-    from mibounds.kernels import streaming, triton_kernels
+    from mibounds.kernels import streaming, triton_kernels as tk
+
+    E = streaming.ELEMENTWISE
     torch.manual_seed(0)
-    for n, d in ((37, 5), (64, 16), (70, 33)):
-        x = torch.nn.functional.normalize(torch.randn(n, d), dim=-1)
-        y = torch.nn.functional.normalize(x + 0.5 * torch.randn(n, d), dim=-1)
-        tau = torch.tensor(0.2)
-        v, dx, dy, dt = triton_kernels.row_lse_mean_triton(x, y, 0.2, True, block=16)
-        rv, rdx, rdy, rdt = streaming._row_lse_mean_sweep(x[None], y[None], tau, 0, True)
-        torch.testing.assert_close(v, rv[0], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(dx, rdx[0], rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(dy, rdy[0], rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(dt, rdt[0], rtol=1e-4, atol=1e-6)
+
+
+    def check(got, want, tag):
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=2e-4, atol=2e-5, msg=tag)
+
+
+    for n, d in ((37, 5), (40, 16), (70, 33)):
+        x = torch.nn.functional.normalize(torch.randn(2, n, d), dim=-1)
+        y = torch.nn.functional.normalize(x + 0.5 * torch.randn(2, n, d), dim=-1)
+        tau = torch.tensor(0.3)
+        ops = torch.ops.mibounds
+        # each Triton entry point, batched as the CUDA registrations do, against the sweep
+        for fn, op, extra, k in (
+            (tk.row_lse_mean_triton, ops.row_lse_mean, (), 1),
+            (tk.symmetric_lse_mean_triton, ops.sym_lse_mean, (), 1),
+            (tk.offdiag_lme_triton, ops.offdiag_lme, (0,), 1),
+        ):
+            want = op(x, y, tau, 0, *extra, True)
+            check(streaming._per_batch(fn, x, y, tau, True, k), want, op.__name__)
+        cases = (
+            (None, "exp", -1.0, 0.0, True),
+            ("exp", "softplus", 0.0, 0.0, False),
+            ("exp-clip", "softplus", 0.0, 2.0, False),
+        )
+        for vf, gf, shift, param, gv in cases:
+            vid = -1 if vf is None else E[vf]
+            want = ops.offdiag_means(x, y, tau, 0, vid, E[gf], shift, param, 0, True, gv)
+
+            def run(xb, yb, t, ng):
+                return tk.offdiag_means_triton(xb, yb, t, vf, gf, shift, param, ng, gv, block=16)
+
+            got = streaming._per_batch(run, x, y, tau, True, 2)
+            if vf is None:  # the value mean is not computed: 0 on both sides' terms
+                got = (want[0], *got[1:])
+            check(got, want, f"offdiag_means {vf} {gf}")
+        # statistics only
+        v, dx, dy, dt = tk.offdiag_lme_triton(x[0], y[0], 0.3, False)
+        assert dx.numel() == 0 and dy.numel() == 0
     print("triton-interpreter-ok")
     """
 )
 
 
 @pytest.mark.slow
-def test_triton_row_lse_in_interpreter():
+def test_triton_kernels_in_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600
@@ -48,11 +79,20 @@ def test_triton_on_cuda_matches_cpu():  # pragma: no cover - GPU only
 
     x = torch.nn.functional.normalize(torch.randn(2, 1000, 64), dim=-1)
     y = torch.nn.functional.normalize(x + 0.5 * torch.randn(2, 1000, 64), dim=-1)
-    for dev in ("cpu", "cuda"):
-        xs = x.to(dev).requires_grad_(True)
-        v = mibounds.infonce(mibounds.SeparableScores(xs, y.to(dev), "dot", 0.1))
-        (g,) = torch.autograd.grad(v.sum(), xs)
-        if dev == "cpu":
-            want, want_g = v, g
-    torch.testing.assert_close(v.cpu(), want, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(g.cpu(), want_g, rtol=1e-3, atol=1e-5)
+    bounds = (
+        mibounds.infonce,
+        lambda s: mibounds.infonce(s, symmetric=True),
+        mibounds.nwj,
+        mibounds.dv,
+        mibounds.js,
+        mibounds.smile,
+    )
+    for bound in bounds:
+        for dev in ("cpu", "cuda"):
+            xs = x.to(dev).requires_grad_(True)
+            v = bound(mibounds.SeparableScores(xs, y.to(dev), "dot", 0.1))
+            (g,) = torch.autograd.grad(v.sum(), xs)
+            if dev == "cpu":
+                want, want_g = v, g
+        torch.testing.assert_close(v.cpu(), want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(g.cpu(), want_g, rtol=1e-3, atol=1e-5)

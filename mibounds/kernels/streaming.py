@@ -284,22 +284,31 @@ if triton_kernels.HAS_TRITON:  # pragma: no cover - needs CUDA
     @_row_lse_mean.register_kernel("cuda")
     def _(x, y, tau, sim, need_grad):
         """Triton on CUDA for dot scores with d <= 256; the generic sweep otherwise."""
-        if sim != 0 or x.shape[-1] > 256 or x.shape[-2] != y.shape[-2]:
+        if not _triton_ok(x, y, sim):
             return _row_lse_mean_sweep(x, y, tau, sim, need_grad)
-        t = float(tau)
-        outs = [
-            triton_kernels.row_lse_mean_triton(
-                xb.float().contiguous(), yb.float().contiguous(), t, need_grad
-            )
-            for xb, yb in zip(x, y, strict=True)
-        ]
-        value = torch.stack([o[0] for o in outs])
-        dtau = torch.stack([o[3] for o in outs])
-        if not need_grad:
-            return value, x.new_zeros(0), y.new_zeros(0), dtau
-        dx = torch.stack([o[1] for o in outs]).to(x.dtype)
-        dy = torch.stack([o[2] for o in outs]).to(y.dtype)
-        return value, dx, dy, dtau
+        return _per_batch(triton_kernels.row_lse_mean_triton, x, y, tau, need_grad, 1)
+
+
+def _triton_ok(x: Tensor, y: Tensor, sim: int, offset: int = 0) -> bool:
+    """Whether the Triton kernels cover this call: dot scores, d <= 256, a square batch."""
+    return sim == 0 and x.shape[-1] <= 256 and x.shape[-2] == y.shape[-2] and offset == 0
+
+
+def _per_batch(fn, x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, n_values: int):
+    """Run a Triton entry point ``fn(x_b, y_b, tau, need_grad)`` on every batch index and stack
+    its ``(*values, dx, dy, dtau)`` into the custom op's outputs."""
+    t = float(tau)
+    outs = [
+        fn(xb.float().contiguous(), yb.float().contiguous(), t, need_grad)
+        for xb, yb in zip(x, y, strict=True)
+    ]
+    values = [torch.stack([o[k] for o in outs]) for k in range(n_values)]
+    dtau = torch.stack([o[n_values + 2] for o in outs])
+    if not need_grad:
+        return (*values, x.new_zeros(0), y.new_zeros(0), dtau)
+    dx = torch.stack([o[n_values] for o in outs]).to(x.dtype)
+    dy = torch.stack([o[n_values + 1] for o in outs]).to(y.dtype)
+    return (*values, dx, dy, dtau)
 
 
 def _fake_outputs(x: Tensor, y: Tensor, need_grad: bool, n_values: int):
@@ -321,8 +330,7 @@ def _col_softmax_lse(s: Tensor) -> tuple[Tensor, Tensor]:
     return p, m - torch.log(p.amax(1))
 
 
-@torch.library.custom_op("mibounds::sym_lse_mean", mutates_args=())
-def _sym_lse_mean(
+def _sym_lse_mean_impl(
     x: Tensor, y: Tensor, tau: Tensor, sim: int, need_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(mean_i lse_j S_ij + mean_j lse_i S_ij) / 2`` in two sweeps and four matrix products:
@@ -351,6 +359,11 @@ def _sym_lse_mean(
     return (value, *sw.finish())
 
 
+_sym_lse_mean = torch.library.custom_op("mibounds::sym_lse_mean", mutates_args=())(
+    _sym_lse_mean_impl
+)
+
+
 @_sym_lse_mean.register_fake
 def _(x, y, tau, sim, need_grad):
     return _fake_outputs(x, y, need_grad, 1)
@@ -359,8 +372,7 @@ def _(x, y, tau, sim, need_grad):
 # --- off-diagonal log-mean-exp ---------------------------------------------------------------
 
 
-@torch.library.custom_op("mibounds::offdiag_lme", mutates_args=())
-def _offdiag_lme(
+def _offdiag_lme_impl(
     x: Tensor, y: Tensor, tau: Tensor, sim: int, offset: int, need_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Log-mean-exp over the pairs ``(i, j != offset + i)`` of ``n`` rows and ``m`` columns."""
@@ -384,6 +396,9 @@ def _offdiag_lme(
     value = run_max + torch.log(run_sum) - math.log(sw.n * (sw.m - 1))
     grads = sw.finish(1.0 / run_sum) if need_grad else sw.no_grads()
     return (value, *grads)
+
+
+_offdiag_lme = torch.library.custom_op("mibounds::offdiag_lme", mutates_args=())(_offdiag_lme_impl)
 
 
 @_offdiag_lme.register_fake
@@ -428,8 +443,7 @@ def elementwise_function(name: str):
     return _FNS[ELEMENTWISE[name]][1]
 
 
-@torch.library.custom_op("mibounds::offdiag_means", mutates_args=())
-def _offdiag_means(
+def _offdiag_means_impl(
     x: Tensor,
     y: Tensor,
     tau: Tensor,
@@ -494,9 +508,45 @@ def _offdiag_means(
     return (vsum / count, gsum / count, *grads)
 
 
+_offdiag_means = torch.library.custom_op("mibounds::offdiag_means", mutates_args=())(
+    _offdiag_means_impl
+)
+
+
 @_offdiag_means.register_fake
 def _(x, y, tau, sim, value_fn, grad_fn, shift, param, offset, need_grad, grad_value):
     return _fake_outputs(x, y, need_grad, 2)
+
+
+if triton_kernels.HAS_TRITON:  # pragma: no cover - needs CUDA
+
+    @_sym_lse_mean.register_kernel("cuda")
+    def _(x, y, tau, sim, need_grad):
+        if not _triton_ok(x, y, sim):
+            return _sym_lse_mean_impl(x, y, tau, sim, need_grad)
+        return _per_batch(triton_kernels.symmetric_lse_mean_triton, x, y, tau, need_grad, 1)
+
+    @_offdiag_lme.register_kernel("cuda")
+    def _(x, y, tau, sim, offset, need_grad):
+        if not _triton_ok(x, y, sim, offset):
+            return _offdiag_lme_impl(x, y, tau, sim, offset, need_grad)
+        return _per_batch(triton_kernels.offdiag_lme_triton, x, y, tau, need_grad, 1)
+
+    @_offdiag_means.register_kernel("cuda")
+    def _(x, y, tau, sim, value_fn, grad_fn, shift, param, offset, need_grad, grad_value):
+        names = (None if value_fn < 0 else _FNS[value_fn][0], _FNS[grad_fn][0])
+        covered = all(n is None or n in triton_kernels.TRITON_FUNCTIONS for n in names)
+        if not (covered and _triton_ok(x, y, sim, offset)):
+            return _offdiag_means_impl(
+                x, y, tau, sim, value_fn, grad_fn, shift, param, offset, need_grad, grad_value
+            )
+
+        def run(xb, yb, t, ng):
+            return triton_kernels.offdiag_means_triton(
+                xb, yb, t, names[0], names[1], shift, param, ng, grad_value
+            )
+
+        return _per_batch(run, x, y, tau, need_grad, 2)
 
 
 # --- the alpha-interpolated bound: leave-one-out column statistics, three sweeps -----------

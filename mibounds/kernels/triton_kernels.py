@@ -1,18 +1,27 @@
-r"""Triton kernels for the row log-sum-exp of dot scores (CUDA; optional).
+r"""Triton kernels for the streaming reductions of dot scores (CUDA; optional).
 
-Imported only when Triton is installed. :func:`row_lse_mean_triton` computes
-:math:`\frac1N\sum_i\log\sum_j e^{S_{ij}}` for ``S = X Y^T / tau`` and, when asked, its gradient
-with respect to ``X``, ``Y`` and ``tau``, FlashAttention-style: a statistics kernel (online
-maximum and sum per row over blocks of columns), then one kernel for ``dX`` (over blocks of
-columns for each block of rows) and one for ``dY`` (over blocks of rows for each block of
-columns), recomputing the scores instead of storing them. Memory is O(N d).
+Imported only when Triton is installed. Every kernel recomputes blocks of ``S = X Y^T / tau``
+instead of storing them (FlashAttention-style), so memory is O(N d):
 
-On a CUDA device this is the implementation of the ``mibounds::row_lse_mean`` custom op for
-dot scores (cosine scores are dot scores of normalised features). On the CPU it runs only in
-Triton's interpreter (``TRITON_INTERPRET=1``), which the tests use with small sizes.
+* a row-statistics kernel: per row, the log-sum-exp (online maximum and sum over blocks of
+  columns), optionally without the diagonal, or the sums of up to two elementwise functions of
+  ``S + shift`` over the off-diagonal entries;
+* two gradient kernels: ``dX = G Y / tau`` over blocks of columns for each block of rows, and
+  ``dY = G^T X / tau`` over blocks of rows for each block of columns, where the gradient of the
+  scores ``G`` is a softmax-like ``exp(S - c_i)`` or the derivative of an elementwise function.
+
+On top of them: :func:`row_lse_mean_triton` (one-way InfoNCE), :func:`symmetric_lse_mean_triton`
+(the column log-sum-exp is the row log-sum-exp of ``Y X^T``), :func:`offdiag_lme_triton` (DV,
+MINE, SMILE without clipping) and :func:`offdiag_means_triton` for the elementwise functions in
+:data:`TRITON_FUNCTIONS` (NWJ, TUBA, JS, SMILE). On a CUDA device they implement the matching
+``mibounds::`` custom ops for dot scores (cosine scores are dot scores of normalised features)
+with ``d <= 256``; everything else uses the generic sweep. On the CPU they run only in Triton's
+interpreter (``TRITON_INTERPRET=1``), which the tests use with small sizes.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -25,116 +34,218 @@ try:  # pragma: no cover - depends on the environment
 except ImportError:  # pragma: no cover
     HAS_TRITON = False
 
-__all__ = ["HAS_TRITON", "row_lse_mean_triton"]
+__all__ = [
+    "HAS_TRITON",
+    "TRITON_FUNCTIONS",
+    "offdiag_lme_triton",
+    "offdiag_means_triton",
+    "row_lse_mean_triton",
+    "symmetric_lse_mean_triton",
+]
+
+#: Elementwise functions the Triton kernels implement: name -> code.
+TRITON_FUNCTIONS = {"exp": 1, "softplus": 2, "exp-clip": 3}
 
 if HAS_TRITON:
 
     @triton.jit
-    def _lse_kernel(
-        x_ptr, y_ptr, lse_ptr, n, d, inv_tau, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr
-    ):
-        rows = tl.program_id(0) * BM + tl.arange(0, BM)
-        dims = tl.arange(0, BD)
-        rmask = rows < n
-        x = tl.load(
-            x_ptr + rows[:, None] * d + dims[None, :],
-            mask=rmask[:, None] & (dims[None, :] < d),
+    def _fn(t, param, FN: tl.constexpr):
+        if FN == 1:
+            out = tl.exp(t)
+        elif FN == 2:
+            out = tl.maximum(t, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(t)))
+        elif FN == 3:
+            out = tl.exp(tl.minimum(tl.maximum(t, -param), param) - param)
+        else:
+            out = t * 0.0
+        return out
+
+    @triton.jit
+    def _dfn(t, param, FN: tl.constexpr):
+        if FN == 1:
+            out = tl.exp(t)
+        elif FN == 2:
+            out = 1.0 / (1.0 + tl.exp(-t))
+        else:
+            inside = tl.abs(t) < param
+            out = tl.where(inside, tl.exp(tl.minimum(tl.maximum(t, -param), param) - param), 0.0)
+        return out
+
+    @triton.jit
+    def _load_rows(ptr, rows, dims, n, d):
+        return tl.load(
+            ptr + rows[:, None] * d + dims[None, :],
+            mask=(rows[:, None] < n) & (dims[None, :] < d),
             other=0.0,
         ).to(tl.float32)
-        m = tl.full((BM,), float("-inf"), tl.float32)
-        z = tl.zeros((BM,), tl.float32)
-        for c0 in range(0, n, BN):
-            cols = c0 + tl.arange(0, BN)
-            cmask = cols < n
-            y = tl.load(
-                y_ptr + cols[:, None] * d + dims[None, :],
-                mask=cmask[:, None] & (dims[None, :] < d),
-                other=0.0,
-            ).to(tl.float32)
-            s = tl.dot(x, tl.trans(y)) * inv_tau
-            s = tl.where(cmask[None, :], s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=1))
-            z = z * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), axis=1)
-            m = m_new
-        tl.store(lse_ptr + rows, m + tl.log(z), mask=rmask)
 
     @triton.jit
-    def _dx_kernel(
+    def _stats_kernel(
         x_ptr,
         y_ptr,
-        lse_ptr,
-        dx_ptr,
+        out1_ptr,
+        out2_ptr,
         n,
         d,
         inv_tau,
-        scale,
+        shift,
+        param,
+        MODE: tl.constexpr,
+        FN1: tl.constexpr,
+        FN2: tl.constexpr,
+        MASK_DIAG: tl.constexpr,
         BM: tl.constexpr,
         BN: tl.constexpr,
         BD: tl.constexpr,
     ):
-        # dX_i = scale * inv_tau * sum_j softmax_ij y_j
+        # MODE 0: out1[i] = log sum_j e^{S_ij}; MODE 1: out1[i], out2[i] = sum_j FN1, FN2 of
+        # S_ij + shift. With MASK_DIAG the diagonal j = i is left out.
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         dims = tl.arange(0, BD)
         rmask = rows < n
-        dmask = dims[None, :] < d
-        x = tl.load(
-            x_ptr + rows[:, None] * d + dims[None, :], mask=rmask[:, None] & dmask, other=0.0
-        ).to(tl.float32)
-        lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
-        acc = tl.zeros((BM, BD), tl.float32)
+        x = _load_rows(x_ptr, rows, dims, n, d)
+        m = tl.full((BM,), float("-inf"), tl.float32)
+        z = tl.zeros((BM,), tl.float32)
+        z2 = tl.zeros((BM,), tl.float32)
         for c0 in range(0, n, BN):
             cols = c0 + tl.arange(0, BN)
-            cmask = cols < n
-            y = tl.load(
-                y_ptr + cols[:, None] * d + dims[None, :], mask=cmask[:, None] & dmask, other=0.0
-            ).to(tl.float32)
-            p = tl.exp(tl.dot(x, tl.trans(y)) * inv_tau - lse[:, None])
-            p = tl.where(cmask[None, :] & rmask[:, None], p, 0.0)
-            acc += tl.dot(p, y)
-        tl.store(
-            dx_ptr + rows[:, None] * d + dims[None, :],
-            acc * (scale * inv_tau),
-            mask=rmask[:, None] & dmask,
-        )
+            valid = (cols[None, :] < n) & rmask[:, None]
+            if MASK_DIAG:
+                valid = valid & (cols[None, :] != rows[:, None])
+            y = _load_rows(y_ptr, cols, dims, n, d)
+            s = tl.dot(x, tl.trans(y)) * inv_tau
+            if MODE == 0:
+                s = tl.where(valid, s, float("-inf"))
+                m_new = tl.maximum(m, tl.max(s, axis=1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                z = z * tl.exp(m - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), axis=1)
+                m = m_new
+            else:
+                t = s + shift
+                z += tl.sum(tl.where(valid, _fn(t, param, FN1), 0.0), axis=1)
+                z2 += tl.sum(tl.where(valid, _fn(t, param, FN2), 0.0), axis=1)
+        if MODE == 0:
+            tl.store(out1_ptr + rows, m + tl.log(tl.where(rmask, z, 1.0)), mask=rmask)
+        else:
+            tl.store(out1_ptr + rows, z, mask=rmask)
+            tl.store(out2_ptr + rows, z2, mask=rmask)
 
     @triton.jit
-    def _dy_kernel(
+    def _grad_kernel(
         x_ptr,
         y_ptr,
-        lse_ptr,
-        dy_ptr,
+        c_ptr,
+        out_ptr,
         n,
         d,
         inv_tau,
         scale,
+        shift,
+        param,
+        MODE: tl.constexpr,
+        FN: tl.constexpr,
+        MASK_DIAG: tl.constexpr,
+        COLS: tl.constexpr,
         BM: tl.constexpr,
         BN: tl.constexpr,
         BD: tl.constexpr,
     ):
-        # dY_j = scale * inv_tau * sum_i softmax_ij x_i
-        cols = tl.program_id(0) * BN + tl.arange(0, BN)
+        # G_ij = exp(S_ij - c_i) (MODE 0) or FN'(S_ij + shift) (MODE 1). COLS = 0:
+        # out = scale / tau * G Y for a block of rows; COLS = 1: out = scale / tau * G^T X for a
+        # block of columns.
+        own = tl.program_id(0) * BM + tl.arange(0, BM)
         dims = tl.arange(0, BD)
-        cmask = cols < n
-        dmask = dims[None, :] < d
-        y = tl.load(
-            y_ptr + cols[:, None] * d + dims[None, :], mask=cmask[:, None] & dmask, other=0.0
-        ).to(tl.float32)
-        acc = tl.zeros((BN, BD), tl.float32)
-        for r0 in range(0, n, BM):
-            rows = r0 + tl.arange(0, BM)
-            rmask = rows < n
-            x = tl.load(
-                x_ptr + rows[:, None] * d + dims[None, :], mask=rmask[:, None] & dmask, other=0.0
-            ).to(tl.float32)
-            lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
-            p = tl.exp(tl.dot(x, tl.trans(y)) * inv_tau - lse[:, None])
-            p = tl.where(rmask[:, None] & cmask[None, :], p, 0.0)
-            acc += tl.dot(tl.trans(p), x)
+        omask = own < n
+        if COLS:
+            mine = _load_rows(y_ptr, own, dims, n, d)
+        else:
+            mine = _load_rows(x_ptr, own, dims, n, d)
+        acc = tl.zeros((BM, BD), tl.float32)
+        for o0 in range(0, n, BN):
+            other = o0 + tl.arange(0, BN)
+            if COLS:
+                rows, cols = other, own
+                xs = _load_rows(x_ptr, other, dims, n, d)
+                s = tl.dot(xs, tl.trans(mine)) * inv_tau  # (BN rows, BM cols)
+                valid = (rows[:, None] < n) & omask[None, :]
+                if MASK_DIAG:
+                    valid = valid & (rows[:, None] != cols[None, :])
+                if MODE == 0:
+                    c = tl.load(c_ptr + rows, mask=rows < n, other=0.0)
+                    g = tl.exp(s - c[:, None])
+                else:
+                    g = _dfn(s + shift, param, FN)
+                g = tl.where(valid, g, 0.0)
+                acc += tl.dot(tl.trans(g), xs)
+            else:
+                rows, cols = own, other
+                ys = _load_rows(y_ptr, other, dims, n, d)
+                s = tl.dot(mine, tl.trans(ys)) * inv_tau  # (BM rows, BN cols)
+                valid = omask[:, None] & (cols[None, :] < n)
+                if MASK_DIAG:
+                    valid = valid & (rows[:, None] != cols[None, :])
+                if MODE == 0:
+                    c = tl.load(c_ptr + rows, mask=omask, other=0.0)
+                    g = tl.exp(s - c[:, None])
+                else:
+                    g = _dfn(s + shift, param, FN)
+                g = tl.where(valid, g, 0.0)
+                acc += tl.dot(g, ys)
         tl.store(
-            dy_ptr + cols[:, None] * d + dims[None, :],
+            out_ptr + own[:, None] * d + dims[None, :],
             acc * (scale * inv_tau),
-            mask=cmask[:, None] & dmask,
+            mask=omask[:, None] & (dims[None, :] < d),
         )
+
+
+def _require() -> None:
+    if not HAS_TRITON:  # pragma: no cover
+        raise RuntimeError("the Triton kernels need Triton: pip install triton")
+
+
+def _setup(x: Tensor, block: int) -> tuple[int, int, int, tuple[int]]:
+    n, d = x.shape
+    return n, d, max(16, 1 << (d - 1).bit_length()), (triton.cdiv(n, block),)
+
+
+def _grads(
+    x: Tensor,
+    y: Tensor,
+    c: Tensor,
+    inv: float,
+    scale: float,
+    mode: int,
+    fn: int = 0,
+    shift: float = 0.0,
+    param: float = 0.0,
+    mask_diag: bool = False,
+    block: int = 64,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dx, dy, dtau)`` for the scores' gradient ``G`` described by ``mode`` and ``fn``."""
+    n, d, bd, grid = _setup(x, block)
+    dx = torch.empty_like(x, dtype=torch.float32)
+    dy = torch.empty_like(y, dtype=torch.float32)
+    for out, cols in ((dx, 0), (dy, 1)):
+        _grad_kernel[grid](
+            x, y, c, out, n, d, inv, scale, shift, param,
+            MODE=mode, FN=fn, MASK_DIAG=mask_diag, COLS=cols, BM=block, BN=block, BD=bd,
+        )  # fmt: skip
+    # d/dtau = -inv * sum_ij G_ij S_ij = -inv * sum_i x_i . dx_i
+    return dx, dy, -inv * (x.float() * dx).sum()
+
+
+def _row_lse(x: Tensor, y: Tensor, inv: float, mask_diag: bool, block: int) -> Tensor:
+    n, d, bd, grid = _setup(x, block)
+    lse = torch.empty(n, dtype=torch.float32, device=x.device)
+    _stats_kernel[grid](
+        x, y, lse, lse, n, d, inv, 0.0, 0.0,
+        MODE=0, FN1=0, FN2=0, MASK_DIAG=mask_diag, BM=block, BN=block, BD=bd,
+    )  # fmt: skip
+    return lse
+
+
+def _empty(x: Tensor, y: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return x.new_empty(0), y.new_empty(0), value.new_zeros(())
 
 
 def row_lse_mean_triton(
@@ -142,23 +253,99 @@ def row_lse_mean_triton(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""``(value, dx, dy, dtau)`` for one ``(N, d)`` pair: the value is
     :math:`\frac1N\sum_i \mathrm{lse}_i`; the gradients are those of the value (empty tensors
-    and 0 without ``need_grad``). ``x``, ``y`` contiguous float32."""
-    if not HAS_TRITON:  # pragma: no cover
-        raise RuntimeError("row_lse_mean_triton needs Triton: pip install triton")
-    n, d = x.shape
-    bd = max(16, 1 << (d - 1).bit_length())
+    and 0 without ``need_grad``). ``x``, ``y`` contiguous float32.
+
+    Example:
+        >>> HAS_TRITON in (True, False)
+        True
+    """
+    _require()
+    n = x.shape[0]
     inv = 1.0 / tau
-    lse = torch.empty(n, dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(n, block),)
-    _lse_kernel[grid](x, y, lse, n, d, inv, BM=block, BN=block, BD=bd)
+    lse = _row_lse(x, y, inv, False, block)
     value = lse.mean()
     if not need_grad:
-        empty = x.new_empty(0)
-        return value, empty, y.new_empty(0), value.new_zeros(())
-    dx = torch.empty_like(x, dtype=torch.float32)
-    dy = torch.empty_like(y, dtype=torch.float32)
-    _dx_kernel[grid](x, y, lse, dx, n, d, inv, 1.0 / n, BM=block, BN=block, BD=bd)
-    _dy_kernel[grid](x, y, lse, dy, n, d, inv, 1.0 / n, BM=block, BN=block, BD=bd)
-    # d(value)/d tau = -inv * sum_ij G_ij S_ij = -inv^2 sum_i x_i . (G Y)_i = -inv sum_i x_i . dx_i
-    dtau = -inv * (x.float() * dx).sum()
-    return value, dx, dy, dtau
+        return (value, *_empty(x, y, value))
+    return (value, *_grads(x, y, lse, inv, 1.0 / n, mode=0, block=block))
+
+
+def symmetric_lse_mean_triton(
+    x: Tensor, y: Tensor, tau: float, need_grad: bool, block: int = 64
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""``(value, dx, dy, dtau)`` of the average of the row and the column mean log-sum-exp:
+    the column statistics are the row statistics of ``Y X^T``.
+
+    Example:
+        >>> sorted(TRITON_FUNCTIONS)
+        ['exp', 'exp-clip', 'softplus']
+    """
+    v1, dx1, dy1, dt1 = row_lse_mean_triton(x, y, tau, need_grad, block)
+    v2, dy2, dx2, dt2 = row_lse_mean_triton(y, x, tau, need_grad, block)
+    value = 0.5 * (v1 + v2)
+    if not need_grad:
+        return (value, *_empty(x, y, value))
+    return value, 0.5 * (dx1 + dx2), 0.5 * (dy1 + dy2), 0.5 * (dt1 + dt2)
+
+
+def offdiag_lme_triton(
+    x: Tensor, y: Tensor, tau: float, need_grad: bool, block: int = 64
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""``(value, dx, dy, dtau)`` of :math:`\log\frac{1}{N(N-1)}\sum_{i\ne j} e^{S_{ij}}`.
+
+    Example:
+        >>> callable(offdiag_lme_triton)
+        True
+    """
+    _require()
+    n = x.shape[0]
+    inv = 1.0 / tau
+    total = torch.logsumexp(_row_lse(x, y, inv, True, block), 0)
+    value = total - math.log(n * (n - 1))
+    if not need_grad:
+        return (value, *_empty(x, y, value))
+    c = total.expand(n).contiguous()  # G_ij = e^{S_ij - total}
+    return (value, *_grads(x, y, c, inv, 1.0, mode=0, mask_diag=True, block=block))
+
+
+def offdiag_means_triton(
+    x: Tensor,
+    y: Tensor,
+    tau: float,
+    value_fn: str | None,
+    grad_fn: str,
+    shift: float,
+    param: float,
+    need_grad: bool,
+    grad_value: bool = True,
+    block: int = 64,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r"""``(value_mean, grad_mean, dx, dy, dtau)``: the off-diagonal means of ``value_fn`` and
+    ``grad_fn`` of ``S + shift`` (names in :data:`TRITON_FUNCTIONS`; ``value_fn`` may be
+    ``None``, giving 0), and the gradient of the second (as
+    :func:`mibounds.kernels.streaming.offdiag_means`; ``grad_value=False`` returns 0 for the
+    second value).
+
+    Example:
+        >>> TRITON_FUNCTIONS["softplus"]
+        2
+    """
+    _require()
+    n, d, bd, grid = _setup(x, block)
+    inv = 1.0 / tau
+    f1 = 0 if value_fn is None else TRITON_FUNCTIONS[value_fn]
+    f2 = TRITON_FUNCTIONS[grad_fn] if grad_value else 0
+    s1 = torch.empty(n, dtype=torch.float32, device=x.device)
+    s2 = torch.empty(n, dtype=torch.float32, device=x.device)
+    _stats_kernel[grid](
+        x, y, s1, s2, n, d, inv, shift, param,
+        MODE=1, FN1=f1, FN2=f2, MASK_DIAG=True, BM=block, BN=block, BD=bd,
+    )  # fmt: skip
+    count = n * (n - 1)
+    vmean, gmean = s1.sum() / count, s2.sum() / count
+    if not need_grad:
+        return (vmean, gmean, *_empty(x, y, gmean))
+    grads = _grads(
+        x, y, s1, inv, 1.0 / count, mode=1, fn=TRITON_FUNCTIONS[grad_fn], shift=shift,
+        param=param, mask_diag=True, block=block,
+    )  # fmt: skip
+    return (vmean, gmean, *grads)
