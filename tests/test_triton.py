@@ -15,6 +15,8 @@ pytest.importorskip("triton")
 SCRIPT = textwrap.dedent(
     """
     import torch
+    import mibounds
+    from mibounds.divergences import streaming_name
     from mibounds.kernels import streaming, triton_kernels as tk
 
     E = streaming.ELEMENTWISE
@@ -55,6 +57,20 @@ SCRIPT = textwrap.dedent(
             if vf is None:  # the value mean is not computed: 0 on both sides' terms
                 got = (want[0], *got[1:])
             check(got, want, f"offdiag_means {vf} {gf}")
+        # f*(g_f(S)) of every built-in divergence (the fmi bound), named as the CUDA
+        # registration names them
+        for div in mibounds.list_divergences():
+            fid = E[streaming_name(div)]
+            tname = streaming._triton_name(fid)
+            assert tname in tk.TRITON_FUNCTIONS, tname
+            param = streaming._tsallis_alpha(fid) if tname == "fmi:tsallis" else 0.0
+            want = ops.offdiag_means(x, y, tau, 0, -1, fid, 0.0, 0.0, 0, True, True)
+
+            def run(xb, yb, t, ng):
+                return tk.offdiag_means_triton(xb, yb, t, None, tname, 0.0, param, ng, block=16)
+
+            got = streaming._per_batch(run, x, y, tau, True, 2)
+            check((want[0], *got[1:]), want, tname)
         # statistics only
         v, dx, dy, dt = tk.offdiag_lme_triton(x[0], y[0], 0.3, False)
         assert dx.numel() == 0 and dy.numel() == 0
@@ -86,6 +102,7 @@ def test_triton_on_cuda_matches_cpu():  # pragma: no cover - GPU only
         mibounds.dv,
         mibounds.js,
         mibounds.smile,
+        *[(lambda d: lambda s: mibounds.fmi(s, d))(d) for d in mibounds.list_divergences()],
     )
     for bound in bounds:
         for dev in ("cpu", "cuda"):

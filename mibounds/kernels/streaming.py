@@ -289,6 +289,34 @@ if triton_kernels.HAS_TRITON:  # pragma: no cover - needs CUDA
         return _per_batch(triton_kernels.row_lse_mean_triton, x, y, tau, need_grad, 1)
 
 
+def _registered_divergence(fid: int):
+    """The built-in divergence whose f*(g_f(v)) was registered as function ``fid``, or None."""
+    from mibounds.divergences import get_divergence  # divergences imports this module
+
+    parts = _FNS[fid][0].split(":")
+    if len(parts) != 3 or parts[0] != "fmi":
+        return None
+    try:
+        div = get_divergence(parts[1])
+    except KeyError:
+        return None
+    return div if str(id(div)) == parts[2] else None
+
+
+def _triton_name(fid: int) -> str:
+    """The function's name for :data:`triton_kernels.TRITON_FUNCTIONS`: ``fmi:<divergence>`` for
+    a registered built-in divergence, else its registered name."""
+    div = _registered_divergence(fid)
+    return _FNS[fid][0] if div is None else f"fmi:{div.name}"
+
+
+def _tsallis_alpha(fid: int) -> float:
+    """Tsallis' alpha, read back from its f*(g_f(v)) = exp(alpha v) at v = 1."""
+    div = _registered_divergence(fid)
+    assert div is not None and div.conjugate_of_activation is not None
+    return float(torch.log(div.conjugate_of_activation(torch.tensor(1.0, dtype=torch.float64))))
+
+
 def _triton_ok(x: Tensor, y: Tensor, sim: int, offset: int = 0) -> bool:
     """Whether the Triton kernels cover this call: dot scores, d <= 256, a square batch."""
     return sim == 0 and x.shape[-1] <= 256 and x.shape[-2] == y.shape[-2] and offset == 0
@@ -534,7 +562,9 @@ if triton_kernels.HAS_TRITON:  # pragma: no cover - needs CUDA
 
     @_offdiag_means.register_kernel("cuda")
     def _(x, y, tau, sim, value_fn, grad_fn, shift, param, offset, need_grad, grad_value):
-        names = (None if value_fn < 0 else _FNS[value_fn][0], _FNS[grad_fn][0])
+        names = (None if value_fn < 0 else _FNS[value_fn][0], _triton_name(grad_fn))
+        if names[1] == "fmi:tsallis":
+            param = _tsallis_alpha(grad_fn)
         covered = all(n is None or n in triton_kernels.TRITON_FUNCTIONS for n in names)
         if not (covered and _triton_ok(x, y, sim, offset)):
             return _offdiag_means_impl(

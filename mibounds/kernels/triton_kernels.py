@@ -13,10 +13,11 @@ instead of storing them (FlashAttention-style), so memory is O(N d):
 On top of them: :func:`row_lse_mean_triton` (one-way InfoNCE), :func:`symmetric_lse_mean_triton`
 (the column log-sum-exp is the row log-sum-exp of ``Y X^T``), :func:`offdiag_lme_triton` (DV,
 MINE, SMILE without clipping) and :func:`offdiag_means_triton` for the elementwise functions in
-:data:`TRITON_FUNCTIONS` (NWJ, TUBA, JS, SMILE). On a CUDA device they implement the matching
-``mibounds::`` custom ops for dot scores (cosine scores are dot scores of normalised features)
-with ``d <= 256``; everything else uses the generic sweep. On the CPU they run only in Triton's
-interpreter (``TRITON_INTERPRET=1``), which the tests use with small sizes.
+:data:`TRITON_FUNCTIONS` (NWJ, TUBA, JS, SMILE, and ``fmi`` for every built-in divergence).
+On a CUDA device they implement the matching ``mibounds::`` custom ops for dot scores (cosine
+scores are dot scores of normalised features) with ``d <= 256``; everything else uses the
+generic sweep. On the CPU they run only in Triton's interpreter (``TRITON_INTERPRET=1``), which
+the tests use with small sizes.
 """
 
 from __future__ import annotations
@@ -43,19 +44,67 @@ __all__ = [
     "symmetric_lse_mean_triton",
 ]
 
-#: Elementwise functions the Triton kernels implement: name -> code.
-TRITON_FUNCTIONS = {"exp": 1, "softplus": 2, "exp-clip": 3}
+#: Elementwise functions the Triton kernels implement: name -> code. The ``fmi:`` entries are
+#: :math:`f^*(g_f(v))` of the built-in divergences (``fmi:tsallis`` takes its alpha as the
+#: parameter).
+TRITON_FUNCTIONS = {
+    "exp": 1,
+    "softplus": 2,
+    "exp-clip": 3,
+    "fmi:kl": 10,
+    "fmi:reverse-kl": 11,
+    "fmi:pearson": 12,
+    "fmi:neyman": 13,
+    "fmi:hellinger": 14,
+    "fmi:js": 15,
+    "fmi:gan": 16,
+    "fmi:total-variation": 17,
+    "fmi:vincze-le-cam": 18,
+    "fmi:tsallis": 19,
+}
 
 if HAS_TRITON:
+
+    @triton.jit
+    def _softplus(t):
+        return tl.maximum(t, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(t)))
+
+    @triton.jit
+    def _sigmoid(t):
+        return 1.0 / (1.0 + tl.exp(-t))
+
+    @triton.jit
+    def _tanh(t):
+        return 2.0 * _sigmoid(2.0 * t) - 1.0
 
     @triton.jit
     def _fn(t, param, FN: tl.constexpr):
         if FN == 1:
             out = tl.exp(t)
         elif FN == 2:
-            out = tl.maximum(t, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(t)))
+            out = _softplus(t)
         elif FN == 3:
             out = tl.exp(tl.minimum(tl.maximum(t, -param), param) - param)
+        elif FN == 10:
+            out = tl.exp(t - 1.0)
+        elif FN == 11:
+            out = t - 1.0
+        elif FN == 12:
+            out = 0.25 * t * t + t
+        elif FN == 13:
+            out = 2.0 - 2.0 * tl.exp(-0.5 * t)
+        elif FN == 14:
+            out = tl.exp(t) - 1.0
+        elif FN == 15:
+            out = _softplus(t) - 0.6931471805599453
+        elif FN == 16:
+            out = _softplus(t) - 1.3862943611198906
+        elif FN == 17:
+            out = 0.5 * _tanh(t)
+        elif FN == 18:
+            out = _tanh(0.5 * t) * (3.0 - 2.0 * _sigmoid(-t))
+        elif FN == 19:
+            out = tl.exp(param * t)
         else:
             out = t * 0.0
         return out
@@ -65,10 +114,31 @@ if HAS_TRITON:
         if FN == 1:
             out = tl.exp(t)
         elif FN == 2:
-            out = 1.0 / (1.0 + tl.exp(-t))
-        else:
+            out = _sigmoid(t)
+        elif FN == 3:
             inside = tl.abs(t) < param
             out = tl.where(inside, tl.exp(tl.minimum(tl.maximum(t, -param), param) - param), 0.0)
+        elif FN == 10:
+            out = tl.exp(t - 1.0)
+        elif FN == 11:
+            out = t * 0.0 + 1.0
+        elif FN == 12:
+            out = 0.5 * t + 1.0
+        elif FN == 13:
+            out = tl.exp(-0.5 * t)
+        elif FN == 14:
+            out = tl.exp(t)
+        elif FN == 15 or FN == 16:
+            out = _sigmoid(t)
+        elif FN == 17:
+            th = _tanh(t)
+            out = 0.5 * (1.0 - th * th)
+        elif FN == 18:
+            th = _tanh(0.5 * t)
+            out = 0.5 * (1.0 - th * th) * (3.0 - 2.0 * _sigmoid(-t))
+            out += th * 2.0 * _sigmoid(t) * _sigmoid(-t)
+        else:
+            out = param * tl.exp(param * t)
         return out
 
     @triton.jit
