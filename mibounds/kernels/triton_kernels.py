@@ -346,8 +346,8 @@ def symmetric_lse_mean_triton(
     the column statistics are the row statistics of ``Y X^T``.
 
     Example:
-        >>> sorted(TRITON_FUNCTIONS)
-        ['exp', 'exp-clip', 'softplus']
+        >>> TRITON_FUNCTIONS["exp"], TRITON_FUNCTIONS["fmi:js"]
+        (1, 15)
     """
     v1, dx1, dy1, dt1 = row_lse_mean_triton(x, y, tau, need_grad, block)
     v2, dy2, dx2, dt2 = row_lse_mean_triton(y, x, tau, need_grad, block)
