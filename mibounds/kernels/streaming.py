@@ -324,8 +324,8 @@ def _triton_ok(x: Tensor, y: Tensor, sim: int, offset: int = 0) -> bool:
 
 def _per_batch(fn, x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, n_values: int):
     """Run a Triton entry point ``fn(x_b, y_b, tau, need_grad)`` on every batch index and stack
-    its ``(*values, dx, dy, dtau)`` into the custom op's outputs."""
-    t = float(tau)
+    its ``(*values, dx, dy, dtau)`` into the custom op's outputs (no host synchronisation)."""
+    t = tau.float().reshape(1)  # passed to the kernels by pointer: never read back
     outs = [
         fn(xb.float().contiguous(), yb.float().contiguous(), t, need_grad)
         for xb, yb in zip(x, y, strict=True)
@@ -513,9 +513,15 @@ def _offdiag_means_impl(
             if grad_exp:
                 gsum += row_total.sum(-1)
                 if need_grad:
-                    if bool(torch.isfinite(row_total).all()):
+                    # e^S as softmax times the row sums (the fast exponential of the CPU); if a
+                    # row sum overflows, the dense e^S (inf where it overflows, never 0 * inf).
+                    # Reading the CPU flag is no device synchronisation; on accelerators, whose
+                    # exp is fast anyway, e^S is computed directly and nothing is read back.
+                    if s.device.type != "cpu":
+                        g = torch.exp(s)
+                    elif bool(torch.isfinite(row_total).all()):
                         g = p.mul_(row_total[..., None])
-                    else:  # overflow: the dense e^S (inf where it overflows, never 0 * inf)
+                    else:
                         g = torch.exp(s)
         if vfn is not None and not value_exp:
             v = vfn(s, param)  # type: ignore[operator]

@@ -157,7 +157,7 @@ if HAS_TRITON:
         out2_ptr,
         n,
         d,
-        inv_tau,
+        tau_ptr,
         shift,
         param,
         MODE: tl.constexpr,
@@ -170,6 +170,7 @@ if HAS_TRITON:
     ):
         # MODE 0: out1[i] = log sum_j e^{S_ij}; MODE 1: out1[i], out2[i] = sum_j FN1, FN2 of
         # S_ij + shift. With MASK_DIAG the diagonal j = i is left out.
+        inv_tau = 1.0 / tl.load(tau_ptr)
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         dims = tl.arange(0, BD)
         rmask = rows < n
@@ -208,7 +209,7 @@ if HAS_TRITON:
         out_ptr,
         n,
         d,
-        inv_tau,
+        tau_ptr,
         scale,
         shift,
         param,
@@ -223,6 +224,7 @@ if HAS_TRITON:
         # G_ij = exp(S_ij - c_i) (MODE 0) or FN'(S_ij + shift) (MODE 1). COLS = 0:
         # out = scale / tau * G Y for a block of rows; COLS = 1: out = scale / tau * G^T X for a
         # block of columns.
+        inv_tau = 1.0 / tl.load(tau_ptr)
         own = tl.program_id(0) * BM + tl.arange(0, BM)
         dims = tl.arange(0, BD)
         omask = own < n
@@ -282,7 +284,7 @@ def _grads(
     x: Tensor,
     y: Tensor,
     c: Tensor,
-    inv: float,
+    tau: Tensor,
     scale: float,
     mode: int,
     fn: int = 0,
@@ -297,18 +299,23 @@ def _grads(
     dy = torch.empty_like(y, dtype=torch.float32)
     for out, cols in ((dx, 0), (dy, 1)):
         _grad_kernel[grid](
-            x, y, c, out, n, d, inv, scale, shift, param,
+            x, y, c, out, n, d, tau, scale, shift, param,
             MODE=mode, FN=fn, MASK_DIAG=mask_diag, COLS=cols, BM=block, BN=block, BD=bd,
         )  # fmt: skip
-    # d/dtau = -inv * sum_ij G_ij S_ij = -inv * sum_i x_i . dx_i
-    return dx, dy, -inv * (x.float() * dx).sum()
+    # d/dtau = -sum_ij G_ij S_ij / tau = -sum_i x_i . dx_i / tau
+    return dx, dy, -(x.float() * dx).sum() / tau[0]
 
 
-def _row_lse(x: Tensor, y: Tensor, inv: float, mask_diag: bool, block: int) -> Tensor:
+def _tau_tensor(tau: float | Tensor, like: Tensor) -> Tensor:
+    """``tau`` as a one-element float32 tensor on ``like``'s device (never read back)."""
+    return torch.as_tensor(tau, dtype=torch.float32, device=like.device).reshape(1)
+
+
+def _row_lse(x: Tensor, y: Tensor, tau: Tensor, mask_diag: bool, block: int) -> Tensor:
     n, d, bd, grid = _setup(x, block)
     lse = torch.empty(n, dtype=torch.float32, device=x.device)
     _stats_kernel[grid](
-        x, y, lse, lse, n, d, inv, 0.0, 0.0,
+        x, y, lse, lse, n, d, tau, 0.0, 0.0,
         MODE=0, FN1=0, FN2=0, MASK_DIAG=mask_diag, BM=block, BN=block, BD=bd,
     )  # fmt: skip
     return lse
@@ -319,7 +326,7 @@ def _empty(x: Tensor, y: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]
 
 
 def row_lse_mean_triton(
-    x: Tensor, y: Tensor, tau: float, need_grad: bool, block: int = 64
+    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, block: int = 64
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""``(value, dx, dy, dtau)`` for one ``(N, d)`` pair: the value is
     :math:`\frac1N\sum_i \mathrm{lse}_i`; the gradients are those of the value (empty tensors
@@ -331,16 +338,16 @@ def row_lse_mean_triton(
     """
     _require()
     n = x.shape[0]
-    inv = 1.0 / tau
-    lse = _row_lse(x, y, inv, False, block)
+    t = _tau_tensor(tau, x)
+    lse = _row_lse(x, y, t, False, block)
     value = lse.mean()
     if not need_grad:
         return (value, *_empty(x, y, value))
-    return (value, *_grads(x, y, lse, inv, 1.0 / n, mode=0, block=block))
+    return (value, *_grads(x, y, lse, t, 1.0 / n, mode=0, block=block))
 
 
 def symmetric_lse_mean_triton(
-    x: Tensor, y: Tensor, tau: float, need_grad: bool, block: int = 64
+    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, block: int = 64
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""``(value, dx, dy, dtau)`` of the average of the row and the column mean log-sum-exp:
     the column statistics are the row statistics of ``Y X^T``.
@@ -358,7 +365,7 @@ def symmetric_lse_mean_triton(
 
 
 def offdiag_lme_triton(
-    x: Tensor, y: Tensor, tau: float, need_grad: bool, block: int = 64
+    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, block: int = 64
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""``(value, dx, dy, dtau)`` of :math:`\log\frac{1}{N(N-1)}\sum_{i\ne j} e^{S_{ij}}`.
 
@@ -368,19 +375,19 @@ def offdiag_lme_triton(
     """
     _require()
     n = x.shape[0]
-    inv = 1.0 / tau
-    total = torch.logsumexp(_row_lse(x, y, inv, True, block), 0)
+    t = _tau_tensor(tau, x)
+    total = torch.logsumexp(_row_lse(x, y, t, True, block), 0)
     value = total - math.log(n * (n - 1))
     if not need_grad:
         return (value, *_empty(x, y, value))
     c = total.expand(n).contiguous()  # G_ij = e^{S_ij - total}
-    return (value, *_grads(x, y, c, inv, 1.0, mode=0, mask_diag=True, block=block))
+    return (value, *_grads(x, y, c, t, 1.0, mode=0, mask_diag=True, block=block))
 
 
 def offdiag_means_triton(
     x: Tensor,
     y: Tensor,
-    tau: float,
+    tau: float | Tensor,
     value_fn: str | None,
     grad_fn: str,
     shift: float,
@@ -401,13 +408,13 @@ def offdiag_means_triton(
     """
     _require()
     n, d, bd, grid = _setup(x, block)
-    inv = 1.0 / tau
+    t = _tau_tensor(tau, x)
     f1 = 0 if value_fn is None else TRITON_FUNCTIONS[value_fn]
     f2 = TRITON_FUNCTIONS[grad_fn] if grad_value else 0
     s1 = torch.empty(n, dtype=torch.float32, device=x.device)
     s2 = torch.empty(n, dtype=torch.float32, device=x.device)
     _stats_kernel[grid](
-        x, y, s1, s2, n, d, inv, shift, param,
+        x, y, s1, s2, n, d, t, shift, param,
         MODE=1, FN1=f1, FN2=f2, MASK_DIAG=True, BM=block, BN=block, BD=bd,
     )  # fmt: skip
     count = n * (n - 1)
@@ -415,7 +422,7 @@ def offdiag_means_triton(
     if not need_grad:
         return (vmean, gmean, *_empty(x, y, gmean))
     grads = _grads(
-        x, y, s1, inv, 1.0 / count, mode=1, fn=TRITON_FUNCTIONS[grad_fn], shift=shift,
+        x, y, s1, t, 1.0 / count, mode=1, fn=TRITON_FUNCTIONS[grad_fn], shift=shift,
         param=param, mask_diag=True, block=block,
     )  # fmt: skip
     return (vmean, gmean, *grads)
