@@ -46,6 +46,21 @@ class Registry(Generic[T]):
             )
         return self._items[canonical]
 
+    def resolve(self, value: object, item_type: type[T]) -> T:
+        """``value`` itself if it is an ``item_type``, else the item registered under the name.
+
+        Raises:
+            TypeError: ``value`` is neither a string nor an ``item_type``.
+            KeyError: an unknown name (the message lists the known ones).
+        """
+        if isinstance(value, item_type):
+            return value
+        if not isinstance(value, str):
+            raise TypeError(
+                f"{self.kind} must be a str or {item_type.__name__}, got {type(value).__name__}"
+            )
+        return self.get(value)
+
     def remove(self, name: str) -> None:
         canonical = self._keys.get(name.lower())
         if canonical is None:

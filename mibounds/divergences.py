@@ -219,11 +219,7 @@ def get_divergence(name: str | FDivergence) -> FDivergence:
         >>> get_divergence("Jensen-Shannon").name
         'js'
     """
-    if isinstance(name, FDivergence):
-        return name
-    if not isinstance(name, str):
-        raise TypeError(f"divergence must be a str or FDivergence, got {type(name).__name__}")
-    return _REGISTRY.get(name)
+    return _REGISTRY.resolve(name, FDivergence)
 
 
 def list_divergences() -> list[FDivergence]:

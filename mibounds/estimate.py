@@ -169,11 +169,7 @@ def get_estimator(name: str | EstimatorSpec) -> EstimatorSpec:
         >>> get_estimator("SMILE").kind
         'lower'
     """
-    if isinstance(name, EstimatorSpec):
-        return name
-    if not isinstance(name, str):
-        raise TypeError(f"estimator must be a str or EstimatorSpec, got {type(name).__name__}")
-    return _ESTIMATORS.get(name)
+    return _ESTIMATORS.resolve(name, EstimatorSpec)
 
 
 def list_estimators() -> list[EstimatorSpec]:

@@ -157,11 +157,7 @@ def get_transform(name: str | Transform) -> Transform:
         >>> get_transform("Cubic").name
         'cubic'
     """
-    if isinstance(name, Transform):
-        return name
-    if not isinstance(name, str):
-        raise TypeError(f"transform must be a str or Transform, got {type(name).__name__}")
-    return _TRANSFORMS.get(name)
+    return _TRANSFORMS.resolve(name, Transform)
 
 
 def list_transforms() -> list[str]:
