@@ -28,6 +28,7 @@ where NCE-CLUB is an upper bound.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -53,7 +54,7 @@ def _frozen(critic: nn.Module, a: Tensor, b: Tensor) -> Tensor:
     return functional_call(critic, params, (a, b))
 
 
-class FactorCL(nn.Module):
+class FactorCL(nn.Module, ABC):
     r"""The FactorCL objective over two encoders (use :class:`FactorCLSUP` or
     :class:`FactorCLSSL`).
 
@@ -122,13 +123,13 @@ class FactorCL(nn.Module):
         h = self.heads_of(x1, x2)
         return torch.cat([h["shared1"], h["shared2"], h["unique1"], h["unique2"]], dim=-1)
 
+    @abstractmethod
     def _pairs(self, h: dict[str, Tensor], cond: Any) -> dict[str, tuple[Tensor, Tensor]]:
         """The two sides of every MI term (defined by the SUP and SSL variants)."""
-        raise NotImplementedError(f"{type(self).__name__}: use FactorCLSUP or FactorCLSSL")
 
+    @abstractmethod
     def _cond_args(self, x1: Tensor, x2: Tensor, y: Any) -> Any:
         """What the conditional terms condition on (defined by the SUP and SSL variants)."""
-        raise NotImplementedError(f"{type(self).__name__}: use FactorCLSUP or FactorCLSSL")
 
     # -- objective -------------------------------------------------------------------------
 
