@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mibounds import _checks
+from mibounds import _checks, reductions
 from mibounds._dtypes import upcast
 from mibounds.kernels import streaming
 
@@ -68,6 +68,11 @@ def resolve_group(gather: Any) -> Any:
             "torch.distributed.init_process_group(...) first, or pass gather=False"
         )
     return dist.group.WORLD if gather is True else gather
+
+
+def _explicit_group(group: GroupArg) -> Any:
+    """The group of a collective called directly (``None`` or ``True``: the default group)."""
+    return resolve_group(True if group is None else group)
 
 
 def _world(group: Any) -> tuple[int, int]:
@@ -168,7 +173,7 @@ def all_gather(tensor: Tensor, group: GroupArg = True, dim: int = 0) -> Tensor:
         torch.Size([2, 3])
         >>> dist.destroy_process_group()
     """
-    g = resolve_group(group if group is not None else True)
+    g = _explicit_group(group)
     _checks.check_tensor("tensor", tensor, min_dim=1)
     sizes = _sizes_along("all_gather", tensor, dim, g)
     moved = tensor.movedim(dim, 0)
@@ -189,7 +194,7 @@ def all_reduce(tensor: Tensor, group: GroupArg = True) -> Tensor:
         tensor([1., 2.])
         >>> dist.destroy_process_group()
     """
-    g = resolve_group(group if group is not None else True)
+    g = _explicit_group(group)
     _checks.check_tensor("tensor", tensor)
     return _AllReduce.apply(tensor, g)
 
@@ -210,7 +215,7 @@ def batch_layout(n_local: int, group: GroupArg = True, device: Any = "cpu") -> t
         (0, 5)
         >>> dist.destroy_process_group()
     """
-    g = resolve_group(group if group is not None else True)
+    g = _explicit_group(group)
     sizes = _sizes_along("batch_layout", torch.zeros(n_local, device=device), 0, g)
     rank, _ = _world(g)
     return sum(sizes[:rank]), sum(sizes)
@@ -226,15 +231,14 @@ class GlobalBatch:
     """
 
     def __init__(self, scores: Any, group: Any) -> None:
-        from mibounds.reductions import streaming_operands
-        from mibounds.scores import SeparableScores
+        from mibounds.scores import SeparableScores  # scores imports this module
 
         self.group = group
         self.rank, self.world = _world(group)
         self.separable = isinstance(scores, SeparableScores)
         if isinstance(scores, SeparableScores):
             self.scores = scores
-            self.x, self.y, self.tau, self.sim = streaming_operands(scores)
+            self.x, self.y, self.tau, self.sim = reductions.streaming_operands(scores)
             sizes = _sizes_along("scores (gathered x and y)", self.x, -2, group)
             self.dtype = scores.dtype
             # gathered features, cached per grad mode (a copy gathered under no_grad has no
@@ -286,11 +290,6 @@ class GlobalBatch:
     def x_all(self) -> Tensor:
         """Every rank's ``x`` features, ``(..., N, d)``."""
         return self._gathered_features("x")
-
-    def _mask(self) -> Tensor:
-        rows = torch.arange(self.n_local, device=self.s.device)
-        cols = torch.arange(self.n, device=self.s.device)
-        return cols[None, :] == (rows[:, None] + self.offset)
 
     # -- the reductions ---------------------------------------------------------------------
 
@@ -347,13 +346,11 @@ class GlobalBatch:
             v_sum = None if v is None else v * local
             g_sum = g * local
         else:
-            mask = self._mask()
             t = self.s + shift if shift else self.s
-            masked = t.masked_fill(mask, 0.0)
 
             def total(name: str) -> Tensor:
                 fn = streaming.elementwise_function(name)
-                return fn(masked, param).masked_fill(mask, 0.0).sum((-2, -1))
+                return reductions.offdiag_row_sum(t, lambda v: fn(v, param), self.offset).sum(-1)
 
             v_sum = None
             if value_fn is not None:
@@ -374,7 +371,7 @@ class GlobalBatch:
                 self.x, self.y_all(), self.tau, self.sim, offset=self.offset
             ) + math.log(local)
         else:
-            masked = self.s.masked_fill(self._mask(), -math.inf)
+            masked = self.s.masked_fill(reductions.positive_mask(self.s, self.offset), -math.inf)
             lse = torch.logsumexp(torch.logsumexp(masked, dim=-1), dim=-1)
         return torch.logsumexp(self._stack(lse), dim=0) - math.log(self.n * (self.n - 1))
 
@@ -384,8 +381,7 @@ class GlobalBatch:
             return self._sum(self.s.sum((-2, -1))) / (self.n * self.n)
         x, y = upcast(self.x), upcast(self.y)
         mx, my = self._sum(x.sum(-2)) / self.n, self._sum(y.sum(-2)) / self.n
-        cross = (mx * my).sum(-1)
+        sq = None
         if self.sim == "gaussian":
             sq = self._sum((x * x).sum(-1).sum(-1) + (y * y).sum(-1).sum(-1)) / self.n
-            return -(sq - 2 * cross) / self.tau
-        return cross / self.tau
+        return reductions.all_pairs_from_means(mx, my, sq, self.tau)

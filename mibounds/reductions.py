@@ -35,6 +35,7 @@ __all__ = [
     "BatchStatistics",
     "Scores",
     "SeparableBatch",
+    "all_pairs_from_means",
     "batch_statistics",
     "col_logsumexp",
     "diagonal",
@@ -42,6 +43,8 @@ __all__ = [
     "offdiag_logmeanexp",
     "offdiag_mean",
     "offdiag_row_mean",
+    "offdiag_row_sum",
+    "positive_mask",
     "prepare",
     "reduce_terms",
     "sep_diagonal",
@@ -83,45 +86,6 @@ def sep_diagonal(scores: SeparableScores) -> Tensor:
     return upcast(scores.diagonal())
 
 
-def positive_mean(scores: SeparableScores) -> Tensor:
-    """Mean positive score ``(1/N) sum_i S_ii`` in O(N d), in the accumulation dtype."""
-    return sep_diagonal(scores).mean(-1)
-
-
-def sep_row_logsumexp_mean(scores: SeparableScores, transpose: bool = False) -> Tensor:
-    r"""Streaming :math:`\frac1N\sum_i \log\sum_j e^{S_{ij}}` (columns with ``transpose``)."""
-    x, y, tau, sim = streaming_operands(scores)
-    if transpose:
-        x, y = y, x
-    return streaming.row_logsumexp_mean(x, y, tau, sim)
-
-
-def sep_symmetric_logsumexp_mean(scores: SeparableScores) -> Tensor:
-    """Streaming average of the row and the column log-sum-exp means (two sweeps)."""
-    x, y, tau, sim = streaming_operands(scores)
-    return streaming.symmetric_logsumexp_mean(x, y, tau, sim)
-
-
-def sep_offdiag_logmeanexp(scores: SeparableScores) -> Tensor:
-    """Streaming off-diagonal log-mean-exp, shape ``(...)``."""
-    x, y, tau, sim = streaming_operands(scores)
-    return streaming.offdiag_logmeanexp(x, y, tau, sim)
-
-
-def sep_offdiag_means(
-    scores: SeparableScores,
-    grad_fn: str,
-    value_fn: str | None = None,
-    shift: float = 0.0,
-    param: float = 0.0,
-    grad_value: bool = True,
-) -> tuple[Tensor | None, Tensor]:
-    """Streaming off-diagonal means of registered elementwise functions (see
-    :func:`mibounds.kernels.streaming.offdiag_means`)."""
-    x, y, tau, sim = streaming_operands(scores)
-    return streaming.offdiag_means(x, y, tau, sim, grad_fn, value_fn, shift, param, grad_value)
-
-
 class SeparableBatch:
     """The mean-reduced statistics of one process's :class:`SeparableScores`, streamed.
 
@@ -141,9 +105,12 @@ class SeparableBatch:
         return terms.mean(-1)
 
     def lse_mean(self, symmetric: bool = False) -> Tensor:
+        r"""Streamed :math:`\frac1N\sum_i \log\sum_j e^{S_{ij}}`, averaged with the column
+        version (two sweeps) if ``symmetric``."""
+        x, y, tau, sim = streaming_operands(self.scores)
         if symmetric:
-            return sep_symmetric_logsumexp_mean(self.scores)
-        return sep_row_logsumexp_mean(self.scores)
+            return streaming.symmetric_logsumexp_mean(x, y, tau, sim)
+        return streaming.row_logsumexp_mean(x, y, tau, sim)
 
     def offdiag_means(
         self,
@@ -153,20 +120,22 @@ class SeparableBatch:
         param: float = 0.0,
         grad_value: bool = True,
     ) -> tuple[Tensor | None, Tensor]:
-        return sep_offdiag_means(self.scores, grad_fn, value_fn, shift, param, grad_value)
+        """Streamed off-diagonal means of registered elementwise functions (see
+        :func:`mibounds.kernels.streaming.offdiag_means`)."""
+        x, y, tau, sim = streaming_operands(self.scores)
+        return streaming.offdiag_means(x, y, tau, sim, grad_fn, value_fn, shift, param, grad_value)
 
     def offdiag_logmeanexp(self) -> Tensor:
-        return sep_offdiag_logmeanexp(self.scores)
+        """Streamed off-diagonal log-mean-exp, shape ``(...)``."""
+        x, y, tau, sim = streaming_operands(self.scores)
+        return streaming.offdiag_logmeanexp(x, y, tau, sim)
 
     def all_pairs_mean(self) -> Tensor:
         """The mean of all N^2 scores (the diagonal included) in O(N d), from feature means."""
         x, y, tau, sim = streaming_operands(self.scores)
         x, y = upcast(x), upcast(y)
-        cross = (x.mean(-2) * y.mean(-2)).sum(-1)
-        if sim == "gaussian":
-            sq = (x * x).sum(-1).mean(-1) + (y * y).sum(-1).mean(-1)
-            return -(sq - 2 * cross) / tau
-        return cross / tau
+        sq = (x * x).sum(-1).mean(-1) + (y * y).sum(-1).mean(-1) if sim == "gaussian" else None
+        return all_pairs_from_means(x.mean(-2), y.mean(-2), sq, tau)
 
 
 BatchStatistics: TypeAlias = "SeparableBatch | distributed.GlobalBatch"
@@ -214,9 +183,36 @@ def reduce_terms(terms: Tensor, reduction: str) -> Tensor:
     return terms
 
 
-def _eye(s: Tensor) -> Tensor:
-    n = s.shape[-1]
-    return torch.eye(n, dtype=torch.bool, device=s.device)
+def all_pairs_from_means(
+    mean_x: Tensor, mean_y: Tensor, mean_sq: Tensor | None, tau: float | Tensor
+) -> Tensor:
+    r""":math:`\frac{1}{NM}\sum_{i,j} S_{ij}` of separable scores from feature means: dot
+    scores (``mean_sq`` None) :math:`\bar x\cdot\bar y/\tau`; Gaussian scores
+    :math:`-(\overline{|x|^2} + \overline{|y|^2} - 2\bar x\cdot\bar y)/\tau`, with
+    ``mean_sq`` the sum of the two mean squared norms."""
+    cross = (mean_x * mean_y).sum(-1)
+    if mean_sq is None:
+        return cross / tau
+    return -(mean_sq - 2 * cross) / tau
+
+
+def positive_mask(s: Tensor, offset: int = 0) -> Tensor:
+    """``(n, m)`` mask of the positive pairs of ``(..., n, m)`` scores: row ``i``'s positive is
+    column ``offset + i`` (the diagonal of a square batch; one rank's rows of the global
+    batch otherwise)."""
+    rows = torch.arange(s.shape[-2], device=s.device)
+    cols = torch.arange(s.shape[-1], device=s.device)
+    return cols[None, :] == rows[:, None] + offset
+
+
+def offdiag_row_sum(s: Tensor, fn: Callable[[Tensor], Tensor], offset: int = 0) -> Tensor:
+    r""":math:`\sum_{j} \mathrm{fn}(S_{ij})` over each row's negatives, shape ``(..., n)``.
+
+    ``fn`` is never evaluated on the positives, so an overflowing ``fn(S_ii)`` cannot leak a NaN
+    into the gradient.
+    """
+    mask = positive_mask(s, offset)
+    return fn(s.masked_fill(mask, 0.0)).masked_fill(mask, 0.0).sum(-1)
 
 
 def diagonal(s: Tensor) -> Tensor:
@@ -237,7 +233,7 @@ def col_logsumexp(s: Tensor) -> Tensor:
 def offdiag_logmeanexp(s: Tensor) -> Tensor:
     r""":math:`\log \frac{1}{N(N-1)}\sum_{i\ne j} e^{S_{ij}}`, shape ``(...)``."""
     n = s.shape[-1]
-    masked = s.masked_fill(_eye(s), -math.inf)
+    masked = s.masked_fill(positive_mask(s), -math.inf)
     # two stages (rows, then their results) rather than one flat N^2 reduction: under
     # torch.compile, inductor's CPU code guards on the reduction size, and an N^2 one would add
     # a recompile once N^2 > 4096
@@ -245,15 +241,9 @@ def offdiag_logmeanexp(s: Tensor) -> Tensor:
 
 
 def offdiag_row_mean(s: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
-    r""":math:`\frac{1}{N-1}\sum_{j\ne i} \mathrm{fn}(S_{ij})` for every row, shape ``(..., N)``.
-
-    ``fn`` is never evaluated on the diagonal, so an overflowing ``fn(S_ii)`` cannot leak a NaN
-    into the gradient.
-    """
-    n = s.shape[-1]
-    eye = _eye(s)
-    values = fn(s.masked_fill(eye, 0.0)).masked_fill(eye, 0.0)
-    return values.sum(-1) / (n - 1)
+    r""":math:`\frac{1}{N-1}\sum_{j\ne i} \mathrm{fn}(S_{ij})` for every row, shape ``(..., N)``
+    (see :func:`offdiag_row_sum`)."""
+    return offdiag_row_sum(s, fn) / (s.shape[-1] - 1)
 
 
 def offdiag_mean(s: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:

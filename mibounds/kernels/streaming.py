@@ -610,13 +610,13 @@ def _column_stats(sw: _Sweep) -> tuple[Tensor, Tensor, Tensor]:
     return top_row, torch.logaddexp(top, rest), rest
 
 
-def _leave_one_out(s: Tensor, rows: Tensor, top_row: Tensor, lse: Tensor, rest: Tensor) -> Tensor:
-    r"""``log sum_{k != i} e^{S_kj}`` for the entries ``s[:, p, j]`` of rows ``rows[p]``: exact, as
+def _leave_one_out(s: Tensor, is_top: Tensor, lse: Tensor, rest: Tensor) -> Tensor:
+    r"""``log sum_{k != i} e^{S_kj}`` for entries ``s`` of rows ``i`` (``is_top``: row ``i`` is
+    its column's maximum; ``lse``, ``rest``: the column statistics, broadcast to ``s``). Exact:
     every entry but a column's maximum is at most half of its column's sum, and the maximum's
     own entry is the stored sum of the others."""
-    is_top = rows[None, :, None] == top_row[:, None, :]
-    rel = (s - lse[:, None, :]).clamp_max(-math.log(2.0))
-    return torch.where(is_top, rest[:, None, :], lse[:, None, :] + torch.log1p(-torch.exp(rel)))
+    rel = (s - lse).clamp_max(-math.log(2.0))
+    return torch.where(is_top, rest, lse + torch.log1p(-torch.exp(rel)))
 
 
 @torch.library.custom_op("mibounds::interpolated_terms", mutates_args=())
@@ -645,26 +645,30 @@ def _interpolated_terms(
     else:
         diag = -((sw.x - sw.y) ** 2).sum(-1) * sw.inv[:, 0]
     cols = torch.arange(n, device=sw.x.device)
-    rel = (diag - lse).clamp_max(-math.log(2.0))
-    l_diag = torch.where(top_row == cols, rest, lse + torch.log1p(-torch.exp(rel))) - log_k
+    l_diag = _leave_one_out(diag, top_row == cols, lse, rest) - log_k
     a_diag = torch.logaddexp(log_a + l_diag, log_1ma + b)
     phi = torch.exp(l_diag - a_diag)  # e^{L_jj - A_jj} <= 1 / alpha
+
+    def panel(r0: int, r1: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Scores of rows ``r0:r1``, their column-maximum mask, ``L`` and ``A``."""
+        s = sw.scores(r0, r1)
+        rows = torch.arange(r0, r1, device=sw.x.device)
+        is_top = rows[None, :, None] == top_row[:, None, :]
+        ell = _leave_one_out(s, is_top, lse[:, None, :], rest[:, None, :]) - log_k
+        return s, is_top, ell, torch.logaddexp(log_a + ell, log_1ma + b[:, None, :])
+
     sum_a = sw.x.new_zeros(sw.b)
     log_q = sw.x.new_full((sw.b, n), -math.inf)  # log sum_{i != j} alpha e^{-A_ij}
     log_q_rest = log_q.clone()  # the same without the column's maximum row
     sum_w = sw.x.new_zeros(sw.b, n)  # sum_{i != j} alpha e^{L_ij - A_ij}
     for r0, r1 in sw.panels():
-        s = sw.scores(r0, r1)
-        rows = torch.arange(r0, r1, device=sw.x.device)
-        ell = _leave_one_out(s, rows, top_row, lse, rest) - log_k
-        a = torch.logaddexp(log_a + ell, log_1ma + b[:, None, :])
+        s, is_top, ell, a = panel(r0, r1)
         prow, pcol = sw.diag(r0, r1)
         a[:, prow, pcol] = 0.0
         sum_a += a.sum((1, 2))
         neg_a = log_a - a
         neg_a[:, prow, pcol] = -math.inf
         log_q = torch.logaddexp(log_q, torch.logsumexp(neg_a, dim=1))
-        is_top = rows[None, :, None] == top_row[:, None, :]
         log_q_rest = torch.logaddexp(
             log_q_rest, torch.logsumexp(neg_a.masked_fill(is_top, -math.inf), dim=1)
         )
@@ -673,18 +677,14 @@ def _interpolated_terms(
     value = -sum_a / (n * (n - 1)) - phi.mean(-1)
     if not need_grad:
         return (value, *sw.no_grads(), b.new_zeros(0))
-    w_diag = torch.exp(log_a + l_diag - a_diag)
+    w_diag = alpha * phi  # alpha e^{L_jj - A_jj}
     coef_f = phi * (1 - w_diag) / (n * (n - 1))  # d/dS_kj of the phi term, per e^{S_kj - L_jj}
     coef_a = 1.0 / (n * (n - 1) * (n - 1))
     for r0, r1 in sw.panels():
-        s = sw.scores(r0, r1)
-        rows = torch.arange(r0, r1, device=sw.x.device)
-        ell = _leave_one_out(s, rows, top_row, lse, rest) - log_k
-        a = torch.logaddexp(log_a + ell, log_1ma + b[:, None, :])
+        s, is_top, _, a = panel(r0, r1)
         # d/dS_kj of the A terms: e^{S_kj} times the column's sum of alpha e^{-A_ij} over
         # i != j, k. For the column's maximum row that sum is stored without it (subtracting
         # its dominant term would cancel); for the other rows the subtraction is stable.
-        is_top = rows[None, :, None] == top_row[:, None, :]
         g = torch.exp(s + torch.where(is_top, log_q_rest[:, None, :], log_q[:, None, :]))
         own = torch.exp(log_a + s - a).masked_fill(is_top, 0.0)
         own -= coef_f[:, None, :] / coef_a * torch.exp(s - l_diag[:, None, :])
@@ -709,17 +709,9 @@ def _setup_interpolated(ctx, inputs, output) -> None:
 
 
 def _backward_interpolated(ctx, grad_value, *_):
-    dx, dy, dtau, db = ctx.saved_tensors
-    if dx.numel() == 0:
-        raise RuntimeError(
-            "mibounds streaming op: no gradient was computed in the forward pass "
-            "(it ran with need_grad=False); call it with gradients enabled"
-        )
-    g = grad_value.to(dtau.dtype)
-    gx = (dx.to(g.dtype) * g[:, None, None]).to(dx.dtype)
-    gy = (dy.to(g.dtype) * g[:, None, None]).to(dy.dtype)
-    gt = (dtau * g).sum().reshape(ctx.tau_shape).to(ctx.tau_dtype)
-    gb = (db.to(g.dtype) * g[:, None]).to(db.dtype)
+    gx, gy, gt = _backward_scalar(ctx, grad_value)
+    db = ctx.saved_tensors[3]
+    gb = (db.to(grad_value.dtype) * grad_value[:, None]).to(db.dtype)
     return gx, gy, gt, gb, None, None, None
 
 
@@ -767,7 +759,9 @@ def _setup_scalar(ctx, inputs, output) -> None:
 
 
 def _backward_scalar(ctx, grad_value):
-    dx, dy, dtau = ctx.saved_tensors
+    """The stored ``(dx, dy, dtau)`` (the first three saved tensors) times the incoming
+    per-batch gradient."""
+    dx, dy, dtau = ctx.saved_tensors[:3]
     if dx.numel() == 0:
         raise RuntimeError(
             "mibounds streaming op: no gradient was computed in the forward pass "

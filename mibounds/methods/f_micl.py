@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from mibounds import _checks
 from mibounds.divergences import FDivergence, get_divergence
 from mibounds.kernels import streaming
-from mibounds.reductions import batch_statistics
+from mibounds.reductions import batch_statistics, offdiag_mean
 from mibounds.scores import SeparableScores
 
 __all__ = ["FMICL", "SIGMA_VISION", "fmicl", "fmicl_terms", "log_kernel_scores"]
@@ -198,11 +198,8 @@ def fmicl(
         st = batch_statistics(s, gather)
         if name is not None and st is not None:
             return st.offdiag_means(name, shift=log_mu)[1]
-        dense = s.dense() + log_mu  # dense fallback for divergences without a derivative
-        n = dense.shape[-1]
-        eye = torch.eye(n, dtype=torch.bool, device=dense.device)
-        values = marginal_fn(dense.masked_fill(eye, 0.0)).masked_fill(eye, 0.0)
-        return values.sum((-2, -1)) / (n * (n - 1))
+        # dense fallback for divergences without a closed-form derivative
+        return offdiag_mean(s.dense() + log_mu, marginal_fn)
 
     main = scores(z1, z2)
     st = batch_statistics(main, gather)
