@@ -150,14 +150,17 @@ def test_large_scores_finite():
         assert torch.isfinite(v).all() and torch.isfinite(g).all()
 
 
+PLAIN = (None, None, 0, 0, 9)  # labels, column labels, offset, exclude, n_paired
+
+
 @pytest.mark.parametrize(
     ("op", "extra"),
     [
-        ("row_lse_mean", (0, True)),
-        ("sym_lse_mean", (0, True)),
-        ("offdiag_lme", (0, 0, True)),
-        ("offdiag_means", (0, 0, 1, -1.0, 0.0, 0, True, True)),
-        ("offdiag_means", (0, 2, 1, 0.0, 2.0, 0, True, False)),
+        ("row_lse_mean", (None, True)),
+        ("sym_lse_mean", (None, None, True)),
+        ("offdiag_lme", (None, True)),
+        ("offdiag_means", (None, 0, 1, -1.0, 0.0, False, True, True)),
+        ("offdiag_means", (None, 2, 1, 0.0, 2.0, False, True, False)),
     ],
 )
 @pytest.mark.parametrize("sim_id", [0, 1])
@@ -166,16 +169,16 @@ def test_opcheck(op, extra, sim_id):
     x.requires_grad_(True)
     y.requires_grad_(True)
     tau = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
-    args = (x, y, tau, sim_id, *extra[1:])
+    args = (x, y, tau, None, sim_id, *PLAIN, *extra)
     torch.library.opcheck(getattr(torch.ops.mibounds, op).default, args)
 
 
 @pytest.mark.parametrize(
     ("op", "extra"),
     [
-        ("row_lse_mean", (True,)),
-        ("offdiag_lme", (3, True)),
-        ("offdiag_means", (0, 1, 0.0, 0.0, 3, True, True)),
+        ("row_lse_mean", (None, True)),
+        ("offdiag_lme", (None, True)),
+        ("offdiag_means", (None, 0, 1, 0.0, 0.0, False, True, True)),
     ],
 )
 def test_opcheck_rectangular(op, extra):
@@ -184,7 +187,34 @@ def test_opcheck_rectangular(op, extra):
     x = x[:, :4].detach().requires_grad_(True)
     y.requires_grad_(True)
     tau = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(getattr(torch.ops.mibounds, op).default, (x, y, tau, 1, *extra))
+    pairing = (None, None, 3, 0, 9)
+    args = (x, y, tau, None, 1, *pairing, *extra)
+    torch.library.opcheck(getattr(torch.ops.mibounds, op).default, args)
+
+
+@pytest.mark.parametrize(
+    ("op", "extra"),
+    [
+        ("row_lse_mean", (True,)),
+        ("sym_lse_mean", (True,)),
+        ("offdiag_lme", (True,)),
+        ("offdiag_means", (0, 1, 0.0, 0.0, False, True, True)),
+        ("offdiag_means", (-1, 4, 0.0, 0.0, True, True, True)),
+    ],
+)
+@pytest.mark.parametrize("sim_id", [0, 1])
+def test_opcheck_labels_weights_bias(op, extra, sim_id):
+    """Labels with a self exclusion, per-row (and per-column) weights and a learnable bias."""
+    x, y = _xy(torch.float64, lead=(2,), n=9, d=3)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    tau = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-0.3, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2, 0])
+    weights = torch.rand(9, dtype=torch.float64)
+    n_weights = 2 if op == "sym_lse_mean" else 1
+    args = (x, y, tau, bias, sim_id, labels, labels, 0, 1, 9, *[weights] * n_weights, *extra)
+    torch.library.opcheck(getattr(torch.ops.mibounds, op).default, args)
 
 
 def test_rectangular_offset_matches_dense():

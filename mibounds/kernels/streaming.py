@@ -26,6 +26,7 @@ from torch import Tensor
 
 from mibounds._dtypes import accumulation_dtype as _acc
 from mibounds.kernels import triton_kernels
+from mibounds.pairing import PairLayout
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -141,26 +142,36 @@ def panel_rows(n: int, budget: int | None = None, buffers: int = 4) -> int:
 
 
 class _Sweep:
-    r"""One sweep over panels of rows of ``S = sim(x, y) / tau``.
+    r"""One sweep over panels of rows of ``S = sim(x, y) / tau + bias``.
 
-    Holds the operands (in the accumulation dtype) and, when a gradient is needed, the
-    unscaled accumulators ``G Y`` (per row), ``G^T X`` (per column) and the row and column sums
-    of ``G = dL/dS``, from which :meth:`finish` forms the gradients with respect to ``x``, ``y``
-    and ``tau`` in O(N d): for dot scores :math:`\partial L/\partial\tau =
+    Holds the operands (in the accumulation dtype), the pairing of rows and columns
+    (:class:`~mibounds.pairing.PairLayout`) and, when a gradient is needed, the unscaled
+    accumulators ``G Y`` (per row), ``G^T X`` (per column) and the row and column sums of
+    ``G = dL/dS``, from which :meth:`finish` forms the gradients with respect to ``x``, ``y``,
+    ``tau`` and ``bias`` in O(N d): for dot scores :math:`\partial L/\partial\tau =
     -\tau^{-2}\sum_i x_i \cdot (GY)_i`, so no extra pass over the scores is needed.
     """
 
     def __init__(
-        self, x: Tensor, y: Tensor, tau: Tensor, sim: int, need_grad: bool, offset: int = 0
+        self,
+        x: Tensor,
+        y: Tensor,
+        tau: Tensor,
+        sim: int,
+        need_grad: bool,
+        layout: PairLayout | None = None,
+        bias: Tensor | None = None,
     ) -> None:
         dt = _acc(x.dtype)
         self.in_dtype = x.dtype
         self.x, self.y = x.to(dt), y.to(dt)
         self.b, self.n, _ = self.x.shape
-        self.m = self.y.shape[1]  # columns: N, or the global N when the rows are one rank's
-        self.offset = offset  # the positive of row i sits in column offset + i
+        self.m = self.y.shape[1]  # columns: N, the global N, or N plus extra candidates
+        self.layout = PairLayout(n_paired=self.n) if layout is None else layout
+        self.plain = self.layout.plain
         self.sim, self.need_grad = sim, need_grad
         self.inv = (1.0 / tau.to(dt)).reshape(1, 1, 1)
+        self.bias = None if bias is None else bias.to(dt).reshape(())
         self.panel = panel_rows(self.m)
         if sim == 1:
             self.sqx = (self.x * self.x).sum(-1)
@@ -170,37 +181,70 @@ class _Sweep:
             self.gtx = torch.zeros_like(self.y)  # rows of G^T X
             self.rowsum = self.x.new_zeros(self.b, self.n)
             self.colsum = self.x.new_zeros(self.b, self.m)
+            self.total = self.x.new_zeros(self.b)  # sum of G (the bias gradient)
 
     def panels(self):
         for r0 in range(0, self.n, self.panel):
             yield r0, min(self.n, r0 + self.panel)
 
     def scores(self, r0: int, r1: int) -> Tensor:
-        """``S`` for rows ``r0:r1``, ``(B, P, N)``, a fresh buffer the caller may overwrite."""
+        """``S`` for rows ``r0:r1``, ``(B, P, M)``, a fresh buffer the caller may overwrite."""
         xp = self.x[:, r0:r1]
         if self.sim == 0:
-            return _kernel(_dot_scores)(xp, self.y, self.inv)
-        return _kernel(_gaussian_scores)(xp, self.y, self.sqx[:, r0:r1], self.sqy, self.inv)
+            s = _kernel(_dot_scores)(xp, self.y, self.inv)
+        else:
+            s = _kernel(_gaussian_scores)(xp, self.y, self.sqx[:, r0:r1], self.sqy, self.inv)
+        if self.bias is not None:
+            s.add_(self.bias)
+        return s
+
+    def drop(self, s: Tensor, r0: int, r1: int, keep: str, fill: float) -> Tensor | None:
+        """Overwrite with ``fill`` the entries of the panel ``s`` (rows ``r0:r1``) outside the
+        set ``keep`` (``"cand"``, ``"neg"`` or ``"pos"``, see
+        :meth:`~mibounds.pairing.PairLayout.drop_mask`); returns what was dropped, for
+        :meth:`zero` (``None`` if nothing)."""
+        if self.plain and keep != "pos":
+            if keep == "cand":
+                return None
+            rows, cols = self.diag(r0, r1)
+            s[:, rows, cols] = fill
+            return _PLAIN
+        mask = self.layout.drop_mask(r0, r1, self.m, keep, s.device)
+        if mask is not None:
+            s.masked_fill_(mask, fill)
+        return mask
+
+    def zero(self, t: Tensor, dropped: Tensor | None, r0: int, r1: int) -> Tensor:
+        """Zero the entries of a panel-shaped ``t`` that :meth:`drop` dropped."""
+        if dropped is _PLAIN:
+            rows, cols = self.diag(r0, r1)
+            t[:, rows, cols] = 0.0
+        elif dropped is not None:
+            t.masked_fill_(dropped, 0.0)
+        return t
 
     def accumulate(self, g: Tensor, r0: int, r1: int) -> None:
         """Add a panel of ``G = dL/dS`` (rows ``r0:r1``) to the accumulators."""
         self.gy[:, r0:r1] = torch.bmm(g, self.y)
         self.gtx.baddbmm_(g.transpose(1, 2), self.x[:, r0:r1])
-        if self.sim == 1:
-            self.rowsum[:, r0:r1] = g.sum(-1)
-            self.colsum += g.sum(1)
+        if self.sim == 1 or self.bias is not None:
+            rs = g.sum(-1)
+            self.rowsum[:, r0:r1] = rs
+            self.total += rs.sum(-1)
+            if self.sim == 1:
+                self.colsum += g.sum(1)
 
     def rescale(self, factor: Tensor, upto: int) -> None:
         """Multiply what was accumulated so far (rows ``< upto``) by ``factor`` ``(B,)``."""
         f = factor[:, None, None]
         self.gy[:, :upto] *= f
         self.gtx *= f
-        if self.sim == 1:
-            self.rowsum[:, :upto] *= factor[:, None]
-            self.colsum *= factor[:, None]
+        self.rowsum[:, :upto] *= factor[:, None]
+        self.colsum *= factor[:, None]
+        self.total *= factor
 
-    def finish(self, scale: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``(dx, dy, dtau)`` from the accumulators, times ``scale`` ``(B,)`` if given."""
+    def finish(self, scale: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(dx, dy, dtau, dbias)`` from the accumulators, times ``scale`` ``(B,)`` if given."""
         inv = self.inv[:, 0, 0]
         cross = (self.x * self.gy).sum((1, 2))
         if self.sim == 0:
@@ -212,20 +256,26 @@ class _Sweep:
             sum_gs = (
                 2 * cross - (self.sqx * self.rowsum).sum(-1) - (self.sqy * self.colsum).sum(-1)
             ) * inv
-        dtau = -sum_gs * inv  # dS/dtau = -S / tau
+        dtau = -sum_gs * inv  # dS/dtau = -(S - bias) / tau
+        dbias = self.total
         if scale is not None:
-            dx, dy, dtau = dx * scale[:, None, None], dy * scale[:, None, None], dtau * scale
-        return dx.to(self.in_dtype), dy.to(self.in_dtype), dtau
+            dx, dy = dx * scale[:, None, None], dy * scale[:, None, None]
+            dtau, dbias = dtau * scale, dbias * scale
+        return dx.to(self.in_dtype), dy.to(self.in_dtype), dtau, dbias
 
-    def no_grads(self) -> tuple[Tensor, Tensor, Tensor]:
+    def no_grads(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Empty gradient outputs (distinct tensors: custom-op outputs must not alias)."""
         empty = (self.x.new_zeros(0, dtype=self.in_dtype), self.x.new_zeros(0, dtype=self.in_dtype))
-        return (*empty, self.x.new_zeros(self.b))
+        return (*empty, self.x.new_zeros(self.b), self.x.new_zeros(self.b))
 
     def diag(self, r0: int, r1: int) -> tuple[Tensor, Tensor]:
-        """Local row and global column indices of the positive entries in rows ``r0:r1``."""
+        """Local row and global column indices of the own pairs in rows ``r0:r1``."""
         rows = torch.arange(r1 - r0, device=self.x.device)
-        return rows, rows + (r0 + self.offset)
+        return rows, rows + (r0 + self.layout.offset)
+
+
+#: What :meth:`_Sweep.drop` returns after dropping the own pairs of the plain pairing.
+_PLAIN = torch.empty(0, dtype=torch.bool)
 
 
 def _dot_scores(xp: Tensor, y: Tensor, inv: Tensor) -> Tensor:
@@ -244,29 +294,71 @@ def _softmax_lse(s: Tensor) -> tuple[Tensor, Tensor]:
     ``torch.softmax`` has a much faster vectorised exponential than ``torch.exp`` (about 8x on
     the CPUs we measured), so the log-sum-exp is read back from it: at the row maximum
     :math:`m`, :math:`p_{max} = e^{m - \mathrm{lse}} \ge 1/N`, hence
-    :math:`\mathrm{lse} = m - \log p_{max}` without underflow. Rows that are entirely
-    ``-inf`` do not occur (every row has finite off-diagonal entries).
+    :math:`\mathrm{lse} = m - \log p_{max}` without underflow.
     """
     m = s.amax(-1)
     p = torch.softmax(s, dim=-1)
     return p, m - torch.log(p.amax(-1))
 
 
-# --- mean over rows of the row log-sum-exp ---------------------------------------------------
+def _softmax_lse_empty(s: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """:func:`_softmax_lse` along ``dim`` where whole lines may be ``-inf`` (a row without
+    negatives, a column without candidates in a panel): those get ``p = 0`` and ``-inf``."""
+    m = s.amax(dim)
+    empty = torch.isneginf(m)
+    p = torch.softmax(s, dim=dim).masked_fill_(empty.unsqueeze(dim), 0.0)
+    pmax = p.amax(dim).masked_fill_(empty, 1.0)
+    return p, (m - torch.log(pmax)).masked_fill_(empty, -math.inf)
+
+
+def _exp_diff(a: Tensor, b: Tensor) -> Tensor:
+    """``exp(a - b)``, and 0 where both are ``-inf``."""
+    return torch.exp(a - b).nan_to_num_(nan=0.0, posinf=math.inf)
+
+
+def _weights(w: Tensor | None, like: Tensor, default: float) -> Tensor:
+    """Per-row weights in the accumulation dtype, or ``default`` for every row."""
+    if w is None:
+        return like.new_full((like.shape[1],), default)
+    return w.to(like.dtype)
+
+
+def _layout(rl, cl, offset: int, exclude: int, n_paired: int) -> PairLayout:
+    return PairLayout(rl, cl, offset, exclude, n_paired)
+
+
+# --- weighted row (and column) log-sum-exp over the candidates --------------------------------
 
 
 def _row_lse_mean_sweep(
-    x: Tensor, y: Tensor, tau: Tensor, sim: int, need_grad: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    sw = _Sweep(x, y, tau, sim, need_grad)
+    x: Tensor,
+    y: Tensor,
+    tau: Tensor,
+    bias: Tensor | None,
+    sim: int,
+    rl: Tensor | None,
+    cl: Tensor | None,
+    offset: int,
+    exclude: int,
+    n_paired: int,
+    row_w: Tensor | None,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r""":math:`\sum_i w_i \log\sum_{j \in C_i} e^{S_{ij}}` over each row's candidates
+    :math:`C_i`; ``row_w=None`` is the plain mean (:math:`w_i = 1/n`)."""
+    sw = _Sweep(x, y, tau, sim, need_grad, _layout(rl, cl, offset, exclude, n_paired), bias)
+    w = _weights(row_w, sw.x, 1.0 / sw.n)
     value = sw.x.new_zeros(sw.b)
     for r0, r1 in sw.panels():
-        p, lse = _kernel(_softmax_lse)(sw.scores(r0, r1))
-        value += lse.sum(-1)
+        s = sw.scores(r0, r1)
+        sw.drop(s, r0, r1, "cand", -math.inf)
+        p, lse = _kernel(_softmax_lse)(s)
+        wp = w[r0:r1]
+        value += lse.sum(-1) if row_w is None else (lse * wp).sum(-1)
         if need_grad:
-            sw.accumulate(p.mul_(1.0 / sw.n), r0, r1)  # d(mean lse)/dS = softmax / N
+            sw.accumulate(p.mul_(wp[:, None]), r0, r1)  # d(sum w lse)/dS = w softmax
     grads = sw.finish() if need_grad else sw.no_grads()
-    return (value / sw.n, *grads)
+    return (value / sw.n if row_w is None else value, *grads)
 
 
 _row_lse_mean = torch.library.custom_op("mibounds::row_lse_mean", mutates_args=())(
@@ -275,18 +367,8 @@ _row_lse_mean = torch.library.custom_op("mibounds::row_lse_mean", mutates_args=(
 
 
 @_row_lse_mean.register_fake
-def _(x, y, tau, sim, need_grad):
+def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, need_grad):
     return _fake_outputs(x, y, need_grad, 1)
-
-
-if triton_kernels.HAS_TRITON:  # pragma: no cover - needs CUDA
-
-    @_row_lse_mean.register_kernel("cuda")
-    def _(x, y, tau, sim, need_grad):
-        """Triton on CUDA for dot scores with d <= 256; the generic sweep otherwise."""
-        if not _triton_ok(x, y, sim):
-            return _row_lse_mean_sweep(x, y, tau, sim, need_grad)
-        return _per_batch(triton_kernels.row_lse_mean_triton, x, y, tau, need_grad, 1)
 
 
 def _registered_divergence(fid: int):
@@ -317,9 +399,12 @@ def _tsallis_alpha(fid: int) -> float:
     return float(torch.log(div.conjugate_of_activation(torch.tensor(1.0, dtype=torch.float64))))
 
 
-def _triton_ok(x: Tensor, y: Tensor, sim: int, offset: int = 0) -> bool:
-    """Whether the Triton kernels cover this call: dot scores, d <= 256, a square batch."""
-    return sim == 0 and x.shape[-1] <= 256 and x.shape[-2] == y.shape[-2] and offset == 0
+def _triton_ok(x: Tensor, y: Tensor, sim: int, *plain: object) -> bool:
+    """Whether the Triton kernels cover this call: dot scores, d <= 256, a square batch with
+    the plain pairing, no bias and uniform weights (``plain`` holds the pairing arguments and
+    weights that must be absent: labels, offset, exclusion, bias, weights)."""
+    square = x.shape[-2] == y.shape[-2]
+    return sim == 0 and x.shape[-1] <= 256 and square and all(not a for a in plain)
 
 
 def _per_batch(fn, x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, n_values: int):
@@ -332,11 +417,12 @@ def _per_batch(fn, x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, n_values:
     ]
     values = [torch.stack([o[k] for o in outs]) for k in range(n_values)]
     dtau = torch.stack([o[n_values + 2] for o in outs])
+    dbias = torch.zeros_like(dtau)
     if not need_grad:
-        return (*values, x.new_zeros(0), y.new_zeros(0), dtau)
+        return (*values, x.new_zeros(0), y.new_zeros(0), dtau, dbias)
     dx = torch.stack([o[n_values] for o in outs]).to(x.dtype)
     dy = torch.stack([o[n_values + 1] for o in outs]).to(y.dtype)
-    return (*values, dx, dy, dtau)
+    return (*values, dx, dy, dtau, dbias)
 
 
 def _fake_outputs(x: Tensor, y: Tensor, need_grad: bool, n_values: int):
@@ -345,46 +431,70 @@ def _fake_outputs(x: Tensor, y: Tensor, need_grad: bool, n_values: int):
     dx = torch.empty_like(x) if need_grad else x.new_empty(0)
     dy = torch.empty_like(y) if need_grad else y.new_empty(0)
     values = [x.new_empty(b, dtype=acc) for _ in range(n_values)]
-    return (*values, dx, dy, x.new_empty(b, dtype=acc))
+    return (*values, dx, dy, x.new_empty(b, dtype=acc), x.new_empty(b, dtype=acc))
 
 
-# --- symmetric: mean of the row and the column log-sum-exp ----------------------------------
+# --- symmetric: the row and the column log-sum-exp ------------------------------------------
+
+
+def _sym_lse_mean_impl(
+    x: Tensor,
+    y: Tensor,
+    tau: Tensor,
+    bias: Tensor | None,
+    sim: int,
+    rl: Tensor | None,
+    cl: Tensor | None,
+    offset: int,
+    exclude: int,
+    n_paired: int,
+    row_w: Tensor | None,
+    col_w: Tensor | None,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r""":math:`\sum_i u_i \log\sum_{j\in C_i} e^{S_{ij}} + \sum_j v_j \log\sum_{i \in C^j}
+    e^{S_{ij}}` in two sweeps and four matrix products: the first gathers the row and the
+    (online) column log-sum-exp, the second forms the gradient of both terms at once. Without
+    weights, :math:`u = v = 1/(2n)` (CLIP's average of the two directions)."""
+    sw = _Sweep(x, y, tau, sim, need_grad, _layout(rl, cl, offset, exclude, n_paired), bias)
+    n, m = sw.n, sw.m
+    u = _weights(row_w, sw.x, 0.5 / n)
+    v = _weights(col_w, sw.x, 0.5 / n)
+    # with exclusions a panel may hold a column without candidates
+    col_softmax = _col_softmax_lse if sw.plain else _col_softmax_lse_empty
+    row_total = sw.x.new_zeros(sw.b)
+    col_lse = sw.x.new_full((sw.b, m), -math.inf)
+    for r0, r1 in sw.panels():
+        s = sw.scores(r0, r1)
+        sw.drop(s, r0, r1, "cand", -math.inf)
+        _, lse = _kernel(_softmax_lse)(s)
+        row_total += (lse * u[r0:r1]).sum(-1)
+        _, panel_col_lse = _kernel(col_softmax)(s)
+        col_lse = torch.logaddexp(col_lse, panel_col_lse)
+    counted = v != 0
+    value = row_total + torch.where(counted, col_lse * v, 0.0).sum(-1)
+    if not need_grad:
+        return (value, *sw.no_grads())
+    for r0, r1 in sw.panels():
+        s = sw.scores(r0, r1)
+        sw.drop(s, r0, r1, "cand", -math.inf)
+        p_col, panel_col_lse = _kernel(col_softmax)(s)
+        # exp(S_ij - L_j) = column softmax within the panel times exp(panel lse_j - L_j) <= 1
+        g = p_col.mul_((_exp_diff(panel_col_lse, col_lse) * v)[:, None, :])
+        g.add_(torch.softmax(s, dim=-1).mul_(u[r0:r1, None]))
+        sw.accumulate(g, r0, r1)
+    return (value, *sw.finish())
 
 
 def _col_softmax_lse(s: Tensor) -> tuple[Tensor, Tensor]:
-    """Column softmax within a panel and the panel's column log-sum-exp ``(B, N)``."""
+    """Column softmax within a panel and the panel's column log-sum-exp ``(B, M)``."""
     m = s.amax(1)
     p = torch.softmax(s, dim=1)
     return p, m - torch.log(p.amax(1))
 
 
-def _sym_lse_mean_impl(
-    x: Tensor, y: Tensor, tau: Tensor, sim: int, need_grad: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(mean_i lse_j S_ij + mean_j lse_i S_ij) / 2`` in two sweeps and four matrix products:
-    the first gathers the row and the (online) column log-sum-exp, the second forms the
-    gradient of both terms at once."""
-    sw = _Sweep(x, y, tau, sim, need_grad)
-    n = sw.n
-    row_total = sw.x.new_zeros(sw.b)
-    col_lse = sw.x.new_full((sw.b, n), -math.inf)
-    for r0, r1 in sw.panels():
-        s = sw.scores(r0, r1)
-        _, lse = _kernel(_softmax_lse)(s)
-        row_total += lse.sum(-1)
-        _, panel_col_lse = _kernel(_col_softmax_lse)(s)
-        col_lse = torch.logaddexp(col_lse, panel_col_lse)
-    value = 0.5 * (row_total + col_lse.sum(-1)) / n
-    if not need_grad:
-        return (value, *sw.no_grads())
-    for r0, r1 in sw.panels():
-        s = sw.scores(r0, r1)
-        p_col, panel_col_lse = _kernel(_col_softmax_lse)(s)
-        # exp(S_ij - L_j) = column softmax within the panel times exp(panel lse_j - L_j) <= 1
-        g = p_col.mul_(torch.exp(panel_col_lse - col_lse)[:, None, :])
-        g.add_(torch.softmax(s, dim=-1)).mul_(0.5 / n)
-        sw.accumulate(g, r0, r1)
-    return (value, *sw.finish())
+def _col_softmax_lse_empty(s: Tensor) -> tuple[Tensor, Tensor]:
+    return _softmax_lse_empty(s, 1)
 
 
 _sym_lse_mean = torch.library.custom_op("mibounds::sym_lse_mean", mutates_args=())(
@@ -393,48 +503,67 @@ _sym_lse_mean = torch.library.custom_op("mibounds::sym_lse_mean", mutates_args=(
 
 
 @_sym_lse_mean.register_fake
-def _(x, y, tau, sim, need_grad):
+def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, col_w, need_grad):
     return _fake_outputs(x, y, need_grad, 1)
 
 
-# --- off-diagonal log-mean-exp ---------------------------------------------------------------
+# --- log-mean-exp over the negatives ---------------------------------------------------------
 
 
 def _offdiag_lme_impl(
-    x: Tensor, y: Tensor, tau: Tensor, sim: int, offset: int, need_grad: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Log-mean-exp over the pairs ``(i, j != offset + i)`` of ``n`` rows and ``m`` columns."""
-    sw = _Sweep(x, y, tau, sim, need_grad, offset)
+    x: Tensor,
+    y: Tensor,
+    tau: Tensor,
+    bias: Tensor | None,
+    sim: int,
+    rl: Tensor | None,
+    cl: Tensor | None,
+    offset: int,
+    exclude: int,
+    n_paired: int,
+    log_w: Tensor | None,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r""":math:`\log\sum_i w_i \sum_{j \in N_i} e^{S_{ij}}` over each row's negatives
+    :math:`N_i`, with ``log_w`` :math:`= \log w`; ``None``: the plain mean over the
+    ``n (m - 1)`` pairs ``(i, j != offset + i)``."""
+    sw = _Sweep(x, y, tau, sim, need_grad, _layout(rl, cl, offset, exclude, n_paired), bias)
+    lw = _weights(log_w, sw.x, -math.log(sw.n * (sw.m - 1)))
+    softmax = _kernel(_softmax_lse) if sw.plain else _row_softmax_lse_empty
     run_max = sw.x.new_full((sw.b,), -math.inf)
     run_sum = sw.x.new_zeros(sw.b)
     for r0, r1 in sw.panels():
         s = sw.scores(r0, r1)
-        rows, cols = sw.diag(r0, r1)
-        s[:, rows, cols] = -math.inf
-        p, lse = _kernel(_softmax_lse)(s)  # per-row off-diagonal softmax and log-sum-exp
+        sw.drop(s, r0, r1, "neg", -math.inf)
+        p, lse = softmax(s)  # per-row softmax and log-sum-exp over the negatives
+        lse = lse + lw[r0:r1]
         new_max = torch.maximum(run_max, lse.amax(-1))
-        rescale = torch.exp(run_max - new_max)  # 0 on the first panel
-        weight = torch.exp(lse - new_max[:, None])  # (B, P): each row's share, <= 1
+        rescale = _exp_diff(run_max, new_max)  # 0 on the first panel
+        weight = _exp_diff(lse, new_max[:, None])  # (B, P): each row's share, <= 1
         run_sum = run_sum * rescale + weight.sum(-1)
         if need_grad:
-            # unnormalised gradients exp(S - max) = p * weight, in the running-max frame
+            # unnormalised gradients w e^{S - max} = p * weight, in the running-max frame
             sw.rescale(rescale, r0)
             sw.accumulate(p.mul_(weight[..., None]), r0, r1)
         run_max = new_max
-    value = run_max + torch.log(run_sum) - math.log(sw.n * (sw.m - 1))
+    value = run_max + torch.log(run_sum)
     grads = sw.finish(1.0 / run_sum) if need_grad else sw.no_grads()
     return (value, *grads)
+
+
+def _row_softmax_lse_empty(s: Tensor) -> tuple[Tensor, Tensor]:
+    return _softmax_lse_empty(s, -1)
 
 
 _offdiag_lme = torch.library.custom_op("mibounds::offdiag_lme", mutates_args=())(_offdiag_lme_impl)
 
 
 @_offdiag_lme.register_fake
-def _(x, y, tau, sim, offset, need_grad):
+def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, log_w, need_grad):
     return _fake_outputs(x, y, need_grad, 1)
 
 
-# --- off-diagonal means of elementwise functions ---------------------------------------------
+# --- weighted sums of elementwise functions over the negatives (or the positives) ------------
 
 #: Elementwise functions the streaming off-diagonal mean knows: name -> id. Each has a value
 #: function and an explicit derivative (autograd is not available inside a custom op).
@@ -475,25 +604,34 @@ def _offdiag_means_impl(
     x: Tensor,
     y: Tensor,
     tau: Tensor,
+    bias: Tensor | None,
     sim: int,
+    rl: Tensor | None,
+    cl: Tensor | None,
+    offset: int,
+    exclude: int,
+    n_paired: int,
+    weight: Tensor | None,
     value_fn: int,
     grad_fn: int,
     shift: float,
     param: float,
-    offset: int,
+    positives: bool,
     need_grad: bool,
     grad_value: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Means over i != j of ``value_fn(S + shift)`` (no gradient) and ``grad_fn(S + shift)``
-    (with gradient); ``value_fn = -1`` skips the first. ``param`` is passed to both functions.
-    With ``grad_value=False`` the second mean is returned as 0 but keeps its gradient (for
-    objectives whose value cancels, as in :func:`mibounds.js`), and ``grad_fn`` itself is never
-    evaluated, only its derivative. The pairs are ``(i, j != offset + i)`` of ``n`` rows and
-    ``m`` columns (``offset = 0``, ``n = m`` for a square batch)."""
-    sw = _Sweep(x, y, tau, sim, need_grad, offset)
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r"""Weighted sums :math:`\sum_i w_i \sum_{j} \mathrm{fn}(S_{ij} + \mathrm{shift})` over each
+    row's negatives (or, with ``positives``, its positives) of ``value_fn`` (no gradient) and
+    ``grad_fn`` (with gradient); ``value_fn = -1`` skips the first. ``weight=None``: the plain
+    mean over the ``n (m - 1)`` pairs ``(i, j != offset + i)``. ``param`` is passed to both
+    functions. With ``grad_value=False`` the second sum is returned as 0 but keeps its gradient
+    (for objectives whose value cancels, as in :func:`mibounds.js`), and ``grad_fn`` itself is
+    never evaluated, only its derivative."""
+    sw = _Sweep(x, y, tau, sim, need_grad, _layout(rl, cl, offset, exclude, n_paired), bias)
+    w = _weights(weight, sw.x, 1.0 / (sw.n * (sw.m - 1)))
+    keep = "pos" if positives else "neg"
     vsum = sw.x.new_zeros(sw.b)
     gsum = sw.x.new_zeros(sw.b)
-    count = sw.n * (sw.m - 1)
     _, gfn, gdfn = _FNS[grad_fn]
     vfn = _FNS[value_fn][1] if value_fn >= 0 else None
     # exp goes through the softmax: sum_j e^{S_ij} = e^{lse_i} (the fast exponential)
@@ -502,16 +640,17 @@ def _offdiag_means_impl(
         s = sw.scores(r0, r1)
         if shift != 0.0:
             s.add_(shift)
-        rows, cols = sw.diag(r0, r1)
+        wp = w[r0:r1]
+        dropped = sw.drop(s, r0, r1, keep, -math.inf)  # every function is zeroed there below
         g = None
         if value_exp or grad_exp:
-            s[:, rows, cols] = -math.inf  # every function below is overwritten on the diagonal
-            p, lse = _kernel(_softmax_lse)(s)
-            row_total = torch.exp(lse)  # sum over j != i of e^{S_ij}, per row
+            softmax = _kernel(_softmax_lse) if sw.plain else _row_softmax_lse_empty
+            p, lse = softmax(s)
+            row_total = torch.exp(lse)  # sum over the kept j of e^{S_ij}, per row
             if value_exp:
-                vsum += row_total.sum(-1)
+                vsum += (row_total * wp).sum(-1)
             if grad_exp:
-                gsum += row_total.sum(-1)
+                gsum += (row_total * wp).sum(-1)
                 if need_grad:
                     # e^S as softmax times the row sums (the fast exponential of the CPU); if a
                     # row sum overflows, the dense e^S (inf where it overflows, never 0 * inf).
@@ -524,22 +663,20 @@ def _offdiag_means_impl(
                     else:
                         g = torch.exp(s)
         if vfn is not None and not value_exp:
-            v = vfn(s, param)  # type: ignore[operator]
-            v[:, rows, cols] = 0.0
-            vsum += v.sum((1, 2))
+            v = sw.zero(vfn(s, param), dropped, r0, r1)  # type: ignore[operator]
+            vsum += (v.sum(-1) * wp).sum(-1)
         if not grad_exp:
             if grad_value:
-                gv = gfn(s, param)  # type: ignore[operator]
-                gv[:, rows, cols] = 0.0
-                gsum += gv.sum((1, 2))
+                gv = sw.zero(gfn(s, param), dropped, r0, r1)  # type: ignore[operator]
+                gsum += (gv.sum(-1) * wp).sum(-1)
             if need_grad:
                 g = gdfn(s, param)  # type: ignore[operator]
         if need_grad:
             assert g is not None
-            g[:, rows, cols] = 0.0
-            sw.accumulate(g.mul_(1.0 / count), r0, r1)
+            sw.zero(g, dropped, r0, r1)
+            sw.accumulate(g.mul_(wp[:, None]), r0, r1)
     grads = sw.finish() if need_grad else sw.no_grads()
-    return (vsum / count, gsum / count, *grads)
+    return (vsum, gsum, *grads)
 
 
 _offdiag_means = torch.library.custom_op("mibounds::offdiag_means", mutates_args=())(
@@ -548,34 +685,56 @@ _offdiag_means = torch.library.custom_op("mibounds::offdiag_means", mutates_args
 
 
 @_offdiag_means.register_fake
-def _(x, y, tau, sim, value_fn, grad_fn, shift, param, offset, need_grad, grad_value):
+def _(
+    x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, weight, value_fn, grad_fn, shift,
+    param, positives, need_grad, grad_value,
+):  # fmt: skip
     return _fake_outputs(x, y, need_grad, 2)
 
 
 if triton_kernels.HAS_TRITON:  # pragma: no cover - needs CUDA
 
+    @_row_lse_mean.register_kernel("cuda")
+    def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, need_grad):
+        """Triton on CUDA for dot scores with d <= 256; the generic sweep otherwise."""
+        if not _triton_ok(x, y, sim, bias is not None, rl is not None, offset, exclude, row_w is not None):
+            return _row_lse_mean_sweep(
+                x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, need_grad
+            )
+        return _per_batch(triton_kernels.row_lse_mean_triton, x, y, tau, need_grad, 1)
+
     @_sym_lse_mean.register_kernel("cuda")
-    def _(x, y, tau, sim, need_grad):
-        if not _triton_ok(x, y, sim):
-            return _sym_lse_mean_impl(x, y, tau, sim, need_grad)
+    def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, col_w, need_grad):
+        weighted = row_w is not None or col_w is not None
+        if not _triton_ok(x, y, sim, bias is not None, rl is not None, offset, exclude, weighted):
+            return _sym_lse_mean_impl(
+                x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, col_w, need_grad
+            )
         return _per_batch(triton_kernels.symmetric_lse_mean_triton, x, y, tau, need_grad, 1)
 
     @_offdiag_lme.register_kernel("cuda")
-    def _(x, y, tau, sim, offset, need_grad):
-        if not _triton_ok(x, y, sim, offset):
-            return _offdiag_lme_impl(x, y, tau, sim, offset, need_grad)
+    def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, log_w, need_grad):
+        if not _triton_ok(x, y, sim, bias is not None, rl is not None, offset, exclude, log_w is not None):
+            return _offdiag_lme_impl(
+                x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, log_w, need_grad
+            )
         return _per_batch(triton_kernels.offdiag_lme_triton, x, y, tau, need_grad, 1)
 
     @_offdiag_means.register_kernel("cuda")
-    def _(x, y, tau, sim, value_fn, grad_fn, shift, param, offset, need_grad, grad_value):
+    def _(
+        x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, weight, value_fn, grad_fn,
+        shift, param, positives, need_grad, grad_value,
+    ):  # fmt: skip
         names = (None if value_fn < 0 else _FNS[value_fn][0], _triton_name(grad_fn))
         if names[1] == "fmi:tsallis":
             param = _tsallis_alpha(grad_fn)
         covered = all(n is None or n in triton_kernels.TRITON_FUNCTIONS for n in names)
-        if not (covered and _triton_ok(x, y, sim, offset)):
+        absent = (bias is not None, rl is not None, offset, exclude, weight is not None, positives)
+        if not (covered and _triton_ok(x, y, sim, *absent)):
             return _offdiag_means_impl(
-                x, y, tau, sim, value_fn, grad_fn, shift, param, offset, need_grad, grad_value
-            )
+                x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, weight, value_fn,
+                grad_fn, shift, param, positives, need_grad, grad_value,
+            )  # fmt: skip
 
         def run(xb, yb, t, ng):
             return triton_kernels.offdiag_means_triton(
@@ -676,7 +835,7 @@ def _interpolated_terms(
         sum_w += w.sum(1)
     value = -sum_a / (n * (n - 1)) - phi.mean(-1)
     if not need_grad:
-        return (value, *sw.no_grads(), b.new_zeros(0))
+        return (value, *sw.no_grads()[:3], b.new_zeros(0))
     w_diag = alpha * phi  # alpha e^{L_jj - A_jj}
     coef_f = phi * (1 - w_diag) / (n * (n - 1))  # d/dS_kj of the phi term, per e^{S_kj - L_jj}
     coef_a = 1.0 / (n * (n - 1) * (n - 1))
@@ -693,12 +852,12 @@ def _interpolated_terms(
         g = (own - g).mul_(coef_a)
         sw.accumulate(g, r0, r1)
     db = -((n - 1) - sum_w) / (n * (n - 1)) + phi * (1 - w_diag) / n
-    return (value, *sw.finish(), db.to(log_baseline.dtype))
+    return (value, *sw.finish()[:3], db.to(log_baseline.dtype))
 
 
 @_interpolated_terms.register_fake
 def _(x, y, tau, log_baseline, sim, alpha, need_grad):
-    value, dx, dy, dtau = _fake_outputs(x, y, need_grad, 1)
+    value, dx, dy, dtau, _ = _fake_outputs(x, y, need_grad, 1)
     db = torch.empty_like(log_baseline) if need_grad else log_baseline.new_empty(0)
     return value, dx, dy, dtau, db
 
@@ -751,11 +910,12 @@ def interpolated_terms(
 
 
 def _setup_scalar(ctx, inputs, output) -> None:
-    tau = inputs[2]
-    grads = output[-3:]
-    ctx.save_for_backward(*grads)
-    ctx.tau_shape = tau.shape
-    ctx.tau_dtype = tau.dtype
+    tau, bias = inputs[2], inputs[3]
+    ctx.save_for_backward(*output[-4:])
+    ctx.tau_shape, ctx.tau_dtype = tau.shape, tau.dtype
+    ctx.bias_shape = None if bias is None else bias.shape
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.n_inputs = len(inputs)
 
 
 def _backward_scalar(ctx, grad_value):
@@ -774,21 +934,29 @@ def _backward_scalar(ctx, grad_value):
     return gx, gy, gt
 
 
-def _backward_row(ctx, grad_value, *_):
-    return (*_backward_scalar(ctx, grad_value), None, None)
+def _backward_op(ctx, grad_value):
+    """Gradients of every input of an op whose inputs start ``(x, y, tau, bias)`` and whose
+    outputs end with the stored ``(dx, dy, dtau, dbias)``."""
+    gx, gy, gt = _backward_scalar(ctx, grad_value)
+    gb = None
+    if ctx.bias_shape is not None:
+        dbias = ctx.saved_tensors[3]
+        gb = (dbias * grad_value.to(dbias.dtype)).sum().reshape(ctx.bias_shape)
+        gb = gb.to(ctx.bias_dtype)
+    return (gx, gy, gt, gb, *([None] * (ctx.n_inputs - 4)))
 
 
-def _backward_lme(ctx, grad_value, *_):
-    return (*_backward_scalar(ctx, grad_value), None, None, None)
+def _backward_one(ctx, grad_value, *_):
+    return _backward_op(ctx, grad_value)
 
 
 def _backward_means(ctx, grad_vvalue, grad_gvalue, *_):
-    return (*_backward_scalar(ctx, grad_gvalue), *([None] * 8))
+    return _backward_op(ctx, grad_gvalue)
 
 
-_row_lse_mean.register_autograd(_backward_row, setup_context=_setup_scalar)
-_sym_lse_mean.register_autograd(_backward_row, setup_context=_setup_scalar)
-_offdiag_lme.register_autograd(_backward_lme, setup_context=_setup_scalar)
+_row_lse_mean.register_autograd(_backward_one, setup_context=_setup_scalar)
+_sym_lse_mean.register_autograd(_backward_one, setup_context=_setup_scalar)
+_offdiag_lme.register_autograd(_backward_one, setup_context=_setup_scalar)
 _offdiag_means.register_autograd(_backward_means, setup_context=_setup_scalar)
 
 
@@ -800,8 +968,8 @@ def _flatten(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
     return x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:]), lead
 
 
-def _need_grad(*ts: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+def _need_grad(*ts: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
 def _tau(tau: float | Tensor, like: Tensor) -> Tensor:
@@ -810,8 +978,31 @@ def _tau(tau: float | Tensor, like: Tensor) -> Tensor:
     return torch.tensor(float(tau), dtype=_acc(like.dtype), device=like.device)
 
 
-def row_logsumexp_mean(x: Tensor, y: Tensor, tau: float | Tensor, sim: str) -> Tensor:
-    r""":math:`\frac1N\sum_i \log\sum_j e^{S_{ij}}` for ``S = sim(x, y) / tau``, shape ``(...)``.
+def _bias(bias: Tensor | None) -> Tensor | None:
+    return None if bias is None else bias.reshape(())
+
+
+def _pair_args(layout: PairLayout | None, x: Tensor, offset: int = 0) -> tuple:
+    """The pairing arguments of the ops: ``(row labels, column labels, offset, exclude,
+    n_paired)``; without a layout, the plain pairing with the own columns from ``offset``."""
+    if layout is None:
+        return (None, None, offset, 0, x.shape[-2])
+    return tuple(layout)
+
+
+def row_logsumexp_mean(
+    x: Tensor,
+    y: Tensor,
+    tau: float | Tensor,
+    sim: str,
+    *,
+    layout: PairLayout | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> Tensor:
+    r""":math:`\sum_i w_i \log\sum_{j\in C_i} e^{S_{ij}}` for ``S = sim(x, y) / tau + bias``,
+    shape ``(...)``: without ``weight`` the mean over rows; without ``layout`` every column is
+    a candidate (:math:`C_i` are the candidates of :class:`~mibounds.pairing.PairLayout`).
 
     The column version is ``row_logsumexp_mean(y, x, ...)`` (the similarities are symmetric).
 
@@ -822,14 +1013,27 @@ def row_logsumexp_mean(x: Tensor, y: Tensor, tau: float | Tensor, sim: str) -> T
         True
     """
     xf, yf, lead = _flatten(x, y)
-    t = _tau(tau, x)
-    value, *_ = _row_lse_mean(xf, yf, t, _SIMS[sim], _need_grad(x, y, t))
+    t, b = _tau(tau, x), _bias(bias)
+    value, *_ = _row_lse_mean(
+        xf, yf, t, b, _SIMS[sim], *_pair_args(layout, x), weight, _need_grad(x, y, t, b)
+    )
     return value.reshape(lead)
 
 
-def symmetric_logsumexp_mean(x: Tensor, y: Tensor, tau: float | Tensor, sim: str) -> Tensor:
-    r"""Average of the row and the column :math:`\frac1N\sum \log\sum e^{S}`, ``(...)``: two
-    sweeps, four matrix products (the symmetric InfoNCE partition terms).
+def symmetric_logsumexp_mean(
+    x: Tensor,
+    y: Tensor,
+    tau: float | Tensor,
+    sim: str,
+    *,
+    layout: PairLayout | None = None,
+    row_weight: Tensor | None = None,
+    col_weight: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> Tensor:
+    r"""Weighted row plus column log-sum-exp over the candidates, ``(...)``: two sweeps, four
+    matrix products (the symmetric InfoNCE partition terms). Without weights, the average of
+    the row and the column :math:`\frac1N\sum \log\sum e^{S}`.
 
     Example:
         >>> x, y = torch.randn(5, 3), torch.randn(5, 3)
@@ -839,19 +1043,31 @@ def symmetric_logsumexp_mean(x: Tensor, y: Tensor, tau: float | Tensor, sim: str
         True
     """
     xf, yf, lead = _flatten(x, y)
-    t = _tau(tau, x)
-    value, *_ = _sym_lse_mean(xf, yf, t, _SIMS[sim], _need_grad(x, y, t))
+    t, b = _tau(tau, x), _bias(bias)
+    args = _pair_args(layout, x)
+    value, *_ = _sym_lse_mean(
+        xf, yf, t, b, _SIMS[sim], *args, row_weight, col_weight, _need_grad(x, y, t, b)
+    )
     return value.reshape(lead)
 
 
 def offdiag_logmeanexp(
-    x: Tensor, y: Tensor, tau: float | Tensor, sim: str, offset: int = 0
+    x: Tensor,
+    y: Tensor,
+    tau: float | Tensor,
+    sim: str,
+    offset: int = 0,
+    *,
+    layout: PairLayout | None = None,
+    log_weight: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
     r""":math:`\log\frac1{N(N-1)}\sum_{i\ne j} e^{S_{ij}}`, shape ``(...)``.
 
     With ``n`` rows of ``x`` against ``m`` columns of ``y`` (one rank's rows against the global
     batch), the positive of row ``i`` is column ``offset + i`` and the mean is over the
-    ``n (m - 1)`` other pairs.
+    ``n (m - 1)`` other pairs. With a ``layout`` the sum is over each row's negatives, weighted
+    by ``exp(log_weight)`` per row.
 
     Example:
         >>> x, y = torch.randn(6, 3), torch.randn(6, 3)
@@ -861,8 +1077,9 @@ def offdiag_logmeanexp(
         True
     """
     xf, yf, lead = _flatten(x, y)
-    t = _tau(tau, x)
-    value, *_ = _offdiag_lme(xf, yf, t, _SIMS[sim], offset, _need_grad(x, y, t))
+    t, b = _tau(tau, x), _bias(bias)
+    args = _pair_args(layout, x, offset)
+    value, *_ = _offdiag_lme(xf, yf, t, b, _SIMS[sim], *args, log_weight, _need_grad(x, y, t, b))
     return value.reshape(lead)
 
 
@@ -877,10 +1094,16 @@ def offdiag_means(
     param: float = 0.0,
     grad_value: bool = True,
     offset: int = 0,
+    *,
+    layout: PairLayout | None = None,
+    weight: Tensor | None = None,
+    positives: bool = False,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor]:
     r"""Off-diagonal means of ``value_fn(S + shift)`` (no gradient) and ``grad_fn(S + shift)``
     (differentiable), in one sweep; ``param`` is passed to both registered functions. ``offset``
-    places the positives as in :func:`offdiag_logmeanexp`.
+    places the positives as in :func:`offdiag_logmeanexp`. With a ``layout``, sums over each
+    row's negatives (or its positives) weighted by ``weight`` per row.
     Returns ``(value_mean or None, grad_mean)``, each ``(...)``; with ``grad_value=False`` the
     second is 0 with the right gradient (for an objective whose value cancels).
 
@@ -892,19 +1115,22 @@ def offdiag_means(
         True
     """
     xf, yf, lead = _flatten(x, y)
-    t = _tau(tau, x)
+    t, b = _tau(tau, x), _bias(bias)
     vid = -1 if value_fn is None else ELEMENTWISE[value_fn]
     vmean, gmean, *_ = _offdiag_means(
         xf,
         yf,
         t,
+        b,
         _SIMS[sim],
+        *_pair_args(layout, x, int(offset)),
+        weight,
         vid,
         ELEMENTWISE[grad_fn],
         float(shift),
         float(param),
-        int(offset),
-        _need_grad(x, y, t),
+        positives,
+        _need_grad(x, y, t, b),
         grad_value,
     )
     return (None if value_fn is None else vmean.reshape(lead)), gmean.reshape(lead)
@@ -922,3 +1148,5 @@ def _exp(t: Tensor, p: float) -> Tensor:
 _register_fn("exp", _exp, _exp)
 _register_fn("softplus", lambda t, p: F.softplus(t), lambda t, p: torch.sigmoid(t))
 _register_fn("exp-clip", _exp_clip, lambda t, c: _exp_clip(t, c) * (t.abs() < c))
+_register_fn("identity", lambda t, p: t, lambda t, p: torch.ones_like(t))
+_register_fn("softplus-neg", lambda t, p: F.softplus(-t), lambda t, p: -torch.sigmoid(-t))
