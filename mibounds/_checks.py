@@ -92,11 +92,17 @@ def check_tensor(name: str, value: Any, *, min_dim: int = 0) -> torch.Tensor:
     return value
 
 
-def check_scores(name: str, scores: Any) -> torch.Tensor:
-    """A dense score matrix ``(..., N, N)`` with ``N >= 2`` and finite values."""
+def check_scores(name: str, scores: Any, rectangular: bool = False) -> torch.Tensor:
+    """A dense score matrix ``(..., N, N)`` (``(..., N, M)`` with ``M >= N`` if
+    ``rectangular``) with ``N >= 2`` and finite values."""
     check_tensor(name, scores, min_dim=2)
     n, m = scores.shape[-2], scores.shape[-1]
-    if n != m:
+    if rectangular and m < n:
+        raise ValueError(
+            f"{name} must be (..., N, M) with M >= N: rows are anchors, the first N columns "
+            f"their paired candidates and the rest extra negatives; got shape {tuple(scores.shape)}"
+        )
+    if not rectangular and n != m:
         raise ValueError(
             f"{name} must be square in its last two dimensions (..., N, N) with rows indexing x "
             f"and columns indexing y, got shape {tuple(scores.shape)}"

@@ -235,6 +235,15 @@ class GlobalBatch:
 
         self.group = group
         self.rank, self.world = _world(group)
+        self.plain = True
+        if not isinstance(scores, Tensor) and (
+            not scores.pairing.plain or getattr(scores, "bias", None) is not None
+            or scores.shape[-1] != scores.shape[-2]
+        ):  # fmt: skip
+            raise ValueError(
+                "gather supports the plain pairing only (positives on the diagonal, no labels, "
+                "exclusions, bias or extra columns)"
+            )
         self.separable = isinstance(scores, SeparableScores)
         if isinstance(scores, SeparableScores):
             self.scores = scores
@@ -298,6 +307,25 @@ class GlobalBatch:
         if self.separable:
             return upcast(self.scores.diagonal())
         return torch.diagonal(self.s, offset=self.offset, dim1=-2, dim2=-1)
+
+    def n_terms(self) -> int:
+        """The global number of rows."""
+        return self.n
+
+    def joint(self, fn: str = "identity") -> Tensor:
+        """Global mean of ``fn`` of the positive scores."""
+        pos = self.positives()
+        if fn != "identity":
+            pos = streaming.elementwise_function(fn)(pos, 0.0)
+        return self.row_mean(pos)
+
+    def joint_columns(self) -> Tensor:
+        """The column version of :meth:`joint` (the same with one positive per row)."""
+        return self.joint()
+
+    def lse_term(self, symmetric: bool = False) -> Tensor:
+        """Global mean row log-mean-exp (averaged with the column one if ``symmetric``)."""
+        return self.lse_mean(symmetric) - math.log(self.n)
 
     def row_mean(self, terms: Tensor) -> Tensor:
         """Global mean of per-row terms given this rank's ``(..., n_local)``."""

@@ -170,6 +170,17 @@ def streaming_name(div: FDivergence) -> str | None:
 _REGISTRY: Registry[FDivergence] = Registry("divergence", "divergences")
 
 
+def activation_name(div: FDivergence) -> str:
+    r"""Name of the output activation :math:`g_f` among the streaming kernels' elementwise
+    functions (for the positives of labelled pairings); its derivative comes from forward-mode
+    automatic differentiation."""
+    name = f"act:{div.name}:{id(div)}"
+    if name not in streaming.ELEMENTWISE:
+        act = div.activation
+        streaming.elementwise(name, lambda t, p: act(t), streaming.forward_derivative(act))
+    return name
+
+
 def register_divergence(divergence: FDivergence, *, overwrite: bool = False) -> FDivergence:
     r"""Add a divergence to the registry under its name and aliases (case-insensitive).
 

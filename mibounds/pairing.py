@@ -158,14 +158,16 @@ class PairLayout(NamedTuple):
             return pos if excl is None else pos | excl
         return ~pos if excl is None else ~pos | excl
 
-    def counts(self, n: int | None = None, m: int | None = None) -> tuple[Tensor, Tensor]:
+    def counts(
+        self, n: int | None = None, m: int | None = None, device: torch.device | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Per row, the number of positives and of candidates (positives and negatives), as
-        float tensors ``(n,)``; from sorted labels in O((n + m) log m)."""
+        float64 tensors ``(n,)``; from sorted labels in O((n + m) log m)."""
         if self.row_labels is not None:
             assert self.col_labels is not None
             n, m = self.row_labels.shape[0], self.col_labels.shape[0]
+            device = self.row_labels.device
         assert n is not None and m is not None
-        device = None if self.row_labels is None else self.row_labels.device
         own_col = torch.arange(n, device=device) + self.offset
         has_own = ((own_col >= 0) & (own_col < m)).double()
         if self.row_labels is None:

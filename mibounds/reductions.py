@@ -27,12 +27,15 @@ from torch import Tensor
 from mibounds import _checks, distributed
 from mibounds._dtypes import upcast
 from mibounds.kernels import streaming
-from mibounds.scores import SeparableScores
+from mibounds.pairing import PairLayout, Pairing
+from mibounds.scores import DenseScores, SeparableScores
 
-Scores: TypeAlias = Tensor | SeparableScores
+Scores: TypeAlias = Tensor | SeparableScores | DenseScores
 
 __all__ = [
     "BatchStatistics",
+    "DenseBatch",
+    "is_plain",
     "Scores",
     "SeparableBatch",
     "all_pairs_from_means",
@@ -53,7 +56,8 @@ __all__ = [
 
 
 def prepare(scores: Scores, name: str = "scores") -> tuple[Tensor, torch.dtype]:
-    """Validate ``scores`` and return the dense float matrix to reduce and the output dtype.
+    """Validate plain square ``scores`` and return the dense float matrix to reduce and the
+    output dtype.
 
     Half-precision scores are upcast to float32; the caller casts its result back to the
     returned dtype.
@@ -65,10 +69,45 @@ def prepare(scores: Scores, name: str = "scores") -> tuple[Tensor, torch.dtype]:
                 "(the bounds listed in mibounds.distributed, with reduction 'mean' or 'sum'); "
                 "this bound or reduction would see this rank's pairs only"
             )
+        if not is_plain(scores):
+            raise ValueError(
+                f"{name}: this bound or reduction needs square scores with the positives on the "
+                "diagonal (no labels, exclusions, bias or extra columns); got "
+                f"{_describe(scores)}"
+            )
         dense = scores.dense()
+    elif isinstance(scores, DenseScores):
+        if not is_plain(scores):
+            raise ValueError(
+                f"{name}: this bound or reduction needs square scores with the positives on the "
+                f"diagonal; got {_describe(scores)}"
+            )
+        dense = scores.scores
     else:
         dense = _checks.check_scores(name, scores)
     return upcast(dense), dense.dtype
+
+
+def is_plain(scores: Scores) -> bool:
+    """Square scores whose positives are the diagonal: no labels, no excluded pairs, no extra
+    columns (and, for separable scores, no bias)."""
+    if isinstance(scores, Tensor):
+        return scores.shape[-1] == scores.shape[-2]
+    square = scores.shape[-1] == scores.shape[-2]
+    bias = getattr(scores, "bias", None)
+    return square and scores.pairing.plain and bias is None
+
+
+def _describe(scores: Scores) -> str:
+    parts = [f"shape {tuple(scores.shape)}"]
+    if not isinstance(scores, Tensor):
+        if scores.labels is not None:
+            parts.append("labels")
+        if scores.exclude != "none":
+            parts.append(f"exclude={scores.exclude!r}")
+        if getattr(scores, "bias", None) is not None:
+            parts.append("a bias")
+    return ", ".join(parts)
 
 
 def streaming_operands(scores: SeparableScores) -> tuple[Tensor, Tensor, float | Tensor, str]:
@@ -86,31 +125,88 @@ def sep_diagonal(scores: SeparableScores) -> Tensor:
     return upcast(scores.diagonal())
 
 
-class SeparableBatch:
-    """The mean-reduced statistics of one process's :class:`SeparableScores`, streamed.
+class _PairedBatch:
+    r"""The mean-reduced statistics of one process's scores under their pairing.
 
-    :class:`mibounds.distributed.GlobalBatch` has the same methods over the batch of all ranks;
-    the bounds' mean-reduced formulations are written once against either.
+    Every statistic averages per-row terms over the rows that count: the **joint** terms over
+    the rows with at least one positive (each row's mean over its positives), the **marginal**
+    terms over the rows with at least one negative (each row's mean over its negatives). With
+    the plain pairing these are the diagonal mean and the mean over the ``N (M - 1)`` other
+    pairs. Subclasses provide the weighted primitives, densely (:class:`DenseBatch`) or
+    streamed (:class:`SeparableBatch`).
+
+    :class:`mibounds.distributed.GlobalBatch` has the same methods over the batch of all ranks.
     """
 
-    def __init__(self, scores: SeparableScores) -> None:
-        self.scores = scores
-        self.n = scores.shape[-1]
-        self.dtype = scores.dtype
+    n: int
+    m: int
+    dtype: torch.dtype
+    layout: PairLayout
+    plain: bool
+    _acc: Tensor  # a tensor in the accumulation dtype and device
 
-    def positives(self) -> Tensor:
-        return sep_diagonal(self.scores)
+    def _setup(self) -> None:
+        npos, ncand = self.layout.counts(self.n, self.m, self._acc.device)
+        dt = self._acc.dtype
+        self.npos, self.ncand = npos.to(dt), ncand.to(dt)
+        nneg = (ncand - npos).to(dt)
+        joint_rows = (npos > 0).to(dt)
+        marginal_rows = (nneg > 0).to(dt)
+        #: the number of rows that count, as a tensor (the ``sum`` reduction's factor)
+        self.rows = joint_rows.sum()
+        self.w_joint = joint_rows / self.rows
+        self.w_pos = self.w_joint / npos.clamp_min(1).to(dt)
+        self.w_neg = marginal_rows / (marginal_rows.sum() * nneg.clamp_min(1))
 
-    def row_mean(self, terms: Tensor) -> Tensor:
-        return terms.mean(-1)
+    def n_terms(self) -> Tensor | int:
+        """How many per-row terms a mean is over (``reduction="sum"`` multiplies by it)."""
+        return self.n if self.plain else self.rows
 
-    def lse_mean(self, symmetric: bool = False) -> Tensor:
-        r"""Streamed :math:`\frac1N\sum_i \log\sum_j e^{S_{ij}}`, averaged with the column
-        version (two sweeps) if ``symmetric``."""
-        x, y, tau, sim = streaming_operands(self.scores)
-        if symmetric:
-            return streaming.symmetric_logsumexp_mean(x, y, tau, sim)
-        return streaming.row_logsumexp_mean(x, y, tau, sim)
+    # -- the statistics the bounds use ------------------------------------------------------
+
+    def joint(self, fn: str = "identity") -> Tensor:
+        r"""Mean over the rows with positives of the mean of ``fn(S)`` over their positives;
+        ``fn`` is a name registered with :func:`mibounds.kernels.streaming.elementwise`."""
+        if self.plain:
+            return self.positives_fn(fn).mean(-1)
+        if fn == "identity":
+            return (self.positive_sums() * self.w_pos).sum(-1)
+        return self._sums(True, self.w_pos, fn)[1]
+
+    def positives_fn(self, fn: str) -> Tensor:
+        """``fn`` of the own pairs' scores, ``(..., N)`` (plain pairing)."""
+        pos = self.positives()
+        return pos if fn == "identity" else streaming.elementwise_function(fn)(pos, 0.0)
+
+    def lse_term(self, symmetric: bool = False) -> Tensor:
+        r"""Mean over the rows with positives of :math:`\log\frac{1}{|C_i|}\sum_{j\in C_i}
+        e^{S_{ij}}` over each row's candidates (averaged with the column version if
+        ``symmetric``)."""
+        log_c = torch.log(self.ncand)
+        if not symmetric:
+            w = None if self.plain else self.w_joint
+            return self._lse(w, None) - (self.w_joint * log_c).sum(-1)
+        t = self.layout.transposed(self.n, self.m)
+        npos_c, ncand_c = t.counts(self.m, self.n, self._acc.device)
+        dt = self._acc.dtype
+        cols = (npos_c > 0).to(dt)
+        w_col = 0.5 * cols / cols.sum()
+        w_row = 0.5 * self.w_joint
+        consts = (w_row * log_c).sum(-1) + (w_col * torch.log(ncand_c.to(dt))).sum(-1)
+        if self.plain:
+            return self._lse(None, None, symmetric=True) - consts
+        return self._lse(w_row, w_col, symmetric=True) - consts
+
+    def joint_columns(self) -> Tensor:
+        """The column version of :meth:`joint` (identity), for symmetric bounds."""
+        if self.plain:
+            return self.positives().mean(-1)
+        t = self.layout.transposed(self.n, self.m)
+        npos_c, _ = t.counts(self.m, self.n, self._acc.device)
+        dt = self._acc.dtype
+        cols = (npos_c > 0).to(dt)
+        w = cols / (cols.sum() * npos_c.clamp_min(1).to(dt))
+        return (self.positive_sums(columns=True) * w).sum(-1)
 
     def offdiag_means(
         self,
@@ -120,25 +216,212 @@ class SeparableBatch:
         param: float = 0.0,
         grad_value: bool = True,
     ) -> tuple[Tensor | None, Tensor]:
-        """Streamed off-diagonal means of registered elementwise functions (see
-        :func:`mibounds.kernels.streaming.offdiag_means`)."""
-        x, y, tau, sim = streaming_operands(self.scores)
-        return streaming.offdiag_means(x, y, tau, sim, grad_fn, value_fn, shift, param, grad_value)
+        """Means over the negatives of ``value_fn(S + shift)`` (no gradient) and
+        ``grad_fn(S + shift)`` (see :func:`mibounds.kernels.streaming.offdiag_means`)."""
+        w = None if self.plain else self.w_neg
+        return self._sums(False, w, grad_fn, value_fn, shift, param, grad_value)
 
     def offdiag_logmeanexp(self) -> Tensor:
-        """Streamed off-diagonal log-mean-exp, shape ``(...)``."""
-        x, y, tau, sim = streaming_operands(self.scores)
-        return streaming.offdiag_logmeanexp(x, y, tau, sim)
+        r""":math:`\log` of the mean over rows of the mean of :math:`e^{S}` over each row's
+        negatives, shape ``(...)``."""
+        return self._lme(None if self.plain else torch.log(self.w_neg))
+
+    def row_mean(self, terms: Tensor) -> Tensor:
+        return terms.mean(-1)
+
+
+class SeparableBatch(_PairedBatch):
+    """The mean-reduced statistics of one process's :class:`SeparableScores`, streamed."""
+
+    def __init__(self, scores: SeparableScores) -> None:
+        self.scores = scores
+        self.x, self.y, self.tau, self.sim = streaming_operands(scores)
+        self.n, self.m = scores.x.shape[-2], scores.y.shape[-2]
+        self.dtype = scores.dtype
+        self.bias = scores.bias if scores.bias is None else scores.bias.to(self.x.device)
+        self._acc = upcast(self.x.new_zeros(()))
+        layout = scores.pairing.layout(self.n, self.m)
+        if layout.row_labels is not None:
+            layout = layout._replace(
+                row_labels=layout.row_labels.to(self.x.device),
+                col_labels=layout.col_labels.to(self.x.device),  # type: ignore[union-attr]
+            )
+        self.layout = layout
+        self.plain = self.layout.plain and self.m == self.n and self.bias is None
+        self._setup()
+
+    def positives(self) -> Tensor:
+        return sep_diagonal(self.scores)
+
+    def positive_sums(self, columns: bool = False) -> Tensor:
+        r""":math:`\sum_{j \in P_i} S_{ij}` per row (or per column), in O((N + M) d) from
+        per-label sums of the features, with gradient."""
+        x, y = upcast(self.x), upcast(self.y)
+        rl, cl = self.layout.row_labels, self.layout.col_labels
+        offset = self.layout.offset
+        if columns:
+            x, y, rl, cl, offset = y, x, cl, rl, -offset
+        if rl is None:
+            # no labels: the own pair, unless it is excluded
+            if self.layout.exclude == 1:
+                return upcast(self.x.new_zeros(x.shape[:-1]))
+            diag = sep_diagonal(self.scores)
+            if columns:
+                return torch.nn.functional.pad(diag, (0, self.m - self.n))
+            return diag
+        assert cl is not None
+        srt = torch.sort(cl).values
+        col_class = torch.searchsorted(srt, cl)
+        row_class = torch.searchsorted(srt, rl).clamp_max(cl.shape[0] - 1)
+        match = (srt[row_class] == rl).to(x.dtype)
+        ysum = x.new_zeros((*y.shape[:-2], cl.shape[0], y.shape[-1]))
+        ysum = ysum.index_add(-2, col_class, y)[..., row_class, :]
+        count = (torch.searchsorted(srt, rl, right=True) - torch.searchsorted(srt, rl)).to(x.dtype)
+        if self.sim == "gaussian":
+            sq = x.new_zeros((*y.shape[:-2], cl.shape[0])).index_add(-1, col_class, (y * y).sum(-1))
+            total = -(count * (x * x).sum(-1) + sq[..., row_class] - 2 * (x * ysum).sum(-1))
+        else:
+            total = (x * ysum).sum(-1)
+        total = total * match / self.tau
+        if self.bias is not None:
+            total = total + self.bias * count * match
+        if self.layout.exclude == 1:
+            # the own pair is excluded: take it back out where its labels are equal
+            own = torch.arange(rl.shape[0], device=x.device) + offset
+            valid = (own >= 0) & (own < cl.shape[0])
+            own_c = own.clamp(0, cl.shape[0] - 1)
+            same = (valid & (cl[own_c] == rl)).to(x.dtype)
+            yo = y[..., own_c, :]
+            if self.sim == "gaussian":
+                s_own = -((x - yo) ** 2).sum(-1)
+            else:
+                s_own = (x * yo).sum(-1)
+            s_own = s_own / self.tau
+            if self.bias is not None:
+                s_own = s_own + self.bias
+            total = total - same * s_own
+        return total
+
+    def _lse(self, row_w: Tensor | None, col_w: Tensor | None, symmetric: bool = False) -> Tensor:
+        kw = dict(layout=None if self.plain else self.layout, bias=self.bias)
+        if symmetric:
+            return streaming.symmetric_logsumexp_mean(
+                self.x, self.y, self.tau, self.sim, row_weight=row_w, col_weight=col_w, **kw
+            )
+        return streaming.row_logsumexp_mean(self.x, self.y, self.tau, self.sim, weight=row_w, **kw)
+
+    def lse_mean(self, symmetric: bool = False) -> Tensor:
+        r"""Streamed :math:`\frac1N\sum_i \log\sum_j e^{S_{ij}}` (plain pairing), averaged with
+        the column version (two sweeps) if ``symmetric``."""
+        return self._lse(None, None, symmetric)
+
+    def _sums(
+        self,
+        positives: bool,
+        weight: Tensor | None,
+        grad_fn: str,
+        value_fn: str | None = None,
+        shift: float = 0.0,
+        param: float = 0.0,
+        grad_value: bool = True,
+    ) -> tuple[Tensor | None, Tensor]:
+        return streaming.offdiag_means(
+            self.x, self.y, self.tau, self.sim, grad_fn, value_fn, shift, param, grad_value,
+            layout=None if self.plain else self.layout, weight=weight, positives=positives,
+            bias=self.bias,
+        )  # fmt: skip
+
+    def _lme(self, log_w: Tensor | None) -> Tensor:
+        layout = None if self.plain else self.layout
+        return streaming.offdiag_logmeanexp(
+            self.x, self.y, self.tau, self.sim, layout=layout, log_weight=log_w, bias=self.bias
+        )
 
     def all_pairs_mean(self) -> Tensor:
         """The mean of all N^2 scores (the diagonal included) in O(N d), from feature means."""
-        x, y, tau, sim = streaming_operands(self.scores)
+        x, y, tau, sim = self.x, self.y, self.tau, self.sim
         x, y = upcast(x), upcast(y)
         sq = (x * x).sum(-1).mean(-1) + (y * y).sum(-1).mean(-1) if sim == "gaussian" else None
         return all_pairs_from_means(x.mean(-2), y.mean(-2), sq, tau)
 
 
-BatchStatistics: TypeAlias = "SeparableBatch | distributed.GlobalBatch"
+class DenseBatch(_PairedBatch):
+    """The same statistics as :class:`SeparableBatch` on a dense ``(..., N, M)`` matrix with a
+    pairing (masks over the whole matrix: the dense reference)."""
+
+    def __init__(self, scores: Tensor | DenseScores) -> None:
+        if isinstance(scores, DenseScores):
+            s, pairing = scores.scores, scores.pairing
+        else:
+            s, pairing = _checks.check_scores("scores", scores, rectangular=True), Pairing()
+        _checks.check_values("scores", s)
+        self.dtype = s.dtype
+        self.s = upcast(s)
+        self.n, self.m = s.shape[-2], s.shape[-1]
+        self._acc = self.s.new_zeros(())
+        layout = pairing.layout(self.n, self.m)
+        if layout.row_labels is not None:
+            layout = layout._replace(
+                row_labels=layout.row_labels.to(s.device),
+                col_labels=layout.col_labels.to(s.device),  # type: ignore[union-attr]
+            )
+        self.layout = layout
+        self.plain = False  # weighted formulas throughout (this is the reference)
+        self._setup()
+
+    def _mask(self, keep: str) -> Tensor:
+        drop = self.layout.drop_mask(0, self.n, self.m, keep, self.s.device)
+        return torch.zeros_like(self.s, dtype=torch.bool) if drop is None else drop.expand_as(self.s)
+
+    def positive_sums(self, columns: bool = False) -> Tensor:
+        kept = self.s.masked_fill(self._mask("pos"), 0.0)
+        return kept.sum(-2 if columns else -1)
+
+    def _lse(self, row_w: Tensor | None, col_w: Tensor | None, symmetric: bool = False) -> Tensor:
+        masked = self.s.masked_fill(self._mask("cand"), -math.inf)
+        assert row_w is not None
+        total = (torch.logsumexp(masked, dim=-1) * row_w).sum(-1)
+        if symmetric:
+            assert col_w is not None
+            col = torch.logsumexp(masked, dim=-2)
+            total = total + torch.where(col_w > 0, col * col_w, 0.0).sum(-1)
+        return total
+
+    def _sums(
+        self,
+        positives: bool,
+        weight: Tensor | None,
+        grad_fn: str,
+        value_fn: str | None = None,
+        shift: float = 0.0,
+        param: float = 0.0,
+        grad_value: bool = True,
+    ) -> tuple[Tensor | None, Tensor]:
+        assert weight is not None
+        drop = self._mask("pos" if positives else "neg")
+        t = self.s + shift if shift else self.s
+        safe = t.masked_fill(drop, 0.0)
+
+        def total(name: str) -> Tensor:
+            v = streaming.elementwise_function(name)(safe, param).masked_fill(drop, 0.0)
+            return (v.sum(-1) * weight).sum(-1)
+
+        v_sum = None
+        if value_fn is not None:
+            with torch.no_grad():
+                v_sum = total(value_fn)
+        g_sum = total(grad_fn)
+        if not grad_value:
+            g_sum = g_sum - g_sum.detach()
+        return v_sum, g_sum
+
+    def _lme(self, log_w: Tensor | None) -> Tensor:
+        assert log_w is not None
+        masked = self.s.masked_fill(self._mask("neg"), -math.inf) + log_w[:, None]
+        return torch.logsumexp(torch.logsumexp(masked, dim=-1), dim=-1)
+
+
+BatchStatistics: TypeAlias = "SeparableBatch | DenseBatch | distributed.GlobalBatch"
 
 
 def batch_statistics(
@@ -148,10 +431,12 @@ def batch_statistics(
 
     Gathering (``gather`` here or on the :class:`SeparableScores`) gives a
     :class:`~mibounds.distributed.GlobalBatch`; separable scores with a mean or sum reduction
-    give a :class:`SeparableBatch`.
+    give a :class:`SeparableBatch`; dense scores with a pairing, or rectangular ones, a
+    :class:`DenseBatch`.
 
     Raises:
-        ValueError: ``reduction="none"`` while gathering (per-sample terms are per rank).
+        ValueError: ``reduction="none"`` while gathering (per-sample terms are per rank), or
+            with scores that are not plain square scores.
     """
     if isinstance(scores, SeparableScores) and not gather:
         gather = scores.gather
@@ -163,8 +448,14 @@ def batch_statistics(
                 "global batch are split over ranks; use 'mean' or 'sum'"
             )
         return distributed.GlobalBatch(scores, group)
-    if isinstance(scores, SeparableScores) and reduction != "none":
+    if reduction == "none":
+        return None  # prepare() raises for scores that are not plain
+    if isinstance(scores, SeparableScores):
         return SeparableBatch(scores)
+    if isinstance(scores, DenseScores) or (
+        isinstance(scores, Tensor) and scores.dim() >= 2 and scores.shape[-1] != scores.shape[-2]
+    ):
+        return DenseBatch(scores)
     return None
 
 

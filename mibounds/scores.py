@@ -3,9 +3,12 @@ r"""The two representations of critic scores, and the separable similarities.
 Scores follow one convention everywhere: ``S[..., i, j] = T(x_i, y_j)``. Rows index x, columns
 index y, positives sit on the diagonal; leading dimensions are batch dimensions.
 
-* A dense tensor ``(..., N, N)``.
-* A lazy :class:`SeparableScores` for separable critics ``T(x, y) = sim(g(x), h(y))``. Every
-  bound accepts it; :meth:`SeparableScores.dense` materialises the matrix when needed.
+* A dense tensor ``(..., N, M)`` (``M >= N``: columns after the N paired ones are extra
+  negatives), or a :class:`DenseScores` that adds a :class:`~mibounds.pairing.Pairing`.
+* A lazy :class:`SeparableScores` for separable critics ``T(x, y) = sim(g(x), h(y)) / tau + b``.
+  Every bound accepts it; :meth:`SeparableScores.dense` materialises the matrix when needed.
+
+Both carry the pairing (labels, excluded pairs): it belongs to the scores, not to the bounds.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mibounds import _checks, distributed
+from mibounds.pairing import Pairing
 
-__all__ = ["SIMILARITIES", "SeparableScores", "pairwise_similarity"]
+__all__ = ["SIMILARITIES", "DenseScores", "SeparableScores", "pairwise_similarity"]
 
 SIMILARITIES = ("dot", "cosine", "gaussian")
 
@@ -85,26 +89,53 @@ def _similarity(x: Tensor, y: Tensor, sim: str, temperature: float | Tensor) -> 
     return s / temperature
 
 
+def _check_bias(bias: Any) -> Tensor | None:
+    if bias is None:
+        return None
+    if isinstance(bias, bool) or not isinstance(bias, (int, float, Tensor)):
+        raise TypeError(f"bias must be a float or a 0-d tensor, got {type(bias).__name__}")
+    if isinstance(bias, Tensor):
+        _checks.check_tensor("bias", bias)
+        if bias.numel() != 1:
+            raise ValueError(f"bias must be a scalar (one additive offset), got shape {tuple(bias.shape)}")
+        _checks.check_values("bias", bias)
+        return bias.reshape(())
+    return torch.tensor(_checks.check_real("bias", bias))
+
+
 @dataclass(frozen=True, eq=False)
 class SeparableScores:
-    r"""Lazy scores of a separable critic: ``S[..., i, j] = sim(x[..., i, :], y[..., j, :]) / tau``.
+    r"""Lazy scores of a separable critic: ``S[..., i, j] = sim(x[..., i, :], y[..., j, :]) / tau
+    + bias``.
 
-    Bounds that receive a :class:`SeparableScores` never need the dense matrix from the user.
-    The dense path is used as the fallback; the streaming kernels use ``x`` and ``y`` directly.
+    Bounds that receive a :class:`SeparableScores` never need the dense matrix from the user:
+    the streaming kernels use ``x`` and ``y`` directly, in O((N + M) d) memory.
 
     Args:
-        x: ``(..., N, d)`` encoded x samples.
-        y: ``(..., N, d)`` encoded y samples.
+        x: ``(..., N, d)`` encoded x samples (the rows, or anchors).
+        y: ``(..., M, d)`` encoded y samples (the columns, or candidates), ``M >= N``: the
+            positive of row ``i`` is column ``i``, and columns ``N..M-1`` are extra negatives (a
+            queue or memory bank), unless labels say otherwise.
         similarity: ``"dot"``, ``"cosine"`` or ``"gaussian"`` (see :func:`pairwise_similarity`).
-        temperature: positive float or scalar tensor (it may require grad).
+        temperature: positive float or scalar tensor (it may require grad); a CLIP logit scale
+            ``t`` is ``temperature = 1 / t``.
         gather: ``True`` or a process group to use the negatives of every rank
             (:mod:`mibounds.distributed`): ``x`` and ``y`` then hold this rank's ``n_local >= 1``
             pairs, and the bounds return the value of the concatenated batch. ``False``
             (default): this process's batch only.
+        bias: an additive score offset (SigLIP's logit bias), float or scalar tensor that may
+            require grad.
+        labels: ``(N,)`` integer labels: row ``i`` and column ``j`` are positive iff their labels
+            are equal (see :class:`~mibounds.pairing.Pairing`).
+        y_labels: ``(M,)`` labels of the columns when they differ from ``labels``.
+        exclude: ``"none"``, ``"self"`` (the pair ``(i, i)`` does not count: rows and columns
+            are the same embeddings) or ``"batch"`` (each row against its own column and the
+            extra columns only).
 
     Raises:
         TypeError: for non-tensor or integer inputs.
-        ValueError: for mismatched shapes, ``N < 2`` or a bad similarity or temperature.
+        ValueError: for mismatched shapes, ``N < 2``, ``M < N``, or a bad similarity,
+            temperature, bias or pairing.
 
     Example:
         >>> x, y = torch.randn(4, 3), torch.randn(4, 3)
@@ -120,42 +151,125 @@ class SeparableScores:
     similarity: str = "dot"
     temperature: float | Tensor = 1.0
     gather: Any = False
+    bias: float | Tensor | None = None
+    labels: Tensor | None = None
+    y_labels: Tensor | None = None
+    exclude: str = "none"
 
     def __post_init__(self) -> None:
         distributed.resolve_group(self.gather)
-        _checks.check_pair("x", self.x, "y", self.y, min_n=1 if self.gather else 2)
+        _checks.check_tensor("x", self.x, min_dim=2)
+        _checks.check_tensor("y", self.y, min_dim=2)
+        if self.x.shape[:-2] != self.y.shape[:-2] or self.y.shape[-2] < self.x.shape[-2]:
+            raise ValueError(
+                "x and y must be (..., N, d) and (..., M, d) with the same leading dimensions "
+                f"and M >= N (extra columns are extra negatives), got x {tuple(self.x.shape)} "
+                f"and y {tuple(self.y.shape)}"
+            )
+        min_n = 1 if self.gather else 2
+        if self.x.shape[-2] < min_n or self.y.shape[-2] < 2:
+            raise ValueError(
+                f"x needs N >= {min_n} samples (and y at least 2), got x {tuple(self.x.shape)} "
+                f"and y {tuple(self.y.shape)}"
+            )
         _checks.check_same_last_dim("x", self.x, "y", self.y)
         object.__setattr__(
             self, "similarity", _checks.check_choice("similarity", self.similarity, SIMILARITIES)
         )
         _checks.check_temperature("temperature", self.temperature)
+        object.__setattr__(self, "bias", _check_bias(self.bias))
+        pairing = Pairing(self.labels, self.y_labels, self.exclude)
+        pairing.layout(self.x.shape[-2], self.y.shape[-2])  # lengths checked now
+        object.__setattr__(self, "labels", pairing.labels)
+        object.__setattr__(self, "y_labels", pairing.y_labels)
+        object.__setattr__(self, "exclude", pairing.exclude)
         _checks.check_values("x", self.x)
         _checks.check_values("y", self.y)
 
     @property
+    def pairing(self) -> Pairing:
+        """The :class:`~mibounds.pairing.Pairing` of rows and columns."""
+        return Pairing(self.labels, self.y_labels, self.exclude)
+
+    @property
     def shape(self) -> torch.Size:
-        """Shape of the dense matrix, ``(..., N, N)``."""
-        return torch.Size((*self.x.shape[:-1], self.x.shape[-2]))
+        """Shape of the dense matrix, ``(..., N, M)``."""
+        return torch.Size((*self.x.shape[:-1], self.y.shape[-2]))
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the scores (that of ``x``)."""
         return self.x.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the scores (that of ``x``)."""
         return self.x.device
 
     def dense(self) -> Tensor:
-        """Materialise the ``(..., N, N)`` score matrix."""
-        return _similarity(self.x, self.y, self.similarity, self.temperature)
+        """Materialise the ``(..., N, M)`` score matrix."""
+        s = _similarity(self.x, self.y, self.similarity, self.temperature)
+        return s if self.bias is None else s + self.bias
 
     def diagonal(self) -> Tensor:
-        """The positive scores ``S[..., i, i]`` in O(N d), shape ``(..., N)``."""
-        x, y = self.x, self.y
+        """The scores of the own pairs ``S[..., i, i]`` in O(N d), shape ``(..., N)``."""
+        x, y = self.x, self.y[..., : self.x.shape[-2], :]
         if self.similarity == "cosine":
             x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
         if self.similarity == "gaussian":
             d = -((x - y) ** 2).sum(-1)
         else:
             d = (x * y).sum(-1)
-        return d / self.temperature
+        d = d / self.temperature
+        return d if self.bias is None else d + self.bias
+
+
+@dataclass(frozen=True, eq=False)
+class DenseScores:
+    r"""A dense score matrix with a :class:`~mibounds.pairing.Pairing` of its rows and columns.
+
+    Args:
+        scores: ``(..., N, M)`` scores, ``M >= N``.
+        labels, y_labels, exclude: as in :class:`SeparableScores`.
+
+    Raises:
+        TypeError, ValueError: as for dense scores, and for a bad pairing.
+
+    Example:
+        >>> z = torch.nn.functional.normalize(torch.randn(6, 3), dim=-1)
+        >>> s = DenseScores(z @ z.T / 0.5, labels=torch.tensor([0, 1, 2, 0, 1, 2]), exclude="self")
+        >>> s.shape
+        torch.Size([6, 6])
+    """
+
+    scores: Tensor
+    labels: Tensor | None = None
+    y_labels: Tensor | None = None
+    exclude: str = "none"
+
+    def __post_init__(self) -> None:
+        _checks.check_scores("scores", self.scores, rectangular=True)
+        pairing = Pairing(self.labels, self.y_labels, self.exclude)
+        pairing.layout(self.scores.shape[-2], self.scores.shape[-1])
+        object.__setattr__(self, "labels", pairing.labels)
+        object.__setattr__(self, "y_labels", pairing.y_labels)
+        object.__setattr__(self, "exclude", pairing.exclude)
+
+    @property
+    def pairing(self) -> Pairing:
+        """The :class:`~mibounds.pairing.Pairing` of rows and columns."""
+        return Pairing(self.labels, self.y_labels, self.exclude)
+
+    @property
+    def shape(self) -> torch.Size:
+        """Shape of the matrix, ``(..., N, M)``."""
+        return self.scores.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the scores."""
+        return self.scores.dtype
+
+    def dense(self) -> Tensor:
+        """The ``(..., N, M)`` score matrix."""
+        return self.scores

@@ -125,7 +125,8 @@ def test_no_grad_computes_statistics_only():
         v = mibounds.infonce(mibounds.SeparableScores(x, y))
     assert not v.requires_grad
     xf, yf = x.reshape(-1, 37, 5), y.reshape(-1, 37, 5)
-    _, dx, dy, _ = torch.ops.mibounds.row_lse_mean(xf, yf, torch.tensor(1.0), 0, False)
+    plain = (None, 0, None, None, 0, 0, 37)  # bias, sim, labels, offset, exclude, n_paired
+    _, dx, dy, *_ = torch.ops.mibounds.row_lse_mean(xf, yf, torch.tensor(1.0), *plain, None, False)
     assert dx.numel() == 0 and dy.numel() == 0
 
 

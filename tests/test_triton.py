@@ -34,12 +34,13 @@ SCRIPT = textwrap.dedent(
         tau = torch.tensor(0.3)
         ops = torch.ops.mibounds
         # each Triton entry point, batched as the CUDA registrations do, against the sweep
+        plain = (None, 0, None, None, 0, 0, n)  # bias, sim, labels, offset, exclude, n_paired
         for fn, op, extra, k in (
-            (tk.row_lse_mean_triton, ops.row_lse_mean, (), 1),
-            (tk.symmetric_lse_mean_triton, ops.sym_lse_mean, (), 1),
-            (tk.offdiag_lme_triton, ops.offdiag_lme, (0,), 1),
+            (tk.row_lse_mean_triton, ops.row_lse_mean, (None,), 1),
+            (tk.symmetric_lse_mean_triton, ops.sym_lse_mean, (None, None), 1),
+            (tk.offdiag_lme_triton, ops.offdiag_lme, (None,), 1),
         ):
-            want = op(x, y, tau, 0, *extra, True)
+            want = op(x, y, tau, *plain, *extra, True)
             check(streaming._per_batch(fn, x, y, tau, True, k), want, op.__name__)
         cases = (
             (None, "exp", -1.0, 0.0, True),
@@ -48,7 +49,9 @@ SCRIPT = textwrap.dedent(
         )
         for vf, gf, shift, param, gv in cases:
             vid = -1 if vf is None else E[vf]
-            want = ops.offdiag_means(x, y, tau, 0, vid, E[gf], shift, param, 0, True, gv)
+            want = ops.offdiag_means(
+                x, y, tau, *plain, None, vid, E[gf], shift, param, False, True, gv
+            )
 
             def run(xb, yb, t, ng):
                 return tk.offdiag_means_triton(xb, yb, t, vf, gf, shift, param, ng, gv, block=16)
@@ -64,7 +67,9 @@ SCRIPT = textwrap.dedent(
             tname = streaming._triton_name(fid)
             assert tname in tk.TRITON_FUNCTIONS, tname
             param = streaming._tsallis_alpha(fid) if tname == "fmi:tsallis" else 0.0
-            want = ops.offdiag_means(x, y, tau, 0, -1, fid, 0.0, 0.0, 0, True, True)
+            want = ops.offdiag_means(
+                x, y, tau, *plain, None, -1, fid, 0.0, 0.0, False, True, True
+            )
 
             def run(xb, yb, t, ng):
                 return tk.offdiag_means_triton(xb, yb, t, None, tname, 0.0, param, ng, block=16)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mibounds import _checks
 from mibounds.distributed import GroupArg
-from mibounds.divergences import FDivergence, get_divergence, streaming_name
+from mibounds.divergences import FDivergence, activation_name, get_divergence, streaming_name
 from mibounds.kernels import streaming
 from mibounds.reductions import (
     BatchStatistics,
@@ -25,6 +25,7 @@ from mibounds.reductions import (
     batch_statistics,
     col_logsumexp,
     diagonal,
+    is_plain,
     log_count,
     offdiag_logmeanexp,
     offdiag_mean,
@@ -42,7 +43,7 @@ __all__ = ["dv", "fmi", "infonce", "interpolated", "js", "mine", "nwj", "smile",
 
 def _finish(value: Tensor, st: BatchStatistics, reduction: str = "mean") -> Tensor:
     if reduction == "sum":
-        value = value * st.n
+        value = value * st.n_terms()
     return value.to(st.dtype)
 
 
@@ -102,9 +103,10 @@ def infonce(
     reduction = _checks.check_reduction(reduction)
     st = batch_statistics(scores, gather, reduction)
     if st is not None:
-        lse = st.lse_mean(symmetric)
-        value = st.row_mean(st.positives()) - lse + log_count(st.n, lse)
-        return _finish(value, st, reduction)
+        joint = st.joint()
+        if symmetric:
+            joint = 0.5 * (joint + st.joint_columns())
+        return _finish(joint - st.lse_term(symmetric), st, reduction)
     s, out_dtype = prepare(scores)
     n = s.shape[-1]
     pos = diagonal(s)
@@ -163,7 +165,7 @@ def tuba(
     st = batch_statistics(scores, gather, reduction) if log_baseline is None else None
     if st is not None:
         _, marginal = st.offdiag_means("exp")
-        return _finish(1 + st.row_mean(st.positives()) - marginal, st, reduction)
+        return _finish(1 + st.joint() - marginal, st, reduction)
     s, out_dtype = prepare(scores)
     b = _log_baseline(log_baseline, s)
     shifted = s - b[..., None, :]
@@ -208,7 +210,7 @@ def nwj(scores: Scores, *, reduction: str = "mean", gather: GroupArg = False) ->
     st = batch_statistics(scores, gather, reduction)
     if st is not None:
         _, marginal = st.offdiag_means("exp", shift=-1.0)
-        return _finish(st.row_mean(st.positives()) - marginal, st, reduction)
+        return _finish(st.joint() - marginal, st, reduction)
     s, out_dtype = prepare(scores)
     terms = diagonal(s) - offdiag_row_mean(s, lambda t: torch.exp(t - 1))
     return reduce_terms(terms, reduction).to(out_dtype)
@@ -249,7 +251,7 @@ def dv(scores: Scores, *, gather: GroupArg = False) -> Tensor:
     """
     st = batch_statistics(scores, gather)
     if st is not None:
-        return _finish(st.row_mean(st.positives()) - st.offdiag_logmeanexp(), st)
+        return _finish(st.joint() - st.offdiag_logmeanexp(), st)
     s, out_dtype = prepare(scores)
     return (diagonal(s).mean(-1) - offdiag_logmeanexp(s)).to(out_dtype)
 
@@ -304,7 +306,7 @@ def mine(
     gamma = _checks.check_open_unit("decay", decay)
     st = batch_statistics(scores, gather)
     if st is not None:
-        lme, pos_mean, out_dtype = st.offdiag_logmeanexp(), st.row_mean(st.positives()), st.dtype
+        lme, pos_mean, out_dtype = st.offdiag_logmeanexp(), st.joint(), st.dtype
     else:
         s, out_dtype = prepare(scores)
         lme, pos_mean = offdiag_logmeanexp(s), diagonal(s).mean(-1)
@@ -371,13 +373,12 @@ def js(scores: Scores, *, reduction: str = "mean", gather: GroupArg = False) -> 
     reduction = _checks.check_reduction(reduction)
     st = batch_statistics(scores, gather, reduction)
     if st is not None:
-        diag = st.positives()
         # the objective's value cancels below (value + objective - objective.detach()): only
         # its gradient is needed, so the kernel skips the softplus itself
         exp_mean, softplus_mean = st.offdiag_means("softplus", value_fn="exp", grad_value=False)
         assert exp_mean is not None
-        value = 1 + st.row_mean(diag) - exp_mean
-        objective = -st.row_mean(F.softplus(-diag)) - softplus_mean
+        value = 1 + st.joint() - exp_mean
+        objective = -st.joint("softplus-neg") - softplus_mean
         return _finish(_with_gradient_of(value, objective), st, reduction)
     s, out_dtype = prepare(scores)
     value = reduce_terms(1 + diagonal(s) - offdiag_row_mean(s, torch.exp), reduction)
@@ -427,7 +428,6 @@ def smile(scores: Scores, clip: float | None = 5.0, *, gather: GroupArg = False)
     tau = None if clip is None else _checks.check_positive("clip", clip)
     st = batch_statistics(scores, gather)
     if st is not None:
-        diag = st.positives()
         if tau is None:
             with torch.no_grad():
                 partition = st.offdiag_logmeanexp()
@@ -439,8 +439,8 @@ def smile(scores: Scores, clip: float | None = 5.0, *, gather: GroupArg = False)
             )
             assert clipped_mean is not None
             partition = torch.log(clipped_mean) + tau
-        value = st.row_mean(diag) - partition
-        objective = -st.row_mean(F.softplus(-diag)) - softplus_mean
+        value = st.joint() - partition
+        objective = -st.joint("softplus-neg") - softplus_mean
         return _finish(_with_gradient_of(value, objective), st)
     s, out_dtype = prepare(scores)
     partition_scores = s if tau is None else s.clamp(-tau, tau)
@@ -509,7 +509,7 @@ def interpolated(scores: Scores, log_baseline: Tensor | None = None, alpha: floa
         Information." ICML 2019 (Eq. 11-12).
     """
     a = _checks.check_open_unit("alpha", alpha)
-    if isinstance(scores, SeparableScores) and not scores.gather:
+    if isinstance(scores, SeparableScores) and not scores.gather and is_plain(scores):
         x, y, tau, sim = streaming_operands(scores)
         diag = sep_diagonal(scores)
         if log_baseline is None:
@@ -581,14 +581,17 @@ def fmi(
     reduction = _checks.check_reduction(reduction)
     st = batch_statistics(scores, gather, reduction)
     name = None if st is None else streaming_name(div)
-    if st is not None and name is None and not isinstance(st, SeparableBatch):
+    if st is not None and name is None and not (isinstance(st, SeparableBatch) and st.plain):
         raise ValueError(
             f"fmi with gather needs a divergence with conjugate_of_activation_grad; "
             f"{div.name!r} has none"
         )
     if st is not None and name is not None:
         _, marginal = st.offdiag_means(name)
-        joint = st.row_mean(div.activation(st.positives()))
+        if st.plain:
+            joint = st.row_mean(div.activation(st.positives()))
+        else:
+            joint = st.joint(activation_name(div))
         return _finish(joint - marginal, st, reduction)
     s, out_dtype = prepare(scores)
     terms = div.activation(diagonal(s)) - offdiag_row_mean(s, div.conjugate_at_activation)
