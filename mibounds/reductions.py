@@ -154,9 +154,10 @@ class _PairedBatch:
         marginal_rows = (nneg > 0).to(dt)
         #: the number of rows that count, as a tensor (the ``sum`` reduction's factor)
         self.rows = joint_rows.sum()
-        self.w_joint = joint_rows / self.rows
+        # no row with a positive (or a negative): weights 0, so the terms are 0, not NaN
+        self.w_joint = joint_rows / self.rows.clamp_min(1)
         self.w_pos = self.w_joint / npos.clamp_min(1).to(dt)
-        self.w_neg = marginal_rows / (marginal_rows.sum() * nneg.clamp_min(1))
+        self.w_neg = marginal_rows / (marginal_rows.sum().clamp_min(1) * nneg.clamp_min(1))
 
     def n_terms(self) -> Tensor | int:
         """How many per-row terms a mean is over (``reduction="sum"`` multiplies by it)."""
@@ -169,6 +170,9 @@ class _PairedBatch:
         ``fn`` is a name registered with :func:`mibounds.kernels.streaming.elementwise`."""
         if self.plain:
             return self.positives_fn(fn).mean(-1)
+        if self.layout.row_labels is None and isinstance(self, SeparableBatch):
+            # the own pairs are the positives (none if excluded, then the weights are 0)
+            return (self.positives_fn(fn) * self.w_pos).sum(-1)
         if fn == "identity":
             return (self.positive_sums() * self.w_pos).sum(-1)
         return self._sums(True, self.w_pos, fn)[1]
@@ -190,7 +194,7 @@ class _PairedBatch:
         npos_c, ncand_c = t.counts(self.m, self.n, self._acc.device)
         dt = self._acc.dtype
         cols = (npos_c > 0).to(dt)
-        w_col = 0.5 * cols / cols.sum()
+        w_col = 0.5 * cols / cols.sum().clamp_min(1)
         w_row = 0.5 * self.w_joint
         consts = (w_row * log_c).sum(-1) + (w_col * torch.log(ncand_c.to(dt))).sum(-1)
         if self.plain:
@@ -205,7 +209,7 @@ class _PairedBatch:
         npos_c, _ = t.counts(self.m, self.n, self._acc.device)
         dt = self._acc.dtype
         cols = (npos_c > 0).to(dt)
-        w = cols / (cols.sum() * npos_c.clamp_min(1).to(dt))
+        w = cols / (cols.sum().clamp_min(1) * npos_c.clamp_min(1).to(dt))
         return (self.positive_sums(columns=True) * w).sum(-1)
 
     def offdiag_means(

@@ -151,3 +151,129 @@ def nce_club(s: Tensor) -> Tensor:
     pos = sum(s[i, i] for i in range(n)) / n
     allp = sum(s[i, j] for i in range(n) for j in range(n)) / n**2
     return pos - allp
+
+
+# --- pairings: explicit positive and candidate sets per row -----------------------------------
+
+
+def row_sets(
+    n: int, m: int, labels=None, y_labels=None, exclude: str = "none"
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Per row, the list of positive columns and the list of negative columns, spelled out."""
+    if labels is not None and y_labels is None:
+        y_labels = labels
+    positives, negatives = [], []
+    for i in range(n):
+        pos, neg = [], []
+        for j in range(m):
+            if exclude == "self" and j == i:
+                continue
+            if exclude == "batch" and j < n and j != i:
+                continue
+            same = (int(labels[i]) == int(y_labels[j])) if labels is not None else (j == i)
+            (pos if same else neg).append(j)
+        positives.append(pos)
+        negatives.append(neg)
+    return positives, negatives
+
+
+def _mean(values: list) -> Tensor:
+    return sum(values) / len(values)
+
+
+def paired_infonce(s: Tensor, positives, negatives) -> Tensor:
+    """Mean over rows with positives of [mean_p S_ip - log sum_{candidates} e^S + log #cand]."""
+    terms = []
+    for i, (pos, neg) in enumerate(zip(positives, negatives, strict=True)):
+        if not pos:
+            continue
+        cand = pos + neg
+        denom = sum(_exp(s[i, j]) for j in cand)
+        terms.append(_mean([s[i, p] for p in pos]) - torch.log(denom) + math.log(len(cand)))
+    return _mean(terms)
+
+
+def _joint(s: Tensor, positives, fn) -> Tensor:
+    return _mean([_mean([fn(s[i, p]) for p in pos]) for i, pos in enumerate(positives) if pos])
+
+
+def _marginal(s: Tensor, negatives, fn) -> Tensor:
+    return _mean([_mean([fn(s[i, j]) for j in neg]) for i, neg in enumerate(negatives) if neg])
+
+
+def paired_nwj(s: Tensor, positives, negatives) -> Tensor:
+    return _joint(s, positives, lambda v: v) - _marginal(s, negatives, lambda v: _exp(v - 1))
+
+
+def paired_dv(s: Tensor, positives, negatives) -> Tensor:
+    return _joint(s, positives, lambda v: v) - torch.log(_marginal(s, negatives, _exp))
+
+
+def paired_js_objective(s: Tensor, positives, negatives) -> Tensor:
+    sp = torch.nn.functional.softplus
+    return _joint(s, positives, lambda v: -sp(-v)) - _marginal(s, negatives, sp)
+
+
+def paired_fmi(s: Tensor, positives, negatives, activation, conjugate) -> Tensor:
+    joint = _joint(s, positives, activation)
+    return joint - _marginal(s, negatives, lambda v: conjugate(activation(v)))
+
+
+# --- the contrastive losses, written as each library writes them -------------------------------
+
+
+def openclip_clip_loss(u: Tensor, v: Tensor, logit_scale: Tensor) -> Tensor:
+    """OpenCLIP ClipLoss (one process): cross-entropy of both logit directions, averaged."""
+    logits = logit_scale * u @ v.T
+    target = torch.arange(u.shape[0])
+    ce = torch.nn.functional.cross_entropy
+    return (ce(logits, target) + ce(logits.T, target)) / 2
+
+
+def openclip_siglip_loss(u: Tensor, v: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
+    """OpenCLIP SigLipLoss (one process): -sum log sigmoid(labels * logits) / N."""
+    logits = logit_scale * u @ v.T + logit_bias
+    labels = 2 * torch.eye(u.shape[0], dtype=u.dtype) - 1
+    return -torch.nn.functional.logsigmoid(labels * logits).sum() / u.shape[0]
+
+
+def lightly_ntxent(out0: Tensor, out1: Tensor, temperature) -> Tensor:
+    """lightly's NTXentLoss without memory bank, one process: blocks of logits without the
+    self-similarities, cross-entropy against the other view."""
+    b = out0.shape[0]
+    out0 = torch.nn.functional.normalize(out0, dim=1)
+    out1 = torch.nn.functional.normalize(out1, dim=1)
+    l00 = out0 @ out0.T / temperature
+    l01 = out0 @ out1.T / temperature
+    l10 = out1 @ out0.T / temperature
+    l11 = out1 @ out1.T / temperature
+    off = ~torch.eye(b, dtype=torch.bool)
+    l00 = l00[off].view(b, -1)
+    l11 = l11[off].view(b, -1)
+    logits = torch.cat([torch.cat([l01, l00], 1), torch.cat([l10, l11], 1)], 0)
+    labels = torch.arange(b).repeat(2)
+    return torch.nn.functional.cross_entropy(logits, labels)
+
+
+def supcon_loss(z: Tensor, labels: Tensor, temperature) -> Tensor:
+    """Khosla et al.'s L_out, anchor by anchor, on cosine similarities."""
+    z = torch.nn.functional.normalize(z, dim=1)
+    n = z.shape[0]
+    losses = []
+    for a in range(n):
+        others = [k for k in range(n) if k != a]
+        pos = [p for p in others if int(labels[p]) == int(labels[a])]
+        if not pos:
+            continue
+        s = [z[a] @ z[k] / temperature for k in others]
+        log_denom = torch.logsumexp(torch.stack(s), 0)
+        losses.append(_mean([-(z[a] @ z[p] / temperature - log_denom) for p in pos]))
+    return _mean(losses) if losses else z.sum() * 0
+
+
+def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature) -> Tensor:
+    """MoCo's logits: [positive, queue negatives] / T, cross-entropy with label 0."""
+    l_pos = (q * k).sum(1, keepdim=True)
+    l_neg = q @ queue.T
+    logits = torch.cat([l_pos, l_neg], 1) / temperature
+    return torch.nn.functional.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long))

@@ -1,0 +1,417 @@
+r"""Drop-in contrastive losses: the exact values of the losses people train with, streamed.
+
+Each module returns the **value of the loss it replaces** (the number the original library
+prints, to float rounding), computed on :class:`~mibounds.scores.SeparableScores` by the
+streaming kernels, so the ``N x M`` score matrix is never built. Each is an MI bound in
+disguise; :meth:`mi` returns the estimate it implies.
+
+================  ===========================================  ================================
+module            replaces                                     MI read-out (:meth:`mi`)
+================  ===========================================  ================================
+:class:`CLIPLoss`   OpenCLIP ``ClipLoss``                      :math:`\log N - \mathcal{L}`
+:class:`SigLIPLoss` OpenCLIP ``SigLipLoss``                    NWJ at :math:`T = z + \log(N-1) + 1`
+:class:`NTXentLoss` lightly ``NTXentLoss`` (no memory bank)    :math:`\log(2N-1) - \mathcal{L}`
+:class:`SupConLoss` supervised contrastive ``L_out``           :math:`\log(N-1) - \mathcal{L}`
+:class:`MoCoLoss`   MoCo's query/key/queue cross-entropy       :math:`\log(K+1) - \mathcal{L}`
+================  ===========================================  ================================
+
+The InfoNCE family (CLIP, NT-Xent, SupCon, MoCo) are :func:`mibounds.infonce` with the pairing of
+the scores set accordingly (rectangular candidates, labels, excluded self-pairs): the loss is
+:math:`\log C - I_\mathrm{NCE}` with :math:`C` candidates per anchor, so the estimate is
+:math:`\log C - \mathcal{L}` and can never exceed :math:`\log C`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mibounds import _checks
+from mibounds.bounds.lower import infonce, nwj
+from mibounds.distributed import GroupArg
+from mibounds.reductions import SeparableBatch
+from mibounds.scores import SeparableScores
+
+__all__ = ["CLIPLoss", "MemoryQueue", "MoCoLoss", "NTXentLoss", "SigLIPLoss", "SupConLoss"]
+
+
+def _scale(name: str, logit_scale: Any) -> Tensor | float:
+    """A positive logit scale (float or scalar tensor), checked."""
+    _checks.check_temperature(name, logit_scale)
+    return logit_scale
+
+
+def _features(name: str, t: Any) -> Tensor:
+    _checks.check_tensor(name, t, min_dim=2)
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be (N, d) features, got shape {tuple(t.shape)}")
+    return t
+
+
+def _same_shape(a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{a_name} and {b_name} must have the same shape (N, d), got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+class CLIPLoss(nn.Module):
+    r"""OpenCLIP's ``ClipLoss``: symmetric cross-entropy of image-text logits, streamed.
+
+    .. math::
+
+        \mathcal{L} = \frac{1}{2N}\sum_i \Big[-\log\frac{e^{t\,u_i\cdot v_i}}{\sum_j e^{t\,u_i
+        \cdot v_j}} - \log\frac{e^{t\,u_i\cdot v_i}}{\sum_j e^{t\,u_j\cdot v_i}}\Big]
+        = \log N - I_\mathrm{NCE}^\mathrm{sym},
+
+    with :math:`t` the logit scale (features are used as given: OpenCLIP normalises them in the
+    model). Equal to ``open_clip.ClipLoss()(image_features, text_features, logit_scale)``.
+
+    Args:
+        gather: ``True`` or a process group: negatives from every rank, like OpenCLIP's
+            ``gather_with_grad=True, local_loss=False``; every rank returns the loss of the
+            global batch (see :mod:`mibounds.distributed`).
+
+    Example:
+        >>> u = torch.nn.functional.normalize(torch.randn(8, 4), dim=-1)
+        >>> loss = CLIPLoss()(u, u, torch.tensor(10.0))
+        >>> loss.shape
+        torch.Size([])
+
+    References:
+        Radford et al. "Learning Transferable Visual Models From Natural Language Supervision."
+        ICML 2021. van den Oord, Li, Vinyals. "Representation Learning with Contrastive
+        Predictive Coding." arXiv 2018.
+    """
+
+    def __init__(self, *, gather: GroupArg = False) -> None:
+        super().__init__()
+        self.gather = gather
+
+    def _scores(self, image_features: Tensor, text_features: Tensor, logit_scale: Any):
+        u = _features("image_features", image_features)
+        v = _features("text_features", text_features)
+        _same_shape("image_features", u, "text_features", v)
+        t = _scale("logit_scale", logit_scale)
+        return SeparableScores(u, v, "dot", 1 / t, gather=self.gather)
+
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Any) -> Tensor:
+        """The loss (to minimise)."""
+        s = self._scores(image_features, text_features, logit_scale)
+        return self._log_count(s) - infonce(s, symmetric=True)
+
+    def _log_count(self, s: SeparableScores) -> Tensor:
+        n = s.x.shape[-2]
+        if s.gather:
+            from mibounds.distributed import batch_layout
+
+            n = batch_layout(n, s.gather, s.x.device)[1]
+        return torch.log(s.x.new_tensor(float(n)))
+
+    def mi(self, image_features: Tensor, text_features: Tensor, logit_scale: Any) -> Tensor:
+        r"""The symmetric InfoNCE estimate :math:`\log N - \mathcal{L}` in nats."""
+        return infonce(self._scores(image_features, text_features, logit_scale), symmetric=True)
+
+
+class SigLIPLoss(nn.Module):
+    r"""OpenCLIP's ``SigLipLoss``: a binary classifier of every image-text pair, streamed.
+
+    With logits :math:`z_{ij} = t\,u_i\cdot v_j + b` and labels :math:`+1` on the diagonal,
+    :math:`-1` elsewhere:
+
+    .. math::
+
+        \mathcal{L} = -\frac{1}{N}\sum_{i,j}\log\sigma(\pm z_{ij})
+        = \frac1N\sum_i \mathrm{softplus}(-z_{ii}) + \frac1N\sum_{i\ne j}\mathrm{softplus}(z_{ij}).
+
+    Equal to ``open_clip.SigLipLoss()(image_features, text_features, logit_scale, logit_bias)``
+    (one process; negatives summed per row).
+
+    **MI read-out.** The loss is minimised by :math:`\sigma(z) = p/(p + (N-1)q)` for the joint
+    :math:`p` and product :math:`q`, i.e. :math:`z^* = \log r(u, v) - \log(N-1)` with the density
+    ratio :math:`r = p/q`. So :math:`T = z + \log(N-1) + 1` is NWJ's optimal critic
+    :math:`1 + \log r`, and :meth:`mi` reports :func:`mibounds.nwj` at that :math:`T`: a lower
+    bound on the MI for any logits, tight at the optimum.
+
+    Example:
+        >>> u = torch.nn.functional.normalize(torch.randn(8, 4), dim=-1)
+        >>> SigLIPLoss()(u, u, torch.tensor(10.0), torch.tensor(-10.0)).shape
+        torch.Size([])
+
+    References:
+        Zhai, Mustafa, Kolesnikov, Beyer. "Sigmoid Loss for Language Image Pre-Training."
+        ICCV 2023. Nguyen, Wainwright, Jordan. IEEE Trans. Inf. Theory 2010.
+    """
+
+    def _scores(self, u: Any, v: Any, logit_scale: Any, logit_bias: Any, shift: float = 0.0):
+        u = _features("image_features", u)
+        v = _features("text_features", v)
+        _same_shape("image_features", u, "text_features", v)
+        t = _scale("logit_scale", logit_scale)
+        if isinstance(logit_bias, bool) or not isinstance(logit_bias, (int, float, Tensor)):
+            raise TypeError(
+                f"logit_bias must be a float or a scalar tensor, got {type(logit_bias).__name__}"
+            )
+        return SeparableScores(u, v, "dot", 1 / t, bias=logit_bias + shift)
+
+    def forward(
+        self, image_features: Tensor, text_features: Tensor, logit_scale: Any, logit_bias: Any
+    ) -> Tensor:
+        """The loss (to minimise)."""
+        st = SeparableBatch(self._scores(image_features, text_features, logit_scale, logit_bias))
+        _, negatives = st.offdiag_means("softplus")
+        loss = st.joint("softplus-neg") + (st.n - 1) * negatives
+        return loss.to(st.dtype)
+
+    def mi(
+        self, image_features: Tensor, text_features: Tensor, logit_scale: Any, logit_bias: Any
+    ) -> Tensor:
+        r"""NWJ at :math:`T = z + \log(N-1) + 1`, in nats (see the class documentation)."""
+        n = image_features.shape[-2]
+        shift = math.log(n - 1) + 1
+        return nwj(self._scores(image_features, text_features, logit_scale, logit_bias, shift))
+
+
+def _two_views(out0: Any, out1: Any) -> tuple[Tensor, Tensor]:
+    a = _features("out0", out0)
+    b = _features("out1", out1)
+    _same_shape("out0", a, "out1", b)
+    return a, b
+
+
+class NTXentLoss(nn.Module):
+    r"""SimCLR's NT-Xent loss, as lightly's ``NTXentLoss`` (without memory bank), streamed.
+
+    The :math:`2N` embeddings :math:`z = (z^{(0)}, z^{(1)})` of two views are compared by cosine
+    similarity over a temperature :math:`\tau`; each is an anchor whose positive is its other
+    view and whose negatives are the other :math:`2N - 2` embeddings (the self-pair is
+    excluded):
+
+    .. math::
+
+        \mathcal{L} = \frac{1}{2N}\sum_{a=1}^{2N} -\log
+        \frac{e^{\cos(z_a, z_{a^+})/\tau}}{\sum_{k \ne a} e^{\cos(z_a, z_k)/\tau}}
+        = \log(2N-1) - I_\mathrm{NCE}.
+
+    This is :func:`mibounds.infonce` on ``SeparableScores(z, z, "cosine", tau,
+    labels=[0..N-1, 0..N-1], exclude="self")``. Equal to ``lightly.loss.NTXentLoss(temperature)
+    (out0, out1)`` and to pytorch-metric-learning's ``NTXentLoss`` on the same pairs.
+
+    Args:
+        temperature: :math:`\tau > 0` (lightly's default 0.5).
+        gather: ``True`` or a process group: negatives from every rank (lightly's
+            ``gather_distributed=True``).
+
+    Example:
+        >>> z0, z1 = torch.randn(8, 4), torch.randn(8, 4)
+        >>> NTXentLoss(temperature=0.5)(z0, z1).shape
+        torch.Size([])
+
+    References:
+        Chen, Kornblith, Norouzi, Hinton. "A Simple Framework for Contrastive Learning of Visual
+        Representations." ICML 2020.
+    """
+
+    def __init__(self, temperature: float | Tensor = 0.5, *, gather: GroupArg = False) -> None:
+        super().__init__()
+        _checks.check_temperature("temperature", temperature)
+        self.temperature = temperature
+        self.gather = gather
+
+    def _scores(self, out0: Any, out1: Any) -> SeparableScores:
+        a, b = _two_views(out0, out1)
+        n = a.shape[0]
+        z = torch.cat([a, b], dim=0)
+        labels = torch.arange(n, device=a.device).repeat(2)
+        return SeparableScores(
+            z, z, "cosine", self.temperature, gather=self.gather, labels=labels, exclude="self"
+        )
+
+    def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
+        """The loss (to minimise)."""
+        s = self._scores(out0, out1)
+        return math.log(s.x.shape[-2] - 1) - infonce(s)
+
+    def mi(self, out0: Tensor, out1: Tensor) -> Tensor:
+        r"""The InfoNCE estimate :math:`\log(2N-1) - \mathcal{L}` in nats."""
+        return infonce(self._scores(out0, out1))
+
+
+class SupConLoss(nn.Module):
+    r"""The supervised contrastive loss :math:`\mathcal{L}_\mathrm{out}` of Khosla et al., streamed.
+
+    On cosine similarities over a temperature, :math:`s_{ak} = \cos(z_a, z_k)/\tau`, for each
+    anchor :math:`a` with at least one positive :math:`P(a) = \{p \ne a: y_p = y_a\}`:
+
+    .. math::
+
+        \ell_a = \frac{1}{|P(a)|}\sum_{p\in P(a)} -\log\frac{e^{s_{ap}}}{\sum_{k\ne a} e^{s_{ak}}},
+        \qquad \mathcal{L} = \operatorname{mean}_{a:\,|P(a)|>0} \ell_a
+        = \log(N - 1) - I_\mathrm{NCE}.
+
+    Anchors without positives do not count. This is :func:`mibounds.infonce` on
+    ``SeparableScores(z, z, "cosine", tau, labels=labels, exclude="self")``, and what
+    pytorch-metric-learning's ``SupConLoss(temperature)`` computes.
+
+    Args:
+        temperature: :math:`\tau > 0` (default 0.1).
+        gather: ``True`` or a process group: negatives from every rank.
+
+    Example:
+        >>> z = torch.randn(8, 4)
+        >>> SupConLoss(0.1)(z, torch.tensor([0, 1, 0, 1, 2, 2, 0, 1])).shape
+        torch.Size([])
+
+    References:
+        Khosla et al. "Supervised Contrastive Learning." NeurIPS 2020.
+    """
+
+    def __init__(self, temperature: float | Tensor = 0.1, *, gather: GroupArg = False) -> None:
+        super().__init__()
+        _checks.check_temperature("temperature", temperature)
+        self.temperature = temperature
+        self.gather = gather
+
+    def _scores(self, embeddings: Any, labels: Any) -> SeparableScores:
+        z = _features("embeddings", embeddings)
+        if not isinstance(labels, Tensor) or labels.shape != z.shape[:1]:
+            got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+            raise ValueError(f"labels must be a tensor of shape ({z.shape[0]},), got {got}")
+        return SeparableScores(
+            z, z, "cosine", self.temperature, gather=self.gather, labels=labels, exclude="self"
+        )
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """The loss (to minimise); 0 (with a zero gradient) if no anchor has a positive."""
+        s = self._scores(embeddings, labels)
+        npos, _ = s.pairing.layout(s.x.shape[-2], s.y.shape[-2]).counts()
+        log_count = math.log(s.x.shape[-2] - 1) * (npos > 0).any().to(s.x.dtype)
+        return log_count - infonce(s)
+
+    def mi(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        r"""The InfoNCE estimate :math:`\log(N-1) - \mathcal{L}` in nats."""
+        return infonce(self._scores(embeddings, labels))
+
+
+class MoCoLoss(nn.Module):
+    r"""MoCo's contrastive loss: each query against its own key and a queue of K negatives.
+
+    .. math::
+
+        \mathcal{L} = \frac1N\sum_i -\log\frac{e^{q_i\cdot k_i/\tau}}{e^{q_i\cdot k_i/\tau} +
+        \sum_{k=1}^{K} e^{q_i\cdot \kappa_k/\tau}} = \log(K+1) - I_\mathrm{NCE},
+
+    the cross-entropy of MoCo's ``logits = cat([l_pos, l_neg]) / T`` with label 0. The other
+    in-batch keys are not negatives (``exclude="batch"``). Features are used as given (MoCo
+    normalises them in the encoder); the queue is not differentiated.
+
+    Args:
+        temperature: :math:`\tau > 0` (MoCo v2's 0.2; v1's 0.07 is the default here).
+
+    Example:
+        >>> q, k = torch.randn(4, 8), torch.randn(4, 8)
+        >>> queue = MemoryQueue(16, 8)
+        >>> loss = MoCoLoss(0.07)(q, k, queue(k))  # the queue before k is pushed
+        >>> loss.shape, len(queue)
+        (torch.Size([]), 4)
+
+    References:
+        He, Fan, Wu, Xie, Girshick. "Momentum Contrast for Unsupervised Visual Representation
+        Learning." CVPR 2020.
+    """
+
+    def __init__(self, temperature: float | Tensor = 0.07) -> None:
+        super().__init__()
+        _checks.check_temperature("temperature", temperature)
+        self.temperature = temperature
+
+    def _scores(self, query: Any, key: Any, queue: Any) -> SeparableScores:
+        q = _features("query", query)
+        k = _features("key", key)
+        _same_shape("query", q, "key", k)
+        _checks.check_tensor("queue", queue, min_dim=2)
+        if queue.dim() != 2 or queue.shape[-1] != q.shape[-1]:
+            raise ValueError(
+                f"queue must be (K, {q.shape[-1]}) to match the features, got {tuple(queue.shape)}"
+            )
+        candidates = torch.cat([k, queue.detach().to(k.dtype)], dim=0)
+        return SeparableScores(q, candidates, "dot", self.temperature, exclude="batch")
+
+    def forward(self, query: Tensor, key: Tensor, queue: Tensor) -> Tensor:
+        """The loss (to minimise)."""
+        s = self._scores(query, key, queue)
+        return math.log(s.y.shape[-2] - s.x.shape[-2] + 1) - infonce(s)
+
+    def mi(self, query: Tensor, key: Tensor, queue: Tensor) -> Tensor:
+        r"""The InfoNCE estimate :math:`\log(K+1) - \mathcal{L}` in nats."""
+        return infonce(self._scores(query, key, queue))
+
+
+class MemoryQueue(nn.Module):
+    r"""A first-in first-out queue of detached keys (MoCo's queue, a memory bank).
+
+    The entries live in a buffer, so they move with ``.to()`` and are saved in the
+    ``state_dict``. Calling the module returns the entries held **before** the call and then
+    pushes the new keys (the MoCo order); :meth:`push` and :attr:`entries` do each half.
+
+    Args:
+        size: capacity K (the oldest entries are overwritten once full).
+        dim: feature size.
+        dtype: the dtype of the stored keys.
+
+    Example:
+        >>> queue = MemoryQueue(3, 2)
+        >>> queue.push(torch.ones(2, 2))
+        >>> queue(torch.zeros(2, 2)).shape  # the two ones, then the zeros are pushed
+        torch.Size([2, 2])
+        >>> len(queue)
+        3
+    """
+
+    bank: Tensor
+    ptr: Tensor
+    count: Tensor
+
+    def __init__(self, size: int, dim: int, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        _checks.check_positive_int("size", size)
+        _checks.check_positive_int("dim", dim)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self.register_buffer("bank", torch.zeros(size, dim, dtype=dtype))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def __len__(self) -> int:
+        return int(self.count)
+
+    @property
+    def entries(self) -> Tensor:
+        """The keys held now, oldest first, ``(len, dim)`` (a detached copy)."""
+        size, n, p = self.bank.shape[0], int(self.count), int(self.ptr)
+        if n < size:
+            return self.bank[:n].clone()
+        return torch.cat([self.bank[p:], self.bank[:p]]).clone()
+
+    @torch.no_grad()
+    def push(self, keys: Tensor) -> None:
+        """Append ``keys`` ``(B, dim)`` (detached), overwriting the oldest entries."""
+        _checks.check_tensor("keys", keys, min_dim=2)
+        size, dim = self.bank.shape
+        if keys.dim() != 2 or keys.shape[1] != dim:
+            raise ValueError(f"keys must be (B, {dim}), got {tuple(keys.shape)}")
+        keys = keys.detach()[-size:].to(self.bank.dtype)
+        idx = (int(self.ptr) + torch.arange(keys.shape[0], device=self.bank.device)) % size
+        self.bank[idx] = keys
+        self.ptr.fill_((int(self.ptr) + keys.shape[0]) % size)
+        self.count.fill_(min(size, int(self.count) + keys.shape[0]))
+
+    def forward(self, keys: Tensor) -> Tensor:
+        """The entries before this call, ``(len, dim)``; then ``keys`` are pushed."""
+        held = self.entries
+        self.push(keys)
+        return held
