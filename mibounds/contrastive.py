@@ -31,8 +31,9 @@ from torch import Tensor, nn
 
 from mibounds import _checks
 from mibounds.bounds.lower import infonce, nwj
-from mibounds.distributed import GroupArg
-from mibounds.reductions import SeparableBatch
+from mibounds._dtypes import upcast
+from mibounds.distributed import GroupArg, batch_layout
+from mibounds.reductions import batch_statistics
 from mibounds.scores import SeparableScores
 
 __all__ = ["CLIPLoss", "MemoryQueue", "MoCoLoss", "NTXentLoss", "SigLIPLoss", "SupConLoss"]
@@ -105,12 +106,7 @@ class CLIPLoss(nn.Module):
         return self._log_count(s) - infonce(s, symmetric=True)
 
     def _log_count(self, s: SeparableScores) -> Tensor:
-        n = s.x.shape[-2]
-        if s.gather:
-            from mibounds.distributed import batch_layout
-
-            n = batch_layout(n, s.gather, s.x.device)[1]
-        return torch.log(s.x.new_tensor(float(n)))
+        return torch.log(_global_rows(s))
 
     def mi(self, image_features: Tensor, text_features: Tensor, logit_scale: Any) -> Tensor:
         r"""The symmetric InfoNCE estimate :math:`\log N - \mathcal{L}` in nats."""
@@ -131,6 +127,10 @@ class SigLIPLoss(nn.Module):
     Equal to ``open_clip.SigLipLoss()(image_features, text_features, logit_scale, logit_bias)``
     (one process; negatives summed per row).
 
+    Args:
+        gather: ``True`` or a process group: every rank's texts are negatives of every image;
+            each rank returns the loss of the global batch, divided by the global N.
+
     **MI read-out.** The loss is minimised by :math:`\sigma(z) = p/(p + (N-1)q)` for the joint
     :math:`p` and product :math:`q`, i.e. :math:`z^* = \log r(u, v) - \log(N-1)` with the density
     ratio :math:`r = p/q`. So :math:`T = z + \log(N-1) + 1` is NWJ's optimal critic
@@ -147,6 +147,10 @@ class SigLIPLoss(nn.Module):
         ICCV 2023. Nguyen, Wainwright, Jordan. IEEE Trans. Inf. Theory 2010.
     """
 
+    def __init__(self, *, gather: GroupArg = False) -> None:
+        super().__init__()
+        self.gather = gather
+
     def _scores(self, u: Any, v: Any, logit_scale: Any, logit_bias: Any, shift: float = 0.0):
         u = _features("image_features", u)
         v = _features("text_features", v)
@@ -156,13 +160,15 @@ class SigLIPLoss(nn.Module):
             raise TypeError(
                 f"logit_bias must be a float or a scalar tensor, got {type(logit_bias).__name__}"
             )
-        return SeparableScores(u, v, "dot", 1 / t, bias=logit_bias + shift)
+        return SeparableScores(u, v, "dot", 1 / t, bias=logit_bias + shift, gather=self.gather)
 
     def forward(
         self, image_features: Tensor, text_features: Tensor, logit_scale: Any, logit_bias: Any
     ) -> Tensor:
         """The loss (to minimise)."""
-        st = SeparableBatch(self._scores(image_features, text_features, logit_scale, logit_bias))
+        s = self._scores(image_features, text_features, logit_scale, logit_bias)
+        st = batch_statistics(s, s.gather)
+        assert st is not None
         _, negatives = st.offdiag_means("softplus")
         loss = st.joint("softplus-neg") + (st.n - 1) * negatives
         return loss.to(st.dtype)
@@ -171,9 +177,17 @@ class SigLIPLoss(nn.Module):
         self, image_features: Tensor, text_features: Tensor, logit_scale: Any, logit_bias: Any
     ) -> Tensor:
         r"""NWJ at :math:`T = z + \log(N-1) + 1`, in nats (see the class documentation)."""
-        n = image_features.shape[-2]
-        shift = math.log(n - 1) + 1
+        s = self._scores(image_features, text_features, logit_scale, logit_bias)
+        shift = math.log(float(_global_rows(s)) - 1) + 1
         return nwj(self._scores(image_features, text_features, logit_scale, logit_bias, shift))
+
+
+def _global_rows(s: SeparableScores) -> Tensor:
+    """The number of rows of the (gathered) batch, as a tensor of the features' dtype."""
+    n = s.x.shape[-2]
+    if s.gather:
+        n = batch_layout(n, s.gather, s.x.device)[1]
+    return torch.tensor(float(n), dtype=upcast(s.x).dtype, device=s.x.device)
 
 
 def _two_views(out0: Any, out1: Any) -> tuple[Tensor, Tensor]:
@@ -226,7 +240,10 @@ class NTXentLoss(nn.Module):
         a, b = _two_views(out0, out1)
         n = a.shape[0]
         z = torch.cat([a, b], dim=0)
-        labels = torch.arange(n, device=a.device).repeat(2)
+        first = 0
+        if self.gather:  # pair labels must be unique over the ranks
+            first = batch_layout(n, self.gather, a.device)[0]
+        labels = (torch.arange(n, device=a.device) + first).repeat(2)
         return SeparableScores(
             z, z, "cosine", self.temperature, gather=self.gather, labels=labels, exclude="self"
         )
@@ -234,7 +251,7 @@ class NTXentLoss(nn.Module):
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
         """The loss (to minimise)."""
         s = self._scores(out0, out1)
-        return math.log(s.x.shape[-2] - 1) - infonce(s)
+        return torch.log(_global_rows(s) - 1) - infonce(s)
 
     def mi(self, out0: Tensor, out1: Tensor) -> Tensor:
         r"""The InfoNCE estimate :math:`\log(2N-1) - \mathcal{L}` in nats."""
@@ -288,9 +305,12 @@ class SupConLoss(nn.Module):
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """The loss (to minimise); 0 (with a zero gradient) if no anchor has a positive."""
         s = self._scores(embeddings, labels)
-        npos, _ = s.pairing.layout(s.x.shape[-2], s.y.shape[-2]).counts()
-        log_count = math.log(s.x.shape[-2] - 1) * (npos > 0).any().to(s.x.dtype)
-        return log_count - infonce(s)
+        value = infonce(s)
+        # log(N - 1) - I, or 0 if no anchor has a positive (then I is 0 too)
+        st = batch_statistics(s, s.gather)
+        assert st is not None
+        counted = (st.n_terms() > 0) if isinstance(st.n_terms(), Tensor) else True
+        return torch.where(torch.as_tensor(counted), torch.log(_global_rows(s) - 1), 0.0) - value
 
     def mi(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         r"""The InfoNCE estimate :math:`\log(N-1) - \mathcal{L}` in nats."""

@@ -235,14 +235,14 @@ class GlobalBatch:
 
         self.group = group
         self.rank, self.world = _world(group)
-        self.plain = True
-        if not isinstance(scores, Tensor) and (
-            not scores.pairing.plain or getattr(scores, "bias", None) is not None
-            or scores.shape[-1] != scores.shape[-2]
-        ):  # fmt: skip
+        self.plain = isinstance(scores, Tensor) or (
+            scores.pairing.plain and getattr(scores, "bias", None) is None
+            and scores.shape[-1] == scores.shape[-2]
+        )  # fmt: skip
+        if not self.plain and not isinstance(scores, SeparableScores):
             raise ValueError(
-                "gather supports the plain pairing only (positives on the diagonal, no labels, "
-                "exclusions, bias or extra columns)"
+                "with gather, dense scores support the plain pairing only (positives on the "
+                "diagonal); use SeparableScores for labels, exclusions or extra columns"
             )
         self.separable = isinstance(scores, SeparableScores)
         if isinstance(scores, SeparableScores):
@@ -273,6 +273,45 @@ class GlobalBatch:
         self.n = sum(sizes)
         if self.n < 2:
             raise ValueError(f"gather: the global batch needs N >= 2 samples, got {self.n}")
+        if not self.plain:
+            self.local = self._local_batch(scores)
+
+    def _local_batch(self, scores: Any) -> Any:
+        """This rank's rows against the gathered paired columns (then this rank's extra
+        columns, which every rank should hold alike, e.g. a shared queue), with the pairing
+        expressed by global labels and the rows weighted within the global batch."""
+        from mibounds.scores import SeparableScores  # scores imports this module
+
+        n_loc = self.n_local
+        y_paired, y_extra = scores.y[..., :n_loc, :], scores.y[..., n_loc:, :]
+        cols = torch.cat([self._gather_rows(y_paired), y_extra], dim=-2)
+        k = y_extra.shape[-2]
+        device = scores.x.device
+        if scores.labels is None:
+            # every pair is its own class; the extra columns get labels no row has
+            rl = torch.arange(n_loc, device=device) + self.offset
+            cl = torch.cat([torch.arange(self.n, device=device), -1 - torch.arange(k, device=device)])
+        else:
+            rl = scores.labels.to(device)
+            local_cl = rl if scores.y_labels is None else scores.y_labels.to(device)
+            gathered = _AllGather.apply(local_cl[:n_loc], self.sizes, self.group)
+            cl = torch.cat([gathered, local_cl[n_loc:]])
+        local = SeparableScores(
+            scores.x, cols, scores.similarity, scores.temperature, bias=scores.bias,
+            labels=rl, y_labels=cl, exclude=scores.exclude,
+        )  # fmt: skip
+
+        def total(t: Tensor) -> Tensor:
+            return _AllReduce.apply(t.detach(), self.group)
+
+        return reductions.SeparableBatch(local, self.offset, self.n, total)
+
+    def _not_symmetric(self) -> None:
+        if not self.plain:
+            raise ValueError(
+                "gather with labels, exclusions, a bias or extra columns supports the one-way "
+                "(row) bounds only, not symmetric=True"
+            )
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -308,12 +347,14 @@ class GlobalBatch:
             return upcast(self.scores.diagonal())
         return torch.diagonal(self.s, offset=self.offset, dim1=-2, dim2=-1)
 
-    def n_terms(self) -> int:
-        """The global number of rows."""
-        return self.n
+    def n_terms(self) -> Tensor | int:
+        """The global number of rows that count."""
+        return self.n if self.plain else self.local.rows
 
     def joint(self, fn: str = "identity") -> Tensor:
         """Global mean of ``fn`` of the positive scores."""
+        if not self.plain:
+            return self._sum(self.local.joint(fn))
         pos = self.positives()
         if fn != "identity":
             pos = streaming.elementwise_function(fn)(pos, 0.0)
@@ -321,10 +362,15 @@ class GlobalBatch:
 
     def joint_columns(self) -> Tensor:
         """The column version of :meth:`joint` (the same with one positive per row)."""
+        self._not_symmetric()
         return self.joint()
 
     def lse_term(self, symmetric: bool = False) -> Tensor:
         """Global mean row log-mean-exp (averaged with the column one if ``symmetric``)."""
+        if symmetric:
+            self._not_symmetric()
+        if not self.plain:
+            return self._sum(self.local.lse_term())
         return self.lse_mean(symmetric) - math.log(self.n)
 
     def row_mean(self, terms: Tensor) -> Tensor:
@@ -357,6 +403,9 @@ class GlobalBatch:
         grad_value: bool = True,
     ) -> tuple[Tensor | None, Tensor]:
         """As :func:`mibounds.kernels.streaming.offdiag_means`, over the global batch."""
+        if not self.plain:
+            v, g = self.local.offdiag_means(grad_fn, value_fn, shift, param, grad_value)
+            return (None if v is None else self._sum(v)), self._sum(g)
         local = self.n_local * (self.n - 1)
         if self.separable:
             v, g = streaming.offdiag_means(
@@ -393,6 +442,8 @@ class GlobalBatch:
 
     def offdiag_logmeanexp(self) -> Tensor:
         r""":math:`\log\frac{1}{N(N-1)}\sum_{i\ne j} e^{S_{ij}}` over the global batch."""
+        if not self.plain:
+            return torch.logsumexp(self._stack(self.local.offdiag_logmeanexp()), dim=0)
         local = self.n_local * (self.n - 1)
         if self.separable:
             lse = streaming.offdiag_logmeanexp(

@@ -145,19 +145,24 @@ class _PairedBatch:
     plain: bool
     _acc: Tensor  # a tensor in the accumulation dtype and device
 
-    def _setup(self) -> None:
+    def _setup(self, total: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Per-row weights from the counts; ``total`` sums a count over every rank (the rows of
+        one rank are then weighted within the global batch)."""
         npos, ncand = self.layout.counts(self.n, self.m, self._acc.device)
         dt = self._acc.dtype
         self.npos, self.ncand = npos.to(dt), ncand.to(dt)
         nneg = (ncand - npos).to(dt)
         joint_rows = (npos > 0).to(dt)
         marginal_rows = (nneg > 0).to(dt)
+        rows, marginal = joint_rows.sum(), marginal_rows.sum()
+        if total is not None:
+            rows, marginal = total(rows), total(marginal)
         #: the number of rows that count, as a tensor (the ``sum`` reduction's factor)
-        self.rows = joint_rows.sum()
+        self.rows = rows
         # no row with a positive (or a negative): weights 0, so the terms are 0, not NaN
         self.w_joint = joint_rows / self.rows.clamp_min(1)
         self.w_pos = self.w_joint / npos.clamp_min(1).to(dt)
-        self.w_neg = marginal_rows / (marginal_rows.sum().clamp_min(1) * nneg.clamp_min(1))
+        self.w_neg = marginal_rows / (marginal.clamp_min(1) * nneg.clamp_min(1))
 
     def n_terms(self) -> Tensor | int:
         """How many per-row terms a mean is over (``reduction="sum"`` multiplies by it)."""
@@ -237,22 +242,28 @@ class _PairedBatch:
 class SeparableBatch(_PairedBatch):
     """The mean-reduced statistics of one process's :class:`SeparableScores`, streamed."""
 
-    def __init__(self, scores: SeparableScores) -> None:
+    def __init__(
+        self,
+        scores: SeparableScores,
+        offset: int = 0,
+        n_paired: int | None = None,
+        total: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         self.scores = scores
         self.x, self.y, self.tau, self.sim = streaming_operands(scores)
         self.n, self.m = scores.x.shape[-2], scores.y.shape[-2]
         self.dtype = scores.dtype
         self.bias = scores.bias if scores.bias is None else scores.bias.to(self.x.device)
         self._acc = upcast(self.x.new_zeros(()))
-        layout = scores.pairing.layout(self.n, self.m)
+        layout = scores.pairing.layout(self.n, self.m, offset, n_paired)
         if layout.row_labels is not None:
             layout = layout._replace(
                 row_labels=layout.row_labels.to(self.x.device),
                 col_labels=layout.col_labels.to(self.x.device),  # type: ignore[union-attr]
             )
         self.layout = layout
-        self.plain = self.layout.plain and self.m == self.n and self.bias is None
-        self._setup()
+        self.plain = self.layout.plain and self.m == self.n and self.bias is None and not offset
+        self._setup(total)
 
     def positives(self) -> Tensor:
         return sep_diagonal(self.scores)
@@ -269,6 +280,8 @@ class SeparableBatch(_PairedBatch):
             # no labels: the own pair, unless it is excluded
             if self.layout.exclude == 1:
                 return upcast(self.x.new_zeros(x.shape[:-1]))
+            if self.layout.offset:
+                raise ValueError("the own pairs of a gathered batch need labels")
             diag = sep_diagonal(self.scores)
             if columns:
                 return torch.nn.functional.pad(diag, (0, self.m - self.n))

@@ -124,6 +124,62 @@ def _check_fmicl(rank, world, sizes):
             torch.testing.assert_close(gy / world, gy_ref[sl], rtol=1e-7, atol=1e-9, msg=label)
 
 
+def _check_pairings(rank, world, sizes):
+    """Labels, excluded self-pairs, a bias and the contrastive losses with negatives from every
+    rank, against one process on the concatenated batch."""
+    from mibounds.contrastive import CLIPLoss, NTXentLoss, SigLIPLoss, SupConLoss
+
+    n = sum(sizes)
+    start = sum(sizes[:rank])
+    sl = slice(start, start + sizes[rank])
+    x, y = _data(n)
+    labels = torch.arange(n) % 3
+    bias = torch.tensor(-0.4, dtype=torch.float64)
+    bounds = {
+        k: v
+        for k, v in _bounds().items()
+        if k in ("infonce", "infonce-sum", "nwj", "dv", "js", "smile", "fmi-hellinger")
+    }
+    for name, fn in bounds.items():
+        for kw in (dict(labels=labels, exclude="self"), dict(bias=bias), dict(labels=labels)):
+
+            def make(a, b, t, g=False, kw=kw, local=False):
+                kw = dict(kw)
+                if "labels" in kw and local:
+                    kw["labels"] = kw["labels"][sl]
+                return mibounds.SeparableScores(a, b, "cosine", t, gather=g, **kw)
+
+            ref = _value_and_grads(lambda s, fn=fn: fn(s, False), x, y, 0.7, make)
+            got = _value_and_grads(
+                lambda s, fn=fn: fn(s, False),
+                x[sl],
+                y[sl],
+                0.7,
+                lambda a, b, t, make=make: make(a, b, t, g=True, local=True),
+            )
+            _compare(f"{name}/{sorted(kw)}", ref, got, sl, world)
+    scale = torch.tensor(5.0, dtype=torch.float64)
+    losses = {
+        "clip": (lambda a, b, g: CLIPLoss(gather=g)(a, b, scale)),
+        "siglip": (lambda a, b, g: SigLIPLoss(gather=g)(a, b, scale, bias)),
+        "ntxent": (lambda a, b, g: NTXentLoss(0.5, gather=g)(a, b)),
+        "supcon": (
+            lambda a, b, g: SupConLoss(0.3, gather=g)(a, labels[sl] if g else labels)
+        ),
+    }
+    for name, fn in losses.items():
+        a, b = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        want = fn(a, b, False)
+        ga, gb = torch.autograd.grad(want, (a, b), allow_unused=True)
+        al, bl = x[sl].clone().requires_grad_(True), y[sl].clone().requires_grad_(True)
+        got = fn(al, bl, True)
+        gal, gbl = torch.autograd.grad(got, (al, bl), allow_unused=True)
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=name)
+        torch.testing.assert_close(gal / world, ga[sl], rtol=1e-7, atol=1e-9, msg=name)
+        if gb is not None:
+            torch.testing.assert_close(gbl / world, gb[sl], rtol=1e-7, atol=1e-9, msg=name)
+
+
 def _compare(label, ref, got, sl, world):
     v_ref, gx_ref, gy_ref, gt_ref = ref
     v, gx, gy, gt = got
@@ -199,6 +255,7 @@ def _worker(rank, world, init_file, errors, sizes):
         _check_bounds(rank, world, sizes, (2,))
         _check_ddp(rank, world, sizes)
         _check_fmicl(rank, world, sizes)
+        _check_pairings(rank, world, sizes)
         _check_errors(rank, world)
         dist.barrier()
         dist.destroy_process_group()

@@ -261,6 +261,8 @@ def nce_club(scores: Scores, *, gather: GroupArg = False) -> Tensor:
         Beyond Multi-view Redundancy." NeurIPS 2023.
     """
     st = batch_statistics(scores, gather)
+    if st is not None and not st.plain:
+        prepare(scores)  # raises: square scores with the positives on the diagonal only
     if st is not None:
         value = st.row_mean(st.positives()) - st.all_pairs_mean()
         return value.to(st.dtype)
