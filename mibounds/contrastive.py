@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from mibounds import _checks
-from mibounds.bounds.lower import infonce, nwj
 from mibounds._dtypes import upcast
+from mibounds.bounds.lower import infonce, nwj
 from mibounds.distributed import GroupArg, batch_layout
 from mibounds.reductions import batch_statistics
 from mibounds.scores import SeparableScores

@@ -465,3 +465,17 @@ register_divergence(
         }
     )
 )
+
+
+# The built-in divergences' f*(g_f(v)) have Triton implementations (a divergence registered
+# later, even under one of these names, does not).
+for _div in list_divergences():
+    _name = streaming_name(_div)
+    if _name is not None:
+        _param = (
+            math.log(float(_div.conjugate_at_activation(torch.tensor(1.0, dtype=torch.float64))))
+            if _div.name == "tsallis"
+            else 0.0
+        )
+        streaming.mark_triton(_name, f"fmi:{_div.name}", _param)
+del _div, _name, _param

@@ -42,7 +42,9 @@ def _check_labels(name: str, labels: object) -> Tensor | None:
     if labels.dtype not in _INT_DTYPES:
         raise TypeError(f"{name} must hold integer labels, got dtype {labels.dtype}")
     if labels.dim() != 1:
-        raise ValueError(f"{name} must be one label per sample, shape (N,), got {tuple(labels.shape)}")
+        raise ValueError(
+            f"{name} must be one label per sample, shape (N,), got {tuple(labels.shape)}"
+        )
     return labels.long()
 
 
@@ -112,8 +114,12 @@ class Pairing:
             if rl.shape[0] != n:
                 raise ValueError(f"labels must have one entry per row ({n}), got {rl.shape[0]}")
             if cl.shape[0] != m:
-                raise ValueError(f"y_labels must have one entry per column ({m}), got {cl.shape[0]}")
-        return PairLayout(rl, cl, offset, EXCLUDE.index(self.exclude), n if n_paired is None else n_paired)
+                raise ValueError(
+                    f"y_labels must have one entry per column ({m}), got {cl.shape[0]}"
+                )
+        return PairLayout(
+            rl, cl, offset, EXCLUDE.index(self.exclude), n if n_paired is None else n_paired
+        )
 
 
 class PairLayout(NamedTuple):

@@ -17,9 +17,10 @@ accumulated in float32.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor
@@ -27,13 +28,14 @@ from torch import Tensor
 from mibounds import _checks, distributed
 from mibounds._dtypes import upcast
 from mibounds.kernels import streaming
-from mibounds.pairing import PairLayout, Pairing
+from mibounds.pairing import Pairing, PairLayout
 from mibounds.scores import DenseScores, SeparableScores
 
 Scores: TypeAlias = Tensor | SeparableScores | DenseScores
 
 __all__ = [
     "BatchStatistics",
+    "GlobalBatch",
     "DenseBatch",
     "is_plain",
     "Scores",
@@ -125,7 +127,7 @@ def sep_diagonal(scores: SeparableScores) -> Tensor:
     return upcast(scores.diagonal())
 
 
-class _PairedBatch:
+class _PairedBatch(abc.ABC):
     r"""The mean-reduced statistics of one process's scores under their pairing.
 
     Every statistic averages per-row terms over the rows that count: the **joint** terms over
@@ -135,7 +137,7 @@ class _PairedBatch:
     pairs. Subclasses provide the weighted primitives, densely (:class:`DenseBatch`) or
     streamed (:class:`SeparableBatch`).
 
-    :class:`mibounds.distributed.GlobalBatch` has the same methods over the batch of all ranks.
+    :class:`GlobalBatch` has the same methods over the batch of all ranks.
     """
 
     n: int
@@ -236,7 +238,43 @@ class _PairedBatch:
         return self._lme(None if self.plain else torch.log(self.w_neg))
 
     def row_mean(self, terms: Tensor) -> Tensor:
+        """Mean of per-row terms ``(..., N)``."""
         return terms.mean(-1)
+
+    # -- what the representations provide ---------------------------------------------------
+
+    @abc.abstractmethod
+    def positives(self) -> Tensor:
+        """The scores of the own pairs ``S[..., i, i]``, ``(..., N)``."""
+
+    @abc.abstractmethod
+    def positive_sums(self, columns: bool = False) -> Tensor:
+        """Per row (or column), the sum of the scores of its positives."""
+
+    @abc.abstractmethod
+    def all_pairs_mean(self) -> Tensor:
+        """The mean of every score (the diagonal included)."""
+
+    @abc.abstractmethod
+    def _lse(self, row_w: Tensor | None, col_w: Tensor | None, symmetric: bool = False) -> Tensor:
+        """Weighted row (and column) log-sum-exp over the candidates."""
+
+    @abc.abstractmethod
+    def _sums(
+        self,
+        positives: bool,
+        weight: Tensor | None,
+        grad_fn: str,
+        value_fn: str | None = None,
+        shift: float = 0.0,
+        param: float = 0.0,
+        grad_value: bool = True,
+    ) -> tuple[Tensor | None, Tensor]:
+        """Weighted sums of elementwise functions over the positives or the negatives."""
+
+    @abc.abstractmethod
+    def _lme(self, log_w: Tensor | None) -> Tensor:
+        """Log of the weighted sum of ``exp`` over the negatives."""
 
 
 class SeparableBatch(_PairedBatch):
@@ -253,7 +291,8 @@ class SeparableBatch(_PairedBatch):
         self.x, self.y, self.tau, self.sim = streaming_operands(scores)
         self.n, self.m = scores.x.shape[-2], scores.y.shape[-2]
         self.dtype = scores.dtype
-        self.bias = scores.bias if scores.bias is None else scores.bias.to(self.x.device)
+        bias = scores.bias
+        self.bias = None if bias is None else torch.as_tensor(bias, device=self.x.device)
         self._acc = upcast(self.x.new_zeros(()))
         layout = scores.pairing.layout(self.n, self.m, offset, n_paired)
         if layout.row_labels is not None:
@@ -320,12 +359,15 @@ class SeparableBatch(_PairedBatch):
         return total
 
     def _lse(self, row_w: Tensor | None, col_w: Tensor | None, symmetric: bool = False) -> Tensor:
-        kw = dict(layout=None if self.plain else self.layout, bias=self.bias)
+        layout = None if self.plain else self.layout
         if symmetric:
             return streaming.symmetric_logsumexp_mean(
-                self.x, self.y, self.tau, self.sim, row_weight=row_w, col_weight=col_w, **kw
-            )
-        return streaming.row_logsumexp_mean(self.x, self.y, self.tau, self.sim, weight=row_w, **kw)
+                self.x, self.y, self.tau, self.sim, layout=layout, row_weight=row_w,
+                col_weight=col_w, bias=self.bias,
+            )  # fmt: skip
+        return streaming.row_logsumexp_mean(
+            self.x, self.y, self.tau, self.sim, layout=layout, weight=row_w, bias=self.bias
+        )
 
     def lse_mean(self, symmetric: bool = False) -> Tensor:
         r"""Streamed :math:`\frac1N\sum_i \log\sum_j e^{S_{ij}}` (plain pairing), averaged with
@@ -353,6 +395,11 @@ class SeparableBatch(_PairedBatch):
         return streaming.offdiag_logmeanexp(
             self.x, self.y, self.tau, self.sim, layout=layout, log_weight=log_w, bias=self.bias
         )
+
+    def interpolated_terms(self, log_baseline: Tensor, alpha: float) -> Tensor:
+        """The streamed terms of :func:`mibounds.interpolated` beyond its diagonal mean (see
+        :func:`mibounds.kernels.streaming.interpolated_terms`)."""
+        return streaming.interpolated_terms(self.x, self.y, self.tau, self.sim, log_baseline, alpha)
 
     def all_pairs_mean(self) -> Tensor:
         """The mean of all N^2 scores (the diagonal included) in O(N d), from feature means."""
@@ -386,9 +433,17 @@ class DenseBatch(_PairedBatch):
         self.plain = False  # weighted formulas throughout (this is the reference)
         self._setup()
 
+    def positives(self) -> Tensor:
+        return torch.diagonal(self.s[..., : self.n], dim1=-2, dim2=-1)
+
+    def all_pairs_mean(self) -> Tensor:
+        return self.s.mean(-1).mean(-1)
+
     def _mask(self, keep: str) -> Tensor:
         drop = self.layout.drop_mask(0, self.n, self.m, keep, self.s.device)
-        return torch.zeros_like(self.s, dtype=torch.bool) if drop is None else drop.expand_as(self.s)
+        return (
+            torch.zeros_like(self.s, dtype=torch.bool) if drop is None else drop.expand_as(self.s)
+        )
 
     def positive_sums(self, columns: bool = False) -> Tensor:
         kept = self.s.masked_fill(self._mask("pos"), 0.0)
@@ -438,7 +493,7 @@ class DenseBatch(_PairedBatch):
         return torch.logsumexp(torch.logsumexp(masked, dim=-1), dim=-1)
 
 
-BatchStatistics: TypeAlias = "SeparableBatch | DenseBatch | distributed.GlobalBatch"
+BatchStatistics: TypeAlias = "SeparableBatch | DenseBatch | GlobalBatch"
 
 
 def batch_statistics(
@@ -447,7 +502,7 @@ def batch_statistics(
     """The mean-reduced statistics a bound should use, or ``None`` for the dense per-row path.
 
     Gathering (``gather`` here or on the :class:`SeparableScores`) gives a
-    :class:`~mibounds.distributed.GlobalBatch`; separable scores with a mean or sum reduction
+    :class:`GlobalBatch`; separable scores with a mean or sum reduction
     give a :class:`SeparableBatch`; dense scores with a pairing, or rectangular ones, a
     :class:`DenseBatch`.
 
@@ -464,7 +519,7 @@ def batch_statistics(
                 "reduction='none' is not supported with gather: the per-sample terms of the "
                 "global batch are split over ranks; use 'mean' or 'sum'"
             )
-        return distributed.GlobalBatch(scores, group)
+        return GlobalBatch(scores, group)
     if reduction == "none":
         return None  # prepare() raises for scores that are not plain
     if isinstance(scores, SeparableScores):
@@ -557,3 +612,246 @@ def offdiag_row_mean(s: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
 def offdiag_mean(s: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
     r""":math:`\frac{1}{N(N-1)}\sum_{i\ne j} \mathrm{fn}(S_{ij})`, shape ``(...)``."""
     return offdiag_row_mean(s, fn).mean(-1)
+
+
+class GlobalBatch:
+    r"""The reductions of this module over the concatenated batch of all ranks.
+
+    Built from this rank's scores: a dense ``(..., n_local, N)`` tensor (local rows against
+    every rank's columns, in rank order) or a :class:`~mibounds.scores.SeparableScores` of the
+    local pairs, whose ``y`` (and, for symmetric bounds, ``x``) are gathered here. Every method
+    returns the global statistic, the same on every rank, in the accumulation dtype.
+    """
+
+    def __init__(self, scores: Any, group: Any) -> None:
+        self.group = group
+        self.rank, self.world = distributed._world(group)
+        self.plain = isinstance(scores, Tensor) or (
+            scores.pairing.plain and getattr(scores, "bias", None) is None
+            and scores.shape[-1] == scores.shape[-2]
+        )  # fmt: skip
+        if not self.plain and not isinstance(scores, SeparableScores):
+            raise ValueError(
+                "with gather, dense scores support the plain pairing only (positives on the "
+                "diagonal); use SeparableScores for labels, exclusions or extra columns"
+            )
+        self.separable = isinstance(scores, SeparableScores)
+        if isinstance(scores, SeparableScores):
+            self.scores = scores
+            self.x, self.y, self.tau, self.sim = streaming_operands(scores)
+            sizes = distributed._sizes_along("scores (gathered x and y)", self.x, -2, group)
+            self.dtype = scores.dtype
+            # gathered features, cached per grad mode (a copy gathered under no_grad has no
+            # gradient to give back)
+            self._gathered: dict[tuple[str, bool], Tensor] = {}
+        else:
+            _checks.check_tensor("scores", scores, min_dim=2)
+            _checks.check_values("scores", scores)
+            sizes = distributed._sizes_along("scores (gathered rows)", scores[..., 0], -1, group)
+            if sum(sizes) != scores.shape[-1]:
+                raise ValueError(
+                    "with gather, dense scores must be (..., N_local, N_global): this rank's rows "
+                    f"against the columns of all ranks; the ranks hold {sizes} rows (N = "
+                    f"{sum(sizes)}), but scores has shape {tuple(scores.shape)}"
+                )
+            self.dtype = scores.dtype
+            self.s = upcast(scores)
+        if min(sizes) < 1:
+            raise ValueError(f"gather: every rank needs at least one sample, got sizes {sizes}")
+        self.sizes = sizes
+        self.n_local = sizes[self.rank]
+        self.offset = sum(sizes[: self.rank])
+        self.n = sum(sizes)
+        if self.n < 2:
+            raise ValueError(f"gather: the global batch needs N >= 2 samples, got {self.n}")
+        if not self.plain:
+            self.local = self._local_batch(scores)
+
+    def _local_batch(self, scores: Any) -> Any:
+        """This rank's rows against the gathered paired columns (then this rank's extra
+        columns, which every rank should hold alike, e.g. a shared queue), with the pairing
+        expressed by global labels and the rows weighted within the global batch."""
+        n_loc = self.n_local
+        y_paired, y_extra = scores.y[..., :n_loc, :], scores.y[..., n_loc:, :]
+        cols = torch.cat([self._gather_rows(y_paired), y_extra], dim=-2)
+        k = y_extra.shape[-2]
+        device = scores.x.device
+        if scores.labels is None:
+            # every pair is its own class; the extra columns get labels no row has
+            rl = torch.arange(n_loc, device=device) + self.offset
+            cl = torch.cat(
+                [torch.arange(self.n, device=device), -1 - torch.arange(k, device=device)]
+            )
+        else:
+            rl = scores.labels.to(device)
+            local_cl = rl if scores.y_labels is None else scores.y_labels.to(device)
+            gathered = distributed._AllGather.apply(local_cl[:n_loc], self.sizes, self.group)
+            cl = torch.cat([gathered, local_cl[n_loc:]])
+        local = SeparableScores(
+            scores.x, cols, scores.similarity, scores.temperature, bias=scores.bias,
+            labels=rl, y_labels=cl, exclude=scores.exclude,
+        )  # fmt: skip
+
+        def total(t: Tensor) -> Tensor:
+            return distributed._AllReduce.apply(t.detach(), self.group)
+
+        return SeparableBatch(local, self.offset, self.n, total)
+
+    def _not_symmetric(self) -> None:
+        if not self.plain:
+            raise ValueError(
+                "gather with labels, exclusions, a bias or extra columns supports the one-way "
+                "(row) bounds only, not symmetric=True"
+            )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _sum(self, t: Tensor) -> Tensor:
+        return distributed._AllReduce.apply(t, self.group)
+
+    def _gather_rows(self, t: Tensor) -> Tensor:
+        return distributed._AllGather.apply(t.movedim(-2, 0), self.sizes, self.group).movedim(0, -2)
+
+    def _stack(self, t: Tensor) -> Tensor:
+        """``(world, ...)``: every rank's ``t``, with gradient."""
+        return distributed._AllGather.apply(t.unsqueeze(0), [1] * self.world, self.group)
+
+    def _gathered_features(self, which: str) -> Tensor:
+        key = (which, torch.is_grad_enabled())
+        if key not in self._gathered:
+            self._gathered[key] = self._gather_rows(self.y if which == "y" else self.x)
+        return self._gathered[key]
+
+    def y_all(self) -> Tensor:
+        """Every rank's ``y`` features, ``(..., N, d)``."""
+        return self._gathered_features("y")
+
+    def x_all(self) -> Tensor:
+        """Every rank's ``x`` features, ``(..., N, d)``."""
+        return self._gathered_features("x")
+
+    # -- the reductions ---------------------------------------------------------------------
+
+    def positives(self) -> Tensor:
+        """This rank's positive scores, ``(..., n_local)``."""
+        if self.separable:
+            return upcast(self.scores.diagonal())
+        return torch.diagonal(self.s, offset=self.offset, dim1=-2, dim2=-1)
+
+    def n_terms(self) -> Tensor | int:
+        """The global number of rows that count."""
+        return self.n if self.plain else self.local.rows
+
+    def joint(self, fn: str = "identity") -> Tensor:
+        """Global mean of ``fn`` of the positive scores."""
+        if not self.plain:
+            return self._sum(self.local.joint(fn))
+        pos = self.positives()
+        if fn != "identity":
+            pos = streaming.elementwise_function(fn)(pos, 0.0)
+        return self.row_mean(pos)
+
+    def joint_columns(self) -> Tensor:
+        """The column version of :meth:`joint` (the same with one positive per row)."""
+        self._not_symmetric()
+        return self.joint()
+
+    def lse_term(self, symmetric: bool = False) -> Tensor:
+        """Global mean row log-mean-exp (averaged with the column one if ``symmetric``)."""
+        if symmetric:
+            self._not_symmetric()
+        if not self.plain:
+            return self._sum(self.local.lse_term())
+        return self.lse_mean(symmetric) - math.log(self.n)
+
+    def row_mean(self, terms: Tensor) -> Tensor:
+        """Global mean of per-row terms given this rank's ``(..., n_local)``."""
+        return self._sum(terms.sum(-1)) / self.n
+
+    def lse_mean(self, symmetric: bool = False) -> Tensor:
+        r"""Mean row log-sum-exp (averaged with the column one if ``symmetric``)."""
+        if self.separable:
+            total = streaming.row_logsumexp_mean(self.x, self.y_all(), self.tau, self.sim)
+            if symmetric:
+                cols = streaming.row_logsumexp_mean(self.y, self.x_all(), self.tau, self.sim)
+                total = 0.5 * (total + cols)
+            return self._sum(total * self.n_local) / self.n
+        total = torch.logsumexp(self.s, dim=-1).sum(-1)
+        if symmetric:
+            # every rank's column log-sum-exp over its rows, combined over ranks; this rank
+            # keeps the columns of its own samples
+            col = torch.logsumexp(self._stack(torch.logsumexp(self.s, dim=-2)), dim=0)
+            own = col[..., self.offset : self.offset + self.n_local]
+            total = 0.5 * (total + own.sum(-1))
+        return self._sum(total) / self.n
+
+    def offdiag_means(
+        self,
+        grad_fn: str,
+        value_fn: str | None = None,
+        shift: float = 0.0,
+        param: float = 0.0,
+        grad_value: bool = True,
+    ) -> tuple[Tensor | None, Tensor]:
+        """As :func:`mibounds.kernels.streaming.offdiag_means`, over the global batch."""
+        if not self.plain:
+            v, g = self.local.offdiag_means(grad_fn, value_fn, shift, param, grad_value)
+            return (None if v is None else self._sum(v)), self._sum(g)
+        local = self.n_local * (self.n - 1)
+        if self.separable:
+            v, g = streaming.offdiag_means(
+                self.x,
+                self.y_all(),
+                self.tau,
+                self.sim,
+                grad_fn,
+                value_fn,
+                shift,
+                param,
+                grad_value,
+                offset=self.offset,
+            )
+            v_sum = None if v is None else v * local
+            g_sum = g * local
+        else:
+            t = self.s + shift if shift else self.s
+
+            def total(name: str) -> Tensor:
+                fn = streaming.elementwise_function(name)
+                return offdiag_row_sum(t, lambda v: fn(v, param), self.offset).sum(-1)
+
+            v_sum = None
+            if value_fn is not None:
+                with torch.no_grad():
+                    v_sum = total(value_fn)
+            g_sum = total(grad_fn)
+            if not grad_value:
+                g_sum = g_sum - g_sum.detach()
+        count = self.n * (self.n - 1)
+        v_mean = None if v_sum is None else self._sum(v_sum) / count
+        return v_mean, self._sum(g_sum) / count
+
+    def offdiag_logmeanexp(self) -> Tensor:
+        r""":math:`\log\frac{1}{N(N-1)}\sum_{i\ne j} e^{S_{ij}}` over the global batch."""
+        if not self.plain:
+            return torch.logsumexp(self._stack(self.local.offdiag_logmeanexp()), dim=0)
+        local = self.n_local * (self.n - 1)
+        if self.separable:
+            lse = streaming.offdiag_logmeanexp(
+                self.x, self.y_all(), self.tau, self.sim, offset=self.offset
+            ) + math.log(local)
+        else:
+            masked = self.s.masked_fill(positive_mask(self.s, self.offset), -math.inf)
+            lse = torch.logsumexp(torch.logsumexp(masked, dim=-1), dim=-1)
+        return torch.logsumexp(self._stack(lse), dim=0) - math.log(self.n * (self.n - 1))
+
+    def all_pairs_mean(self) -> Tensor:
+        r""":math:`\frac{1}{N^2}\sum_{i,j} S_{ij}` (the diagonal included)."""
+        if not self.separable:
+            return self._sum(self.s.sum((-2, -1))) / (self.n * self.n)
+        x, y = upcast(self.x), upcast(self.y)
+        mx, my = self._sum(x.sum(-2)) / self.n, self._sum(y.sum(-2)) / self.n
+        sq = None
+        if self.sim == "gaussian":
+            sq = self._sum((x * x).sum(-1).sum(-1) + (y * y).sum(-1).sum(-1)) / self.n
+        return all_pairs_from_means(mx, my, sq, self.tau)

@@ -97,7 +97,9 @@ def _check_bias(bias: Any) -> Tensor | None:
     if isinstance(bias, Tensor):
         _checks.check_tensor("bias", bias)
         if bias.numel() != 1:
-            raise ValueError(f"bias must be a scalar (one additive offset), got shape {tuple(bias.shape)}")
+            raise ValueError(
+                f"bias must be a scalar (one additive offset), got shape {tuple(bias.shape)}"
+            )
         _checks.check_values("bias", bias)
         return bias.reshape(())
     return torch.tensor(_checks.check_real("bias", bias))

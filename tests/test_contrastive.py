@@ -125,7 +125,9 @@ def test_gradcheck_small():
     bias = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 1, 0, 1, 2])
     assert torch.autograd.gradcheck(lambda a, b, t: CLIPLoss()(a, b, t), (u, v, scale))
-    assert torch.autograd.gradcheck(lambda a, b, t, c: SigLIPLoss()(a, b, t, c), (u, v, scale, bias))
+    assert torch.autograd.gradcheck(
+        lambda a, b, t, c: SigLIPLoss()(a, b, t, c), (u, v, scale, bias)
+    )
     assert torch.autograd.gradcheck(lambda a, b: NTXentLoss(0.5)(a, b), (u, v))
     assert torch.autograd.gradcheck(lambda a: SupConLoss(0.3)(a, labels), (u,))
     queue = torch.randn(4, 3, dtype=torch.float64)
@@ -243,3 +245,17 @@ def test_bad_inputs_name_the_argument():
         MoCoLoss()(u, v, torch.zeros(4, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="temperature"):
         NTXentLoss(0.0)
+
+
+def test_infonce_module_with_a_temperature_and_a_logit_scale_critic():
+    u, v = _pair(normalize=False)
+    got = mibounds.nn.InfoNCE(temperature=0.2, symmetric=True)(u, v)
+    want = -mibounds.infonce(mibounds.SeparableScores(u, v, "cosine", 0.2), symmetric=True)
+    torch.testing.assert_close(got, want, **TOL)
+    critic = mibounds.nn.SeparableCritic(logit_scale=1 / 0.07, learn_temperature=True)
+    torch.testing.assert_close(float(critic.temperature), 0.07, rtol=1e-6, atol=0)
+    with torch.no_grad():
+        critic.temp.log_value.fill_(10.0)  # beyond the cap of 100
+    torch.testing.assert_close(float(critic.temperature), 0.01, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="a critic or a temperature, not both"):
+        mibounds.nn.InfoNCE(critic, temperature=0.1)

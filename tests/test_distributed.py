@@ -163,9 +163,7 @@ def _check_pairings(rank, world, sizes):
         "clip": (lambda a, b, g: CLIPLoss(gather=g)(a, b, scale)),
         "siglip": (lambda a, b, g: SigLIPLoss(gather=g)(a, b, scale, bias)),
         "ntxent": (lambda a, b, g: NTXentLoss(0.5, gather=g)(a, b)),
-        "supcon": (
-            lambda a, b, g: SupConLoss(0.3, gather=g)(a, labels[sl] if g else labels)
-        ),
+        "supcon": (lambda a, b, g: SupConLoss(0.3, gather=g)(a, labels[sl] if g else labels)),
     }
     for name, fn in losses.items():
         a, b = x.clone().requires_grad_(True), y.clone().requires_grad_(True)

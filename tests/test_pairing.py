@@ -34,9 +34,7 @@ def _reference(name, s, pos, neg):
         "tuba": lambda s, p, q: ref.paired_nwj(s + 1, p, q),
         "dv": ref.paired_dv,
         "js": lambda s, p, q: 1 + ref.paired_nwj(s + 1, p, q) - 1,
-        "fmi-hellinger": lambda s, p, q: ref.paired_fmi(
-            s, p, q, div.activation, div.conjugate
-        ),
+        "fmi-hellinger": lambda s, p, q: ref.paired_fmi(s, p, q, div.activation, div.conjugate),
     }
     return fns[name](s, pos, neg)
 
@@ -187,7 +185,5 @@ def test_sum_reduction_counts_the_rows_that_count():
     x, y = _features(10, 10)
     sep = mibounds.SeparableScores(x, y, labels=LABELS, exclude="self")
     rows = sum(1 for p in ref.row_sets(10, 10, LABELS, None, "self")[0] if p)
-    torch.testing.assert_close(
-        mibounds.infonce(sep, reduction="sum"), rows * mibounds.infonce(sep)
-    )
+    torch.testing.assert_close(mibounds.infonce(sep, reduction="sum"), rows * mibounds.infonce(sep))
     assert math.isfinite(float(mibounds.infonce(sep).detach()))

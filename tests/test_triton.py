@@ -64,9 +64,8 @@ SCRIPT = textwrap.dedent(
         # registration names them
         for div in mibounds.list_divergences():
             fid = E[streaming_name(div)]
-            tname = streaming._triton_name(fid)
+            tname, param = streaming._triton_of(fid)
             assert tname in tk.TRITON_FUNCTIONS, tname
-            param = streaming._tsallis_alpha(fid) if tname == "fmi:tsallis" else 0.0
             want = ops.offdiag_means(
                 x, y, tau, *plain, None, -1, fid, 0.0, 0.0, False, True, True
             )

@@ -17,7 +17,6 @@ from torch import Tensor
 from mibounds import _checks
 from mibounds.distributed import GroupArg
 from mibounds.divergences import FDivergence, activation_name, get_divergence, streaming_name
-from mibounds.kernels import streaming
 from mibounds.reductions import (
     BatchStatistics,
     Scores,
@@ -34,7 +33,6 @@ from mibounds.reductions import (
     reduce_terms,
     row_logsumexp,
     sep_diagonal,
-    streaming_operands,
 )
 from mibounds.scores import SeparableScores
 
@@ -510,7 +508,6 @@ def interpolated(scores: Scores, log_baseline: Tensor | None = None, alpha: floa
     """
     a = _checks.check_open_unit("alpha", alpha)
     if isinstance(scores, SeparableScores) and not scores.gather and is_plain(scores):
-        x, y, tau, sim = streaming_operands(scores)
         diag = sep_diagonal(scores)
         if log_baseline is None:
             base = diag.new_zeros(diag.shape)
@@ -518,7 +515,7 @@ def interpolated(scores: Scores, log_baseline: Tensor | None = None, alpha: floa
             what = "the per-y shape (..., N)"
             base = _checks.check_broadcast("log_baseline", log_baseline, diag.shape, what)
             base = base.expand(diag.shape)
-        rest = streaming.interpolated_terms(x, y, tau, sim, base, a)
+        rest = SeparableBatch(scores).interpolated_terms(base, a)
         return (1 + diag.mean(-1) + rest).to(scores.dtype)
     s, out_dtype = prepare(scores)
     b = _log_baseline(log_baseline, s)

@@ -36,6 +36,7 @@ __all__ = [
     "forward_derivative",
     "get_backend",
     "get_memory_budget",
+    "mark_triton",
     "interpolated_terms",
     "offdiag_logmeanexp",
     "offdiag_means",
@@ -372,32 +373,24 @@ def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, need_grad)
     return _fake_outputs(x, y, need_grad, 1)
 
 
-def _registered_divergence(fid: int):
-    """The built-in divergence whose f*(g_f(v)) was registered as function ``fid``, or None."""
-    from mibounds.divergences import get_divergence  # divergences imports this module
-
-    parts = _FNS[fid][0].split(":")
-    if len(parts) != 3 or parts[0] != "fmi":
-        return None
-    try:
-        div = get_divergence(parts[1])
-    except KeyError:
-        return None
-    return div if str(id(div)) == parts[2] else None
+#: Elementwise functions with a Triton implementation: id -> (Triton name, parameter); see
+#: :func:`mark_triton`.
+_TRITON_OF: dict[int, tuple[str, float]] = {}
 
 
-def _triton_name(fid: int) -> str:
-    """The function's name for :data:`triton_kernels.TRITON_FUNCTIONS`: ``fmi:<divergence>`` for
-    a registered built-in divergence, else its registered name."""
-    div = _registered_divergence(fid)
-    return _FNS[fid][0] if div is None else f"fmi:{div.name}"
+def mark_triton(name: str, triton_name: str, param: float = 0.0) -> None:
+    """Declare that the registered elementwise function ``name`` is computed by the Triton
+    function ``triton_name`` (a key of :data:`triton_kernels.TRITON_FUNCTIONS`) with ``param``.
+
+    Example:
+        >>> mark_triton("exp", "exp")
+    """
+    _TRITON_OF[ELEMENTWISE[name]] = (triton_name, float(param))
 
 
-def _tsallis_alpha(fid: int) -> float:
-    """Tsallis' alpha, read back from its f*(g_f(v)) = exp(alpha v) at v = 1."""
-    div = _registered_divergence(fid)
-    assert div is not None and div.conjugate_of_activation is not None
-    return float(torch.log(div.conjugate_of_activation(torch.tensor(1.0, dtype=torch.float64))))
+def _triton_of(fid: int) -> tuple[str, float]:
+    """The Triton name and parameter of function ``fid`` (its own name if none was marked)."""
+    return _TRITON_OF.get(fid, (_FNS[fid][0], 0.0))
 
 
 def _triton_ok(x: Tensor, y: Tensor, sim: int, *plain: object) -> bool:
@@ -714,7 +707,9 @@ if triton_kernels.HAS_TRITON:  # pragma: no cover - needs CUDA
     @_row_lse_mean.register_kernel("cuda")
     def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, need_grad):
         """Triton on CUDA for dot scores with d <= 256; the generic sweep otherwise."""
-        if not _triton_ok(x, y, sim, bias is not None, rl is not None, offset, exclude, row_w is not None):
+        if not _triton_ok(
+            x, y, sim, bias is not None, rl is not None, offset, exclude, row_w is not None
+        ):
             return _row_lse_mean_sweep(
                 x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, need_grad
             )
@@ -731,7 +726,9 @@ if triton_kernels.HAS_TRITON:  # pragma: no cover - needs CUDA
 
     @_offdiag_lme.register_kernel("cuda")
     def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, log_w, need_grad):
-        if not _triton_ok(x, y, sim, bias is not None, rl is not None, offset, exclude, log_w is not None):
+        if not _triton_ok(
+            x, y, sim, bias is not None, rl is not None, offset, exclude, log_w is not None
+        ):
             return _offdiag_lme_impl(
                 x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, log_w, need_grad
             )
@@ -742,9 +739,10 @@ if triton_kernels.HAS_TRITON:  # pragma: no cover - needs CUDA
         x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, weight, value_fn, grad_fn,
         shift, param, positives, need_grad, grad_value,
     ):  # fmt: skip
-        names = (None if value_fn < 0 else _FNS[value_fn][0], _triton_name(grad_fn))
-        if names[1] == "fmi:tsallis":
-            param = _tsallis_alpha(grad_fn)
+        grad_name, grad_param = _triton_of(grad_fn)
+        names = (None if value_fn < 0 else _FNS[value_fn][0], grad_name)
+        if grad_fn in _TRITON_OF:
+            param = grad_param
         covered = all(n is None or n in triton_kernels.TRITON_FUNCTIONS for n in names)
         absent = (bias is not None, rl is not None, offset, exclude, weight is not None, positives)
         if not (covered and _triton_ok(x, y, sim, *absent)):

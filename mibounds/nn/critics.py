@@ -87,9 +87,13 @@ class SeparableCritic(nn.Module):
         learn_temperature: make :math:`\tau` a parameter (stored as :math:`\log\tau`).
         gather: ``True`` or a process group: the scores use the negatives of every rank
             (:mod:`mibounds.distributed`).
+        logit_scale: CLIP's parametrisation instead of a temperature: scores are multiplied by
+            :math:`t` = ``logit_scale`` (:math:`\tau = 1/t`), learnt as :math:`\log t` when
+            ``learn_temperature`` and capped at ``max_logit_scale`` (CLIP: 1/0.07 and 100).
+        max_logit_scale: the cap of the logit scale.
 
     Returns (forward):
-        :class:`~mibounds.scores.SeparableScores` of shape ``(..., N, N)``.
+        :class:`~mibounds.scores.SeparableScores` of shape ``(..., N, M)``.
 
     Example:
         >>> import torch, mibounds
@@ -108,17 +112,28 @@ class SeparableCritic(nn.Module):
         temperature: float = 1.0,
         learn_temperature: bool = False,
         gather: Any = False,
+        logit_scale: float | None = None,
+        max_logit_scale: float = 100.0,
     ) -> None:
         super().__init__()
         self.similarity = _checks.check_choice("similarity", similarity, SIMILARITIES[:2])
         self.x_encoder = x_encoder
         self.y_encoder = y_encoder
-        self.temp = _Temperature(temperature, learn_temperature, "temperature")
+        self.log_max_scale: float | None = None
+        if logit_scale is None:
+            self.temp = _Temperature(temperature, learn_temperature, "temperature")
+        else:
+            _checks.check_positive("max_logit_scale", max_logit_scale)
+            self.temp = _Temperature(logit_scale, learn_temperature, "logit_scale")
+            self.log_max_scale = math.log(max_logit_scale)
         self.gather = gather
 
     @property
     def temperature(self) -> Tensor:
-        return self.temp()
+        """The temperature :math:`\tau` (``1 / logit_scale`` with a logit scale)."""
+        if self.log_max_scale is None:
+            return self.temp()
+        return torch.exp(-self.temp.log_value.clamp(max=self.log_max_scale))
 
     def forward(self, x: Tensor, y: Tensor) -> SeparableScores:
         gx = _encode(self.x_encoder, x)
@@ -167,6 +182,7 @@ class GaussianKernelCritic(nn.Module):
 
     @property
     def bandwidth(self) -> Tensor:
+        r"""The kernel width :math:`\sigma`."""
         return self.sigma()
 
     def forward(self, x: Tensor, y: Tensor) -> SeparableScores:

@@ -16,6 +16,7 @@ from mibounds import _checks
 from mibounds.bounds import lower
 from mibounds.divergences import FDivergence, get_divergence
 from mibounds.reductions import Scores
+from mibounds.scores import SeparableScores
 
 __all__ = ["DV", "FMI", "JS", "MINE", "NWJ", "SMILE", "TUBA", "InfoNCE", "Interpolated"]
 
@@ -65,9 +66,13 @@ class InfoNCE(_BoundLoss):
     r"""Loss :math:`-I_\mathrm{NCE}` (see :func:`mibounds.infonce`).
 
     Args:
-        critic: module mapping ``(x, y)`` to scores; optional when called with scores.
+        critic: module mapping ``(x, y)`` to scores; optional when called with scores, or when
+            a ``temperature`` is given.
         symmetric: average row and column InfoNCE (CLIP-style).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the N samples.
+        temperature: without a critic, ``loss(x, y)`` scores the features themselves:
+            ``SeparableScores(x, y, similarity, temperature)`` (streamed).
+        similarity: ``"dot"`` or ``"cosine"``, with ``temperature``.
 
     Example:
         >>> import torch
@@ -76,17 +81,34 @@ class InfoNCE(_BoundLoss):
         >>> x = torch.randn(8, 3)
         >>> loss(x, x + 0.1 * torch.randn(8, 3)).shape
         torch.Size([])
+        >>> InfoNCE(temperature=0.1)(x, x).shape  # cosine scores of the features themselves
+        torch.Size([])
     """
 
     def __init__(
-        self, critic: nn.Module | None = None, *, symmetric: bool = False, reduction: str = "mean"
+        self,
+        critic: nn.Module | None = None,
+        *,
+        symmetric: bool = False,
+        reduction: str = "mean",
+        temperature: float | None = None,
+        similarity: str = "cosine",
     ) -> None:
+        if critic is not None and temperature is not None:
+            raise ValueError("give InfoNCE a critic or a temperature, not both")
         super().__init__(critic)
+        self.temperature = None
+        if temperature is not None:
+            self.temperature = _checks.check_positive("temperature", temperature)
+            self.similarity = _checks.check_choice("similarity", similarity, ("dot", "cosine"))
         self.symmetric = symmetric
         self.reduction = _checks.check_reduction(reduction)
 
     def forward(self, *inputs: Any) -> Tensor:
-        scores = self._scores(inputs)
+        if self.temperature is not None and len(inputs) == 2:
+            scores: Scores = SeparableScores(*inputs, self.similarity, self.temperature)
+        else:
+            scores = self._scores(inputs)
         return -lower.infonce(scores, symmetric=self.symmetric, reduction=self.reduction)
 
 
