@@ -449,35 +449,82 @@ def _sym_lse_mean_impl(
     r""":math:`\sum_i u_i \log\sum_{j\in C_i} e^{S_{ij}} + \sum_j v_j \log\sum_{i \in C^j}
     e^{S_{ij}}` in two sweeps and four matrix products: the first gathers the row and the
     (online) column log-sum-exp, the second forms the gradient of both terms at once. Without
-    weights, :math:`u = v = 1/(2n)` (CLIP's average of the two directions)."""
+    weights, :math:`u = v = 1/(2n)` (CLIP's average of the two directions).
+
+    Where every column of a panel has its maximum within :data:`_SHARED_RANGE` of the panel's
+    maximum :math:`c` (always, for cosine scores at usual temperatures), the row softmax
+    :math:`p` serves both directions: with the row log-sum-exps :math:`\ell_i`,
+    :math:`e^{S_{ij} - c} = p_{ij} e^{\ell_i - c}`, so the column sums are one
+    matrix-vector product, and the gradient is
+    :math:`p_{ij}\,(u_i + v_j e^{\ell_i - L_j})`, every factor finite. Other panels take a
+    row and a column softmax."""
     sw = _Sweep(x, y, tau, sim, need_grad, _layout(rl, cl, offset, exclude, n_paired), bias)
     n, m = sw.n, sw.m
     u = _weights(row_w, sw.x, 0.5 / n)
     v = _weights(col_w, sw.x, 0.5 / n)
     # with exclusions a panel may hold a column without candidates
     col_softmax = _col_softmax_lse if sw.plain else _col_softmax_lse_empty
-    row_total = sw.x.new_zeros(sw.b)
+    row_lse = sw.x.new_empty(sw.b, n)
     col_lse = sw.x.new_full((sw.b, m), -math.inf)
+    shared: list[bool] = []
     for r0, r1 in sw.panels():
         s = sw.scores(r0, r1)
         sw.drop(s, r0, r1, "cand", -math.inf)
-        _, lse = _kernel(_softmax_lse)(s)
-        row_total += (lse * u[r0:r1]).sum(-1)
-        _, panel_col_lse = _kernel(col_softmax)(s)
+        c = _shared_shift(s)
+        shared.append(c is not None)
+        if c is not None:
+            p, lse = _kernel(_softmax_lse)(s)
+            row_lse[:, r0:r1] = lse
+            scale = torch.exp(lse - c[:, None])  # (B, P), e^{l_i - c}
+            col_sums = torch.bmm(scale[:, None, :], p)[:, 0]  # sum_i e^{S_ij - c}
+            panel_col_lse = c[:, None] + torch.log(col_sums)
+        else:
+            row_lse[:, r0:r1] = _kernel(_softmax_lse)(s)[1]
+            panel_col_lse = _kernel(col_softmax)(s)[1]
         col_lse = torch.logaddexp(col_lse, panel_col_lse)
     counted = v != 0
-    value = row_total + torch.where(counted, col_lse * v, 0.0).sum(-1)
+    value = (row_lse * u).sum(-1) + torch.where(counted, col_lse * v, 0.0).sum(-1)
     if not need_grad:
         return (value, *sw.no_grads())
-    for r0, r1 in sw.panels():
+    for k, (r0, r1) in enumerate(sw.panels()):
         s = sw.scores(r0, r1)
         sw.drop(s, r0, r1, "cand", -math.inf)
-        p_col, panel_col_lse = _kernel(col_softmax)(s)
-        # exp(S_ij - L_j) = column softmax within the panel times exp(panel lse_j - L_j) <= 1
-        g = p_col.mul_((_exp_diff(panel_col_lse, col_lse) * v)[:, None, :])
-        g.add_(torch.softmax(s, dim=-1).mul_(u[r0:r1, None]))
+        if shared[k]:
+            p = torch.softmax(s, dim=-1)
+            c = row_lse[:, r0:r1].amax(-1)  # any shift works: alpha and beta cancel it
+            alpha = torch.exp(row_lse[:, r0:r1] - c[:, None])  # (B, P)
+            beta = torch.where(counted, v * torch.exp(c[:, None] - col_lse), 0.0)  # (B, M)
+            outer = torch.baddbmm(
+                u[r0:r1].expand(sw.b, -1)[:, :, None], alpha[:, :, None], beta[:, None, :]
+            )
+            g = p.mul_(outer)
+        else:
+            p_col, panel_col_lse = _kernel(col_softmax)(s)
+            # exp(S_ij - L_j) = column softmax within the panel times exp(panel lse_j - L_j)
+            g = p_col.mul_((_exp_diff(panel_col_lse, col_lse) * v)[:, None, :])
+            g.add_(torch.softmax(s, dim=-1).mul_(u[r0:r1, None]))
         sw.accumulate(g, r0, r1)
     return (value, *sw.finish())
+
+
+#: How far below a panel's maximum every column's maximum may lie for the row softmax to
+#: give the column sums without underflow (e^-60 is far inside float32's range).
+_SHARED_RANGE = 60.0
+
+
+def _shared_shift(s: Tensor) -> Tensor | None:
+    """The panel maximum ``c`` ``(B,)`` if every column's maximum lies within
+    :data:`_SHARED_RANGE` of it (columns without candidates aside), else ``None``. CPU only: on
+    accelerators the answer would need a device synchronisation, so they always take the
+    softmax route."""
+    if s.device.type != "cpu":
+        return None
+    col_max = s.amax(1)
+    c = col_max.amax(-1)
+    low = torch.where(torch.isneginf(col_max), c[:, None], col_max).amin(-1)
+    if bool((c - low <= _SHARED_RANGE).all()):
+        return c
+    return None
 
 
 def _col_softmax_lse(s: Tensor) -> tuple[Tensor, Tensor]:
