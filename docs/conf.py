@@ -117,3 +117,42 @@ _GEN = os.path.join(os.path.dirname(__file__), "_generated")
 os.makedirs(_GEN, exist_ok=True)
 with open(os.path.join(_GEN, "divergence_table.rst"), "w") as _fh:
     _fh.write(_divergence_table())
+
+
+def _contrastive_table() -> str:
+    """benchmarks/contrastive.json as an RST table: each loss, streamed vs its dense form."""
+    import json
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "contrastive.json")
+    with open(path) as fh:
+        rows = json.load(fh)
+    by = {(r["bound"], r["n"], r["method"]): r for r in rows}
+    lines = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        "   * - loss",
+        "     - N",
+        "     - dense: time (s), peak MiB",
+        "     - streamed: time (s), peak MiB",
+        "     - streamed / dense time",
+        "     - dense / streamed memory",
+    ]
+    for bound, n in sorted({(r["bound"], r["n"]) for r in rows}):
+        dense, ours = by.get((bound, n, "naive")), by.get((bound, n, "streaming"))
+        if dense is None or ours is None or not dense["time_s"] or not ours["time_s"]:
+            continue
+        mem = dense["peak_extra_mib"] / max(ours["peak_extra_mib"], 1.0)
+        lines += [
+            f"   * - {bound}",
+            f"     - {n}",
+            f"     - {dense['time_s']:.2f}, {dense['peak_extra_mib']:.0f}",
+            f"     - {ours['time_s']:.2f}, {ours['peak_extra_mib']:.0f}",
+            f"     - {ours['time_s'] / dense['time_s']:.2f}x",
+            f"     - {mem:.0f}x",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+with open(os.path.join(_GEN, "contrastive_table.rst"), "w") as _fh:
+    _fh.write(_contrastive_table())

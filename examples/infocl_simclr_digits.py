@@ -9,8 +9,9 @@ can drop information a *different* downstream task needs. It adds a term that ra
 :class:`mibounds.methods.LBE`) or RC (reconstruction of the view,
 :func:`mibounds.methods.reconstruction_loss`).
 
-Here, at CPU scale: a small CNN is pre-trained with SimCLR (symmetric InfoNCE, cosine
-similarity, temperature 0.5) on scikit-learn's 8x8 digits **0-4** with hand-written
+Here, at CPU scale: a small CNN is pre-trained with SimCLR (the NT-Xent loss,
+:class:`mibounds.contrastive.NTXentLoss`: cosine similarity, temperature 0.5, each of the 2N
+views against the other 2N - 1) on scikit-learn's 8x8 digits **0-4** with hand-written
 augmentations, with and without each regulariser (:math:`\lambda = 1`; LBE on the three conv
 blocks with weights 0.25, 0.5, 1). Linear probes on the frozen representation measure the
 source task (digits 0-4) and a transfer task the encoder never saw: digits **5-9**.
@@ -54,7 +55,7 @@ import matplotlib.pyplot as plt
 import torch
 from tqdm import tqdm
 
-import mibounds
+from mibounds.contrastive import NTXentLoss
 from mibounds.methods import LBE, ConvDecoder, SmallConvEncoder, image_augment, linear_probe
 from mibounds.methods import reconstruction_loss as rc_loss
 from mibounds.nn import MLP
@@ -100,6 +101,7 @@ def pretrain(method, images, args, seed):
     proj = MLP(enc.out_dim, 32, hidden=(64,)).to(args.device)
     modules = [enc, proj]
     lbe = LBE(weights=(0.25, 0.5, 1.0), sigma=0.1, rho=0.05)
+    ntxent = NTXentLoss(temperature=0.5)
     decoder = ConvDecoder(enc.out_dim, size=images.shape[-1]).to(args.device)
     if reg_kind == "RC":
         modules.append(decoder)
@@ -123,8 +125,7 @@ def pretrain(method, images, args, seed):
                 reg = rc_loss(decoder, feats[-1][:b], v1) + rc_loss(decoder, feats[-1][b:], v2)
             z = proj(rep)
             z1, z2 = z[: len(v)], z[len(v) :]
-            scores = mibounds.SeparableScores(z1, z2, "cosine", 0.5)
-            loss = -mibounds.infonce(scores, symmetric=True) + lam * reg
+            loss = ntxent(z1, z2) + lam * reg
             opt.zero_grad()
             loss.backward()
             opt.step()

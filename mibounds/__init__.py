@@ -5,7 +5,7 @@ Functional bounds return the estimate; loss modules in :mod:`mibounds.nn` return
 minimise.
 """
 
-from mibounds import distributed, methods, nn, tasks
+from mibounds import contrastive, distributed, methods, nn, tasks
 from mibounds._checks import get_validate_args, set_validate_args
 from mibounds._version import __version__
 from mibounds.bounds.lower import dv, fmi, infonce, interpolated, js, mine, nwj, smile, tuba
@@ -19,16 +19,20 @@ from mibounds.divergences import (
     tsallis,
 )
 from mibounds.estimate import MIEstimate, estimate_mi
-from mibounds.scores import SeparableScores, pairwise_similarity
+from mibounds.pairing import Pairing
+from mibounds.scores import DenseScores, SeparableScores, pairwise_similarity
 
 __all__ = [
+    "DenseScores",
     "Domain",
     "FDivergence",
     "MIEstimate",
+    "Pairing",
     "SeparableScores",
     "__version__",
     "club",
     "club_sample",
+    "contrastive",
     "distributed",
     "dv",
     "estimate_mi",

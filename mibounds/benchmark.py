@@ -7,7 +7,7 @@ repeated runs after a warm-up. Methods:
 * ``bare``: the three matrix products any implementation needs (``S = X Y^T``, ``G Y``,
   ``G^T X``) and nothing else: the floor.
 * ``naive``: the bound written plainly in PyTorch on the dense ``N x N`` scores, as users
-  write it.
+  write it; for the contrastive losses (:data:`LOSSES`), the loss as its library writes it.
 * ``dense``: :mod:`mibounds` on dense scores.
 * ``compiled``: :mod:`mibounds` on dense scores inside ``torch.compile`` (compile time
   excluded).
@@ -39,8 +39,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import mibounds
+from mibounds import contrastive
 
-__all__ = ["BOUNDS", "BenchResult", "METHODS", "ratio_table", "run_benchmarks", "run_one"]
+__all__ = [
+    "BOUNDS",
+    "BenchResult",
+    "LOSSES",
+    "METHODS",
+    "ratio_table",
+    "run_benchmarks",
+    "run_one",
+]
 
 METHODS = ("bare", "naive", "dense", "compiled", "streaming")
 TAU = 0.1
@@ -74,6 +83,77 @@ def _naive_fmi_js(s: Tensor) -> Tensor:
     return (math.log(2) - F.softplus(-s.diagonal())).mean() - (
         F.softplus(_offdiag(s)) - math.log(2)
     ).mean()
+
+
+def _naive_clip(x: Tensor, y: Tensor) -> Tensor:
+    logits = x @ y.T / TAU
+    target = torch.arange(x.shape[0], device=x.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def _naive_siglip(x: Tensor, y: Tensor) -> Tensor:
+    logits = x @ y.T / TAU - 10.0
+    labels = 2 * torch.eye(x.shape[0], device=x.device, dtype=x.dtype) - 1
+    return -F.logsigmoid(labels * logits).sum() / x.shape[0]
+
+
+def _naive_ntxent(x: Tensor, y: Tensor) -> Tensor:
+    # the N embeddings are two views of N/2 samples
+    h = x.shape[0] // 2
+    z = F.normalize(torch.cat([x[:h], y[:h]]), dim=1)
+    logits = (z @ z.T / TAU).fill_diagonal_(-math.inf)
+    target = torch.arange(2 * h, device=x.device).roll(h)
+    return F.cross_entropy(logits, target)
+
+
+def _labels(n: int, device: torch.device) -> Tensor:
+    return torch.arange(n, device=device) % 100  # 100 classes
+
+
+def _naive_supcon(x: Tensor, y: Tensor) -> Tensor:
+    z = F.normalize(x, dim=1)
+    labels = _labels(x.shape[0], x.device)
+    logits = z @ z.T / TAU
+    self_mask = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    pos = (labels[:, None] == labels[None, :]) & ~self_mask
+    log_prob = logits - torch.logsumexp(logits.masked_fill(self_mask, -math.inf), 1, keepdim=True)
+    per_anchor = -(log_prob * pos).sum(1) / pos.sum(1).clamp_min(1)
+    return per_anchor[pos.any(1)].mean()
+
+
+_MOCO_BATCH = 256
+
+
+def _naive_moco(x: Tensor, y: Tensor) -> Tensor:
+    # 256 queries and keys; the other N - 256 rows of y form the queue
+    q, k, queue = x[:_MOCO_BATCH], y[:_MOCO_BATCH], y[_MOCO_BATCH:].detach()
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], 1) / TAU
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=x.device))
+
+
+def _ours_ntxent(x: Tensor, y: Tensor) -> Tensor:
+    h = x.shape[0] // 2
+    return contrastive.NTXentLoss(TAU)(x[:h], y[:h])
+
+
+def _ours_moco(x: Tensor, y: Tensor) -> Tensor:
+    b = _MOCO_BATCH
+    return contrastive.MoCoLoss(TAU)(x[:b], y[:b], y[b:].detach())
+
+
+#: loss name -> (a plain dense implementation of the loss, the streamed mibounds module), both
+#: called on the features ``(x, y)``; N counts every embedding (NT-Xent: two views of N/2;
+#: MoCo: 256 queries against their keys and a queue of N - 256).
+LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]] = {
+    "clip": (_naive_clip, lambda x, y: contrastive.CLIPLoss()(x, y, 1 / TAU)),
+    "siglip": (_naive_siglip, lambda x, y: contrastive.SigLIPLoss()(x, y, 1 / TAU, -10.0)),
+    "ntxent": (_naive_ntxent, _ours_ntxent),
+    "supcon": (
+        _naive_supcon,
+        lambda x, y: contrastive.SupConLoss(TAU)(x, _labels(x.shape[0], x.device)),
+    ),
+    "moco": (_naive_moco, _ours_moco),
+}
 
 
 #: bound name -> (naive implementation on dense scores, mibounds call on any scores)
@@ -162,7 +242,9 @@ def run_one(
     y = F.normalize(x.float().cpu() + 0.3 * torch.randn(n, d, generator=gen), dim=-1).to(dev, dt)
     x.requires_grad_(True)
     y.requires_grad_(True)
-    naive, ours = BOUNDS[bound]
+    naive, ours = BOUNDS.get(bound, BOUNDS["infonce"])
+    if bound in LOSSES and method not in ("bare", "naive", "streaming"):
+        return BenchResult(bound, method, n, d, dtype, device, None, None, "n/a for a loss")
 
     def step() -> None:
         if method == "bare":
@@ -172,7 +254,11 @@ def run_one(
                 _ = s.T @ x
             return
         x.grad = y.grad = None
-        if method == "streaming":
+        if bound in LOSSES:
+            # the losses are minimised: their own sign
+            dense_loss, loss = LOSSES[bound]
+            value = -(loss(x, y) if method == "streaming" else dense_loss(x, y))
+        elif method == "streaming":
             value = ours(mibounds.SeparableScores(x, y, "dot", TAU))
         elif method == "naive":
             value = naive(x @ y.T / TAU)

@@ -103,17 +103,25 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from mibounds.benchmark import BOUNDS, METHODS, BenchResult, ratio_table, run_benchmarks
+    from mibounds.benchmark import (
+        BOUNDS,
+        LOSSES,
+        METHODS,
+        BenchResult,
+        ratio_table,
+        run_benchmarks,
+    )
 
     def ints(text: str) -> list[int]:
         return [int(v) for v in text.split(",") if v.strip()]
 
     bounds = [b.strip() for b in args.bounds.split(",") if b.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [b for b in bounds if b not in BOUNDS] + [m for m in methods if m not in METHODS]
+    known = {**BOUNDS, **LOSSES}
+    bad = [b for b in bounds if b not in known] + [m for m in methods if m not in METHODS]
     if bad:
         print(
-            f"mibounds bench: error: unknown bound or method {bad}; bounds: {sorted(BOUNDS)}, "
+            f"mibounds bench: error: unknown bound or method {bad}; bounds: {sorted(known)}, "
             f"methods: {list(METHODS)}",
             file=sys.stderr,
         )
@@ -265,7 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="time and memory of bounds: naive, dense, compiled, streaming vs bare products",
     )
-    p_bench.add_argument("--bounds", default="infonce", help="comma-separated bounds")
+    p_bench.add_argument(
+        "--bounds",
+        default="infonce",
+        help="comma-separated bounds, or contrastive losses (clip, siglip, ntxent, supcon, moco)",
+    )
     p_bench.add_argument("--sizes", default="1024,4096", help="comma-separated batch sizes N")
     p_bench.add_argument("--dims", default="128", help="comma-separated feature sizes d")
     p_bench.add_argument(

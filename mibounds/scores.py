@@ -76,7 +76,15 @@ def pairwise_similarity(
     return _similarity(x, y, sim, temperature)
 
 
+def _promote(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``x`` and ``y`` in their common dtype (torch's promotion), so mixed inputs work on every
+    path."""
+    dt = torch.promote_types(x.dtype, y.dtype)
+    return x.to(dt), y.to(dt)
+
+
 def _similarity(x: Tensor, y: Tensor, sim: str, temperature: float | Tensor) -> Tensor:
+    x, y = _promote(x, y)
     if sim == "cosine":
         x = F.normalize(x, dim=-1)
         y = F.normalize(y, dim=-1)
@@ -200,8 +208,8 @@ class SeparableScores:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype of the scores (that of ``x``)."""
-        return self.x.dtype
+        """The dtype of the scores (``x`` and ``y`` promoted)."""
+        return torch.promote_types(self.x.dtype, self.y.dtype)
 
     @property
     def device(self) -> torch.device:
@@ -215,7 +223,7 @@ class SeparableScores:
 
     def diagonal(self) -> Tensor:
         """The scores of the own pairs ``S[..., i, i]`` in O(N d), shape ``(..., N)``."""
-        x, y = self.x, self.y[..., : self.x.shape[-2], :]
+        x, y = _promote(self.x, self.y[..., : self.x.shape[-2], :])
         if self.similarity == "cosine":
             x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
         if self.similarity == "gaussian":

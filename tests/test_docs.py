@@ -26,11 +26,19 @@ def test_every_public_name_in_api_reference():
     missing = [
         name
         for name in mibounds.__all__
-        if name not in ("distributed", "methods", "nn", "tasks", "__version__")
+        if name not in ("contrastive", "distributed", "methods", "nn", "tasks", "__version__")
         and f"mibounds.{name}\n" not in text
     ]
     assert not missing, f"not in docs/api.rst: {missing}"
-    modules = (mibounds.nn, mibounds.tasks, mibounds.estimate, streaming, benchmark)
+    modules = (
+        mibounds.nn,
+        mibounds.tasks,
+        mibounds.estimate,
+        streaming,
+        benchmark,
+        mibounds.contrastive,
+        mibounds.pairing,
+    )
     for module in (*modules, mibounds.distributed, mibounds.methods):
         prefix = module.__name__
         missing_sub = [n for n in module.__all__ if f"{prefix}.{n}\n" not in text]
@@ -40,7 +48,15 @@ def test_every_public_name_in_api_reference():
 
 
 def test_all_is_sorted_and_importable():
-    modules = (mibounds.nn, mibounds.tasks, mibounds.estimate, streaming, benchmark)
+    modules = (
+        mibounds.nn,
+        mibounds.tasks,
+        mibounds.estimate,
+        streaming,
+        benchmark,
+        mibounds.contrastive,
+        mibounds.pairing,
+    )
     for module in (mibounds, *modules, mibounds.distributed, mibounds.methods):
         assert list(module.__all__) == sorted(module.__all__)
         for name in module.__all__:
@@ -104,7 +120,15 @@ def test_every_public_callable_has_a_runnable_example():
     data (constants, type aliases) has no docstring of its own in Python and is exempt."""
     import inspect
 
-    modules = (mibounds.nn, mibounds.tasks, mibounds.estimate, streaming, benchmark)
+    modules = (
+        mibounds.nn,
+        mibounds.tasks,
+        mibounds.estimate,
+        streaming,
+        benchmark,
+        mibounds.contrastive,
+        mibounds.pairing,
+    )
     missing = []
     for module in (mibounds, *modules, mibounds.distributed, mibounds.methods):
         for name in module.__all__:

@@ -164,8 +164,9 @@ class _Sweep:
         layout: PairLayout | None = None,
         bias: Tensor | None = None,
     ) -> None:
-        dt = _acc(x.dtype)
-        self.in_dtype = x.dtype
+        # mixed x and y dtypes are promoted, as torch promotes them
+        dt = _acc(torch.promote_types(x.dtype, y.dtype))
+        self.x_dtype, self.y_dtype = x.dtype, y.dtype
         self.x, self.y = x.to(dt), y.to(dt)
         self.b, self.n, _ = self.x.shape
         self.m = self.y.shape[1]  # columns: N, the global N, or N plus extra candidates
@@ -263,11 +264,11 @@ class _Sweep:
         if scale is not None:
             dx, dy = dx * scale[:, None, None], dy * scale[:, None, None]
             dtau, dbias = dtau * scale, dbias * scale
-        return dx.to(self.in_dtype), dy.to(self.in_dtype), dtau, dbias
+        return dx.to(self.x_dtype), dy.to(self.y_dtype), dtau, dbias
 
     def no_grads(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Empty gradient outputs (distinct tensors: custom-op outputs must not alias)."""
-        empty = (self.x.new_zeros(0, dtype=self.in_dtype), self.x.new_zeros(0, dtype=self.in_dtype))
+        empty = (self.x.new_zeros(0, dtype=self.x_dtype), self.x.new_zeros(0, dtype=self.y_dtype))
         return (*empty, self.x.new_zeros(self.b), self.x.new_zeros(self.b))
 
     def diag(self, r0: int, r1: int) -> tuple[Tensor, Tensor]:
@@ -421,7 +422,7 @@ def _per_batch(fn, x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, n_values:
 
 def _fake_outputs(x: Tensor, y: Tensor, need_grad: bool, n_values: int):
     b = x.shape[0]
-    acc = _acc(x.dtype)
+    acc = _acc(torch.promote_types(x.dtype, y.dtype))
     dx = torch.empty_like(x) if need_grad else x.new_empty(0)
     dy = torch.empty_like(y) if need_grad else y.new_empty(0)
     values = [x.new_empty(b, dtype=acc) for _ in range(n_values)]
@@ -1020,6 +1021,19 @@ _row_lse_mean.register_autograd(_backward_one, setup_context=_setup_scalar)
 _sym_lse_mean.register_autograd(_backward_one, setup_context=_setup_scalar)
 _offdiag_lme.register_autograd(_backward_one, setup_context=_setup_scalar)
 _offdiag_means.register_autograd(_backward_means, setup_context=_setup_scalar)
+
+# Under torch.autocast the ops run with autocast off and their inputs in float32 (they
+# accumulate in float32 anyway; inside, the panel products must not be recast to half).
+for _op in (
+    "mibounds::row_lse_mean",
+    "mibounds::sym_lse_mean",
+    "mibounds::offdiag_lme",
+    "mibounds::offdiag_means",
+    "mibounds::interpolated_terms",
+):
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast(_op, _device, torch.float32)
+del _op, _device
 
 
 # --- public entry points (flatten leading dims, choose panels, decide need_grad) -------------
