@@ -19,6 +19,8 @@ registration, so an outer ``torch.compile`` treats it as one node.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +46,10 @@ __all__ = [
     "row_logsumexp_mean",
     "set_backend",
     "set_memory_budget",
+    "set_triton",
     "symmetric_logsumexp_mean",
+    "triton_enabled",
+    "triton_status",
 ]
 
 #: Bytes of panel workspace per sweep (about four ``P x N`` float32 buffers live at once).
@@ -395,29 +400,167 @@ def _triton_of(fid: int) -> tuple[str, float]:
 
 
 def _triton_ok(x: Tensor, y: Tensor, sim: int, *plain: object) -> bool:
-    """Whether the Triton kernels cover this call: dot scores, d <= 256, a square batch with
-    the plain pairing, no bias and uniform weights (``plain`` holds the pairing arguments and
-    weights that must be absent: labels, offset, exclusion, bias, weights)."""
+    """Whether the Triton kernels cover this call: Triton on, dot scores, a float32 or half
+    dtype, ``0 < B``, ``d <= MAX_DIM``, a square batch with the plain pairing, no bias and
+    uniform weights (``plain`` holds the pairing arguments and weights that must be absent:
+    labels, offset, exclusion, bias, weights)."""
     square = x.shape[-2] == y.shape[-2]
-    return sim == 0 and x.shape[-1] <= 256 and square and all(not a for a in plain)
+    dtype_ok = x.dtype in _TRITON_DTYPES and y.dtype in _TRITON_DTYPES
+    return (
+        triton_enabled()
+        and sim == 0
+        and dtype_ok
+        and x.shape[0] > 0
+        and x.shape[-1] <= triton_kernels.MAX_DIM
+        and square
+        and all(not a for a in plain)
+    )
+
+
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _per_batch(fn, x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, n_values: int):
     """Run a Triton entry point ``fn(x_b, y_b, tau, need_grad)`` on every batch index and stack
-    its ``(*values, dx, dy, dtau)`` into the custom op's outputs (no host synchronisation)."""
+    its ``(*values, dx, dy, dtau)`` into the custom op's outputs (no host synchronisation).
+    The gradients take the layout of ``x`` and ``y`` (as the fake kernel promises)."""
     t = tau.float().reshape(1)  # passed to the kernels by pointer: never read back
-    outs = [
-        fn(xb.float().contiguous(), yb.float().contiguous(), t, need_grad)
-        for xb, yb in zip(x, y, strict=True)
-    ]
+    with torch.cuda.device(x.device) if x.device.type == "cuda" else _nullcontext():
+        outs = [
+            fn(xb.float().contiguous(), yb.float().contiguous(), t, need_grad)
+            for xb, yb in zip(x, y, strict=True)
+        ]
     values = [torch.stack([o[k] for o in outs]) for k in range(n_values)]
     dtau = torch.stack([o[n_values + 2] for o in outs])
     dbias = torch.zeros_like(dtau)
     if not need_grad:
         return (*values, x.new_zeros(0), y.new_zeros(0), dtau, dbias)
-    dx = torch.stack([o[n_values] for o in outs]).to(x.dtype)
-    dy = torch.stack([o[n_values + 1] for o in outs]).to(y.dtype)
+    dx = torch.empty_like(x).copy_(torch.stack([o[n_values] for o in outs]))
+    dy = torch.empty_like(y).copy_(torch.stack([o[n_values + 1] for o in outs]))
     return (*values, dx, dy, dtau, dbias)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# --- the safety net: a Triton kernel is used only after it matched the sweep once ------------
+
+_TRITON_SETTING: list[bool | None] = [None]
+#: (op, dtype, similarity, feature size, functions) -> whether its Triton kernel passed
+_TRITON_CHECKED: dict[tuple, bool] = {}
+#: the size of the self-check problem (not a multiple of any block size)
+_CHECK_ROWS = 67
+
+
+def set_triton(enabled: bool | None) -> None:
+    """Turn the Triton kernels on or off for this process (``None``: back to the environment
+    variable ``MIBOUNDS_TRITON``, where ``0`` means off). Off, CUDA runs the PyTorch sweep.
+
+    Raises:
+        TypeError: if ``enabled`` is not a bool or None.
+
+    Example:
+        >>> set_triton(False)
+        >>> triton_enabled()
+        False
+        >>> set_triton(None)
+    """
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool or None, got {type(enabled).__name__}")
+    _TRITON_SETTING[0] = enabled
+
+
+def triton_enabled() -> bool:
+    """Whether the Triton kernels may be used (Triton installed, not turned off by
+    :func:`set_triton` or ``MIBOUNDS_TRITON=0``).
+
+    Example:
+        >>> isinstance(triton_enabled(), bool)
+        True
+    """
+    if not triton_kernels.HAS_TRITON:
+        return False
+    if _TRITON_SETTING[0] is not None:
+        return _TRITON_SETTING[0]
+    return os.environ.get("MIBOUNDS_TRITON", "1").strip() != "0"
+
+
+def triton_status() -> dict[tuple, bool]:
+    """The self-checked Triton kernels of this process: ``(op, dtype, similarity, d,
+    functions) -> passed``.
+
+    Example:
+        >>> isinstance(triton_status(), dict)
+        True
+    """
+    return dict(_TRITON_CHECKED)
+
+
+def _close(got, want) -> str | None:
+    """``None`` if every output matches (float32 tolerances), else what differs."""
+    for k, (g, w) in enumerate(zip(got, want, strict=True)):
+        if g.shape != w.shape:
+            return f"output {k} has shape {tuple(g.shape)}, expected {tuple(w.shape)}"
+        if g.numel() and not torch.allclose(g.float(), w.float(), rtol=1e-4, atol=1e-5):
+            err = float((g.float() - w.float()).abs().max())
+            return f"output {k} differs from the sweep by up to {err:.3g}"
+    return None
+
+
+def _warn_triton(key: tuple, reason: str) -> None:
+    warnings.warn(
+        f"mibounds: the Triton kernel for {key[0]} ({', '.join(map(str, key[1:]))}) failed "
+        f"its check on this device ({reason}); it is disabled for this process and the "
+        "PyTorch sweep is used instead (correct, slower). Please report this warning with "
+        "your GPU, driver, torch and triton versions; MIBOUNDS_TRITON=0 turns Triton off.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _checked_triton(key: tuple, triton_fn, sweep_fn, args: tuple):
+    """``triton_fn(*args)`` if that kernel passed its one-time check against ``sweep_fn`` on a
+    small problem like ``args`` (same dtype, device and feature size), else ``sweep_fn(*args)``.
+    A compile or launch error, here or on the real call, disables the kernel with one warning.
+    """
+    ok = _TRITON_CHECKED.get(key)
+    if ok is None:
+        small = _small_args(args)
+        try:
+            reason = _close(triton_fn(*small), sweep_fn(*small))
+        except Exception as err:  # a compile or launch failure: the sweep takes over
+            reason = f"{type(err).__name__}: {err}"
+        ok = reason is None
+        _TRITON_CHECKED[key] = ok
+        if not ok:
+            _warn_triton(key, str(reason))
+    if not ok:
+        return sweep_fn(*args)
+    try:
+        return triton_fn(*args)
+    except Exception as err:
+        _TRITON_CHECKED[key] = False
+        _warn_triton(key, f"{type(err).__name__}: {err}")
+        return sweep_fn(*args)
+
+
+def _small_args(args: tuple) -> tuple:
+    """The op arguments ``(x, y, tau, bias, sim, ...)`` with ``x`` and ``y`` replaced by a
+    small random problem of the same dtype, device and feature size, a fixed temperature, and
+    ``n_paired`` (argument 9) to match."""
+    x, y = args[0], args[1]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    shape = (1, _CHECK_ROWS, x.shape[-1])
+    xs = torch.randn(shape, generator=gen).to(x.device, x.dtype)
+    ys = (0.5 * xs.float() + torch.randn(shape, generator=gen).to(x.device)).to(y.dtype)
+    scale = x.shape[-1] ** -0.5
+    tau = torch.tensor(scale / 0.5, device=x.device, dtype=args[2].dtype)
+    return (xs, ys, tau, *args[3:9], _CHECK_ROWS, *args[10:])
 
 
 def _fake_outputs(x: Tensor, y: Tensor, need_grad: bool, n_values: int):
@@ -753,40 +896,50 @@ def _(
 if triton_kernels.HAS_TRITON:  # pragma: no cover - needs CUDA
 
     @_row_lse_mean.register_kernel("cuda")
-    def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, need_grad):
-        """Triton on CUDA for dot scores with d <= 256; the generic sweep otherwise."""
-        if not _triton_ok(
-            x, y, sim, bias is not None, rl is not None, offset, exclude, row_w is not None
-        ):
-            return _row_lse_mean_sweep(
-                x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, need_grad
-            )
-        return _per_batch(triton_kernels.row_lse_mean_triton, x, y, tau, need_grad, 1)
+    def _(*args):
+        """Triton on CUDA where it covers the call and passed its check; the sweep otherwise."""
+        x, y, _, bias, sim, rl, _, offset, exclude, _, row_w, _ = args
+        absent = (bias is not None, rl is not None, offset, exclude, row_w is not None)
+        if not _triton_ok(x, y, sim, *absent):
+            return _row_lse_mean_sweep(*args)
+
+        def run(*a):
+            return _per_batch(triton_kernels.row_lse_mean_triton, a[0], a[1], a[2], a[-1], 1)
+
+        key = ("row_lse_mean", x.dtype, "dot", x.shape[-1])
+        return _checked_triton(key, run, _row_lse_mean_sweep, args)
 
     @_sym_lse_mean.register_kernel("cuda")
-    def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, col_w, need_grad):
+    def _(*args):
+        x, y, _, bias, sim, rl, _, offset, exclude, _, row_w, col_w, _ = args
         weighted = row_w is not None or col_w is not None
         if not _triton_ok(x, y, sim, bias is not None, rl is not None, offset, exclude, weighted):
-            return _sym_lse_mean_impl(
-                x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, col_w, need_grad
-            )
-        return _per_batch(triton_kernels.symmetric_lse_mean_triton, x, y, tau, need_grad, 1)
+            return _sym_lse_mean_impl(*args)
+
+        def run(*a):
+            fn = triton_kernels.symmetric_lse_mean_triton
+            return _per_batch(fn, a[0], a[1], a[2], a[-1], 1)
+
+        key = ("sym_lse_mean", x.dtype, "dot", x.shape[-1])
+        return _checked_triton(key, run, _sym_lse_mean_impl, args)
 
     @_offdiag_lme.register_kernel("cuda")
-    def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, log_w, need_grad):
-        if not _triton_ok(
-            x, y, sim, bias is not None, rl is not None, offset, exclude, log_w is not None
-        ):
-            return _offdiag_lme_impl(
-                x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, log_w, need_grad
-            )
-        return _per_batch(triton_kernels.offdiag_lme_triton, x, y, tau, need_grad, 1)
+    def _(*args):
+        x, y, _, bias, sim, rl, _, offset, exclude, _, log_w, _ = args
+        absent = (bias is not None, rl is not None, offset, exclude, log_w is not None)
+        if not _triton_ok(x, y, sim, *absent):
+            return _offdiag_lme_impl(*args)
+
+        def run(*a):
+            return _per_batch(triton_kernels.offdiag_lme_triton, a[0], a[1], a[2], a[-1], 1)
+
+        key = ("offdiag_lme", x.dtype, "dot", x.shape[-1])
+        return _checked_triton(key, run, _offdiag_lme_impl, args)
 
     @_offdiag_means.register_kernel("cuda")
-    def _(
-        x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, weight, value_fn, grad_fn,
-        shift, param, positives, need_grad, grad_value,
-    ):  # fmt: skip
+    def _(*args):
+        (x, y, _, bias, sim, rl, _, offset, exclude, _, weight, value_fn, grad_fn,
+         shift, param, positives, need_grad, grad_value) = args  # fmt: skip
         grad_name, grad_param = _triton_of(grad_fn)
         names = (None if value_fn < 0 else _FNS[value_fn][0], grad_name)
         if grad_fn in _TRITON_OF:
@@ -794,17 +947,18 @@ if triton_kernels.HAS_TRITON:  # pragma: no cover - needs CUDA
         covered = all(n is None or n in triton_kernels.TRITON_FUNCTIONS for n in names)
         absent = (bias is not None, rl is not None, offset, exclude, weight is not None, positives)
         if not (covered and _triton_ok(x, y, sim, *absent)):
-            return _offdiag_means_impl(
-                x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, weight, value_fn,
-                grad_fn, shift, param, positives, need_grad, grad_value,
-            )  # fmt: skip
+            return _offdiag_means_impl(*args)
 
-        def run(xb, yb, t, ng):
-            return triton_kernels.offdiag_means_triton(
-                xb, yb, t, names[0], names[1], shift, param, ng, grad_value
-            )
+        def run(*a):
+            def one(xb, yb, t, ng):
+                return triton_kernels.offdiag_means_triton(
+                    xb, yb, t, names[0], names[1], shift, param, ng, grad_value
+                )
 
-        return _per_batch(run, x, y, tau, need_grad, 2)
+            return _per_batch(one, a[0], a[1], a[2], need_grad, 2)
+
+        key = ("offdiag_means", x.dtype, "dot", x.shape[-1], *names, shift, param, grad_value)
+        return _checked_triton(key, run, _offdiag_means_impl, args)
 
 
 # --- the alpha-interpolated bound: leave-one-out column statistics, three sweeps -----------
