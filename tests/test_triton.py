@@ -78,6 +78,17 @@ SCRIPT = textwrap.dedent(
         # statistics only
         v, dx, dy, dt = tk.offdiag_lme_triton(x[0], y[0], 0.3, False)
         assert dx.numel() == 0 and dy.numel() == 0
+    # small temperatures against a float64 reference (float32 products would be off by the
+    # TF32 truncation otherwise)
+    for n, d in ((45, 64), (33, 7)):
+        x = torch.nn.functional.normalize(torch.randn(1, n, d), dim=-1)
+        y = torch.nn.functional.normalize(x + 0.3 * torch.randn(1, n, d), dim=-1)
+        for tau in (0.1, 0.02):
+            t = torch.tensor(tau)
+            got = streaming._per_batch(tk.row_lse_mean_triton, x, y, t, True, 1)
+            want = ops.row_lse_mean(x.double(), y.double(), t.double(), None, 0, None, None, 0,
+                                    0, n, None, True)
+            check(got[:3], [w.float() for w in want[:3]], f"tau {tau} d {d}")
     print("triton-interpreter-ok")
     """
 )
@@ -91,6 +102,26 @@ def test_triton_kernels_in_interpreter():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "triton-interpreter-ok" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [80, 90])
+def test_every_kernel_variant_compiles_for_the_target(arch):
+    """Ahead-of-time compilation for sm_80 and sm_90 (no GPU needed): every variant the
+    dispatcher can launch compiles, fits the target's shared memory and spills no register."""
+    tk = pytest.importorskip("mibounds.kernels.triton_kernels")
+    if not tk.HAS_TRITON:
+        pytest.skip("needs triton")
+    failures = []
+    for kernel, consts in tk.kernel_variants():
+        try:
+            r = tk.compile_ahead(kernel, consts, arch)
+        except Exception as err:  # a compile error fails the test with the variant named
+            failures.append((kernel, consts, repr(err)))
+            continue
+        if r["stack"] > 0 or r["shared"] > tk.SHARED_MEMORY_LIMIT[arch]:
+            failures.append((kernel, consts, r))
+    assert not failures, failures
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

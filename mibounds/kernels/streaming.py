@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -206,7 +207,7 @@ class _Sweep:
             s.add_(self.bias)
         return s
 
-    def drop(self, s: Tensor, r0: int, r1: int, keep: str, fill: float) -> Tensor | None:
+    def drop(self, s: Tensor, r0: int, r1: int, keep: str, fill: float) -> object:
         """Overwrite with ``fill`` the entries of the panel ``s`` (rows ``r0:r1``) outside the
         set ``keep`` (``"cand"``, ``"neg"`` or ``"pos"``, see
         :meth:`~mibounds.pairing.PairLayout.drop_mask`); returns what was dropped, for
@@ -217,17 +218,35 @@ class _Sweep:
             rows, cols = self.diag(r0, r1)
             s[:, rows, cols] = fill
             return _PLAIN
-        mask = self.layout.drop_mask(r0, r1, self.m, keep, s.device)
+        lay = self.layout
+        if lay.row_labels is None and lay.exclude == 2 and keep != "pos":
+            # own key plus extra columns: only the paired block [0, n_paired) has exclusions
+            block = s[:, :, : lay.n_paired]
+            if keep == "neg":
+                block.fill_(fill)
+                mask = None
+            else:
+                rows = torch.arange(r0, r1, device=s.device)[:, None] + lay.offset
+                mask = torch.arange(lay.n_paired, device=s.device)[None, :] != rows
+                block.masked_fill_(mask, fill)
+            return _Block(lay.n_paired, mask)
+        mask = lay.drop_mask(r0, r1, self.m, keep, s.device)
         if mask is not None:
             s.masked_fill_(mask, fill)
         return mask
 
-    def zero(self, t: Tensor, dropped: Tensor | None, r0: int, r1: int) -> Tensor:
+    def zero(self, t: Tensor, dropped: object, r0: int, r1: int) -> Tensor:
         """Zero the entries of a panel-shaped ``t`` that :meth:`drop` dropped."""
         if dropped is _PLAIN:
             rows, cols = self.diag(r0, r1)
             t[:, rows, cols] = 0.0
-        elif dropped is not None:
+        elif isinstance(dropped, _Block):
+            block = t[:, :, : dropped.width]
+            if dropped.mask is None:
+                block.fill_(0.0)
+            else:
+                block.masked_fill_(dropped.mask, 0.0)
+        elif isinstance(dropped, Tensor):
             t.masked_fill_(dropped, 0.0)
         return t
 
@@ -284,6 +303,14 @@ class _Sweep:
 
 #: What :meth:`_Sweep.drop` returns after dropping the own pairs of the plain pairing.
 _PLAIN = torch.empty(0, dtype=torch.bool)
+
+
+class _Block(NamedTuple):
+    """What :meth:`_Sweep.drop` dropped in the first ``width`` columns only (``mask`` over
+    them, or ``None`` for all of them)."""
+
+    width: int
+    mask: Tensor | None
 
 
 def _dot_scores(xp: Tensor, y: Tensor, inv: Tensor) -> Tensor:

@@ -36,10 +36,16 @@ except ImportError:  # pragma: no cover
     HAS_TRITON = False
 
 __all__ = [
+    "BLOCK",
     "HAS_TRITON",
     "MAX_DIM",
+    "NUM_STAGES",
+    "NUM_WARPS",
     "PRECISION",
+    "SHARED_MEMORY_LIMIT",
     "TRITON_FUNCTIONS",
+    "compile_ahead",
+    "kernel_variants",
     "offdiag_lme_triton",
     "offdiag_means_triton",
     "row_lse_mean_triton",
@@ -69,9 +75,15 @@ TRITON_FUNCTIONS = {
 #: tensor-core speed) rather than the TF32 default, whose 10-bit mantissa gives log-sum-exp
 #: errors of 1e-3 and more at small temperatures.
 PRECISION = "tf32x3"
-#: The largest feature size the kernels take: a 128-wide tile needs 128 KiB of shared memory
-#: (an A100 has 163 KiB, an H100 227 KiB); larger ones use the PyTorch sweep.
-MAX_DIM = 128
+#: The largest feature size the kernels take; larger ones use the PyTorch sweep (a 256-wide
+#: tile needs more shared memory than an H100 has, and at 128 the gradient kernel spills).
+MAX_DIM = 64
+#: Rows and columns per tile, warps and pipeline stages of every launch: compiled ahead of time
+#: for sm_80 and sm_90, every kernel variant fits the shared memory and spills no register at
+#: d <= 64 (the test suite checks this).
+BLOCK = 32
+NUM_WARPS = 4
+NUM_STAGES = 2
 
 if HAS_TRITON:
     _PRECISION: tl.constexpr = tl.constexpr(PRECISION)
@@ -306,7 +318,7 @@ def _grads(
     shift: float = 0.0,
     param: float = 0.0,
     mask_diag: bool = False,
-    block: int = 64,
+    block: int = BLOCK,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(dx, dy, dtau)`` for the scores' gradient ``G`` described by ``mode`` and ``fn``."""
     n, d, bd, grid = _setup(x, block)
@@ -316,6 +328,7 @@ def _grads(
         _grad_kernel[grid](
             x, y, c, out, n, d, tau, scale, shift, param,
             MODE=mode, FN=fn, MASK_DIAG=mask_diag, COLS=cols, BM=block, BN=block, BD=bd,
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )  # fmt: skip
     # d/dtau = -sum_ij G_ij S_ij / tau = -sum_i x_i . dx_i / tau
     return dx, dy, -(x.float() * dx).sum() / tau[0]
@@ -332,6 +345,7 @@ def _row_lse(x: Tensor, y: Tensor, tau: Tensor, mask_diag: bool, block: int) -> 
     _stats_kernel[grid](
         x, y, lse, lse, n, d, tau, 0.0, 0.0,
         MODE=0, FN1=0, FN2=0, MASK_DIAG=mask_diag, BM=block, BN=block, BD=bd,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     return lse
 
@@ -341,7 +355,7 @@ def _empty(x: Tensor, y: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]
 
 
 def row_lse_mean_triton(
-    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, block: int = 64
+    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, block: int = BLOCK
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""``(value, dx, dy, dtau)`` for one ``(N, d)`` pair: the value is
     :math:`\frac1N\sum_i \mathrm{lse}_i`; the gradients are those of the value (empty tensors
@@ -362,7 +376,7 @@ def row_lse_mean_triton(
 
 
 def symmetric_lse_mean_triton(
-    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, block: int = 64
+    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, block: int = BLOCK
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""``(value, dx, dy, dtau)`` of the average of the row and the column mean log-sum-exp:
     the column statistics are the row statistics of ``Y X^T``.
@@ -380,7 +394,7 @@ def symmetric_lse_mean_triton(
 
 
 def offdiag_lme_triton(
-    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, block: int = 64
+    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, block: int = BLOCK
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""``(value, dx, dy, dtau)`` of :math:`\log\frac{1}{N(N-1)}\sum_{i\ne j} e^{S_{ij}}`.
 
@@ -409,7 +423,7 @@ def offdiag_means_triton(
     param: float,
     need_grad: bool,
     grad_value: bool = True,
-    block: int = 64,
+    block: int = BLOCK,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     r"""``(value_mean, grad_mean, dx, dy, dtau)``: the off-diagonal means of ``value_fn`` and
     ``grad_fn`` of ``S + shift`` (names in :data:`TRITON_FUNCTIONS`; ``value_fn`` may be
@@ -431,6 +445,7 @@ def offdiag_means_triton(
     _stats_kernel[grid](
         x, y, s1, s2, n, d, t, shift, param,
         MODE=1, FN1=f1, FN2=f2, MASK_DIAG=True, BM=block, BN=block, BD=bd,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     count = n * (n - 1)
     vmean, gmean = s1.sum() / count, s2.sum() / count
@@ -441,3 +456,79 @@ def offdiag_means_triton(
         param=param, mask_diag=True, block=block,
     )  # fmt: skip
     return (vmean, gmean, *grads)
+
+
+# --- ahead-of-time compilation (no GPU needed) ------------------------------------------------
+
+#: Shared memory a block may use (opt-in maximum), in bytes, per compute capability.
+SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}
+
+
+def kernel_variants() -> list[tuple[str, dict[str, int]]]:
+    """Every ``(kernel, constexprs)`` the dispatcher can launch at the largest tile
+    (``BD = 64``), and the log-sum-exp variants at every tile width.
+
+    Example:
+        >>> len(kernel_variants()) > 50
+        True
+    """
+    fns = sorted(set(TRITON_FUNCTIONS.values()))
+    tile = {"BM": BLOCK, "BN": BLOCK}
+    out: list[tuple[str, dict[str, int]]] = []
+    for bd in (16, 32, 64):
+        for mask in (0, 1):
+            out.append(("_stats_kernel", dict(MODE=0, FN1=0, FN2=0, MASK_DIAG=mask, BD=bd, **tile)))
+            for cols in (0, 1):
+                consts = dict(MODE=0, FN=0, MASK_DIAG=mask, COLS=cols, BD=bd, **tile)
+                out.append(("_grad_kernel", consts))
+    for f1 in (0, TRITON_FUNCTIONS["exp"], TRITON_FUNCTIONS["exp-clip"]):
+        for f2 in (0, *fns):
+            if f1 or f2:
+                consts = dict(MODE=1, FN1=f1, FN2=f2, MASK_DIAG=1, BD=64, **tile)
+                out.append(("_stats_kernel", consts))
+    for fn in fns:
+        for cols in (0, 1):
+            consts = dict(MODE=1, FN=fn, MASK_DIAG=1, COLS=cols, BD=64, **tile)
+            out.append(("_grad_kernel", consts))
+    return out
+
+
+def compile_ahead(kernel: str, constexprs: dict[str, int], arch: int) -> dict[str, int]:
+    """Compile one kernel variant for ``sm_<arch>`` on this machine (Triton's bundled ptxas; no
+    GPU needed) and report its resources: ``shared`` bytes, ``registers`` and ``stack`` bytes
+    per thread (a stack frame means spilled registers).
+
+    Raises:
+        RuntimeError: without Triton, or if the compilation fails.
+    """
+    import os
+    import subprocess
+    import tempfile
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    _require()
+    fn = {"_stats_kernel": _stats_kernel, "_grad_kernel": _grad_kernel}[kernel]
+    sig = {
+        a: "*fp32" if a.endswith("_ptr") else ("i32" if a in ("n", "d") else "fp32")
+        for a in fn.arg_names
+    }
+    sig.update({k: "constexpr" for k in constexprs})
+    compiled = triton.compile(
+        ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+        target=GPUTarget("cuda", arch, 32),
+        options={"num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    )
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as fh:
+            fh.write(compiled.asm["cubin"])
+        usage = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True)
+    line = [ln for ln in usage.stdout.splitlines() if "REG:" in ln][-1]
+    return {
+        "shared": int(compiled.metadata.shared),
+        "registers": int(line.split("REG:")[1].split()[0]),
+        "stack": int(line.split("STACK:")[1].split()[0]),
+    }
