@@ -199,10 +199,98 @@ def check_broadcast(name: str, value: Any, target: torch.Size, what: str) -> tor
     """A tensor that broadcasts to ``target`` (used for baselines indexed by y)."""
     check_tensor(name, value)
     try:
-        torch.broadcast_shapes(value.shape, target)
+        shape = torch.broadcast_shapes(value.shape, target)
     except RuntimeError:
+        shape = None
+    if shape != target:  # it must not grow the result either
         raise ValueError(
             f"{name} must broadcast to {what} {tuple(target)}, got shape {tuple(value.shape)}"
-        ) from None
+        )
     check_values(name, value)
     return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """A real ``bool`` (a string such as ``"no"`` is truthy and would silently mean True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
+    return value
+
+
+def check_int_sequence(name: str, value: Any) -> tuple[int, ...]:
+    """A list or tuple of positive ints (layer sizes)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"{name} must be a list or tuple of positive ints (layer sizes), got "
+            f"{type(value).__name__} {value!r}"
+        )
+    for v in value:
+        check_positive_int(name, v)
+    return tuple(value)
+
+
+def check_module_class(name: str, value: Any) -> type:
+    """A subclass of ``torch.nn.Module`` (to be instantiated), such as ``nn.ReLU``."""
+    if not (isinstance(value, type) and issubclass(value, torch.nn.Module)):
+        raise TypeError(f"{name} must be an nn.Module class such as torch.nn.ReLU, got {value!r}")
+    return value
+
+
+def check_module(name: str, value: Any, allow_none: bool = True) -> Any:
+    """An ``nn.Module`` instance (or ``None`` if allowed)."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, torch.nn.Module):
+        what = "an nn.Module or None" if allow_none else "an nn.Module"
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_generator(name: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(value).__name__}")
+    return value
+
+
+def check_seed(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_device(name: str, value: Any) -> torch.device:
+    """A device torch knows and that this machine has."""
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"{name} must be a torch device such as 'cpu' or 'cuda', got {value!r}"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}={value!r}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"{name}={value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return dev
+
+
+def first_in_features(module: Any) -> int | None:
+    """The input size of ``module`` when it starts with an ``nn.Linear`` (itself, or the first
+    layer of an ``nn.Sequential`` such as an MLP); ``None`` when it cannot be read off."""
+    while isinstance(module, torch.nn.Sequential) and len(module) > 0:
+        module = module[0]
+    if isinstance(module, torch.nn.Linear):
+        return int(module.in_features)
+    return None
+
+
+def check_features(name: str, tensor: Any, expected: int | None, owner: str) -> None:
+    """``tensor``'s last dimension equals ``expected`` (what ``owner`` was built for)."""
+    if expected is None or not isinstance(tensor, torch.Tensor) or tensor.dim() == 0:
+        return
+    if tensor.shape[-1] != expected:
+        raise ValueError(
+            f"{name} must have {expected} features (the last dimension) for {owner}, got "
+            f"shape {tuple(tensor.shape)}"
+        )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from mibounds._version import __version__
@@ -71,7 +73,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         critic=args.critic,
         device=args.device,
         seed=args.seed,
-        progress=not args.no_progress,
+        progress=False if args.no_progress else (True if args.progress else None),
     )
     elapsed = time.perf_counter() - start
     rows = [
@@ -221,6 +223,159 @@ def _plot_bench(rows: list[dict[str, object]], path: str) -> None:
     plt.close(fig)
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    import torch
+
+    from mibounds.check import format_table, run_check
+
+    sizes = None
+    if args.sizes is not None:
+        sizes = tuple(int(t) for t in args.sizes.split(",") if t.strip())
+    t0 = time.perf_counter()
+    print(
+        f"mibounds check on {args.device}: torch {torch.__version__}, every bound and loss on "
+        "every path against the float64 dense reference, then a short benchmark",
+        flush=True,
+    )
+    rows = run_check(args.device, sizes)
+    print(format_table(rows))
+    print(f"took {time.perf_counter() - t0:.0f} s")
+    return 0 if all(r.passed for r in rows) else 1
+
+
+def _sizes_arg(text: str) -> str:
+    """``--sizes`` of check: comma-separated integers >= 2 (or empty: no benchmark)."""
+    for part in text.split(","):
+        if part.strip() and (not part.strip().isdigit() or int(part) < 2):
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated batch sizes >= 2, got {text!r}"
+            )
+    return text
+
+
+# --- argument types: every bad flag is an argparse error (usage, the flag, exit 2) ----------
+
+
+def _int_min(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            msg = f"expected an integer >= {minimum}, got {text!r}"
+            raise argparse.ArgumentTypeError(msg) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _int_list(minimum: int):
+    def parse(text: str) -> str:
+        parts = [p.strip() for p in text.split(",")]
+        if not text.strip() or any(not p for p in parts):
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated integers >= {minimum}, got {text!r}"
+            )
+        for part in parts:
+            _int_min(minimum)(part)
+        return text
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _levels(text: str) -> str:
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated MI levels in nats, got {text!r}"
+        )
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated MI levels in nats, got {text!r}"
+            ) from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"MI levels must be positive and finite, got {part!r}")
+    return text
+
+
+def _device(text: str) -> str:
+    from mibounds import _checks
+
+    try:
+        _checks.check_device("device", text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).replace("device=", "")) from None
+    return text
+
+
+def _estimators(text: str) -> str:
+    from mibounds.estimate import get_estimator, list_estimators
+
+    names = [n.strip().lower() for n in text.split(",")]
+    known = [e.name for e in list_estimators()]
+    if not text.strip() or any(not n for n in names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated estimators from {known}")
+    resolved = []
+    for n in names:
+        try:
+            resolved.append(get_estimator(n).name)
+        except KeyError:
+            raise argparse.ArgumentTypeError(f"unknown estimator {n!r}; known: {known}") from None
+    if len(set(resolved)) != len(resolved):
+        raise argparse.ArgumentTypeError(f"an estimator is named twice in {text!r}")
+    return text
+
+
+def _out_png(text: str) -> str:
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"the folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"the folder {folder!r} is not writable")
+    return text
+
+
+def _names(known_fn, kind: str):
+    def parse(text: str) -> str:
+        known = known_fn()
+        names = [n.strip() for n in text.split(",")]
+        if not text.strip() or any(not n for n in names):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind} from {known}")
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {kind} {unknown}; known: {known}")
+        return text
+
+    return parse
+
+
+def _bench_bounds() -> list[str]:
+    from mibounds.benchmark import BOUNDS, LOSSES
+
+    return sorted({**BOUNDS, **LOSSES})
+
+
+def _bench_methods() -> list[str]:
+    from mibounds.benchmark import METHODS
+
+    return list(METHODS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mibounds",
@@ -251,22 +406,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_val.add_argument(
         "--estimators",
+        type=_estimators,
         default=",".join(DEFAULT_ESTIMATORS),
         help="comma-separated registered estimators (default: %(default)s)",
     )
-    p_val.add_argument("--levels", default="2,4,6,8,10", help="MI of each stair in nats")
-    p_val.add_argument("--steps", type=int, default=1000, help="training steps per stair")
-    p_val.add_argument("--batch-size", type=int, default=64, help="batch size N")
-    p_val.add_argument("--dim", type=int, default=20, help="dimension of x and y")
-    p_val.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate")
+    p_val.add_argument(
+        "--levels", type=_levels, default="2,4,6,8,10", help="MI of each stair in nats"
+    )
+    p_val.add_argument("--steps", type=_int_min(1), default=1000, help="training steps per stair")
+    p_val.add_argument("--batch-size", type=_int_min(2), default=64, help="batch size N")
+    p_val.add_argument("--dim", type=_int_min(1), default=20, help="dimension of x and y")
+    p_val.add_argument("--lr", type=_positive_float, default=5e-4, help="Adam learning rate")
     p_val.add_argument(
         "--critic", default="separable", choices=("separable", "concat"), help="critic kind"
     )
-    p_val.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p_val.add_argument(
+        "--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda"
+    )
     p_val.add_argument("--seed", type=int, default=0, help="random seed")
-    p_val.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p_val.add_argument("--out", default=None, help="write the staircase figure to this PNG")
-    p_val.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_val.add_argument("--threads", type=_int_min(1), default=None, help="torch CPU threads")
+    p_val.add_argument(
+        "--out", type=_out_png, default=None, help="write the staircase figure to this PNG"
+    )
+    p_val.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (even on a terminal)"
+    )
+    p_val.add_argument(
+        "--progress", action="store_true", help="a progress bar even when not on a terminal"
+    )
     p_val.set_defaults(func=_cmd_validate)
 
     p_bench = sub.add_parser(
@@ -277,18 +444,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--bounds",
         default="infonce",
         help="comma-separated bounds, or contrastive losses (clip, siglip, ntxent, supcon, moco)",
+        type=_names(_bench_bounds, "bounds"),
     )
-    p_bench.add_argument("--sizes", default="1024,4096", help="comma-separated batch sizes N")
-    p_bench.add_argument("--dims", default="128", help="comma-separated feature sizes d")
     p_bench.add_argument(
-        "--methods", default="bare,naive,dense,compiled,streaming", help="methods to run"
+        "--sizes", type=_int_list(2), default="1024,4096", help="comma-separated batch sizes N"
     )
-    p_bench.add_argument("--device", default="cpu", help="torch device")
-    p_bench.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p_bench.add_argument(
+        "--dims", type=_int_list(1), default="128", help="comma-separated feature sizes d"
+    )
+    p_bench.add_argument(
+        "--methods",
+        type=_names(_bench_methods, "methods"),
+        default="bare,naive,dense,compiled,streaming",
+        help="methods to run",
+    )
+    p_bench.add_argument("--device", type=_device, default="cpu", help="torch device")
+    p_bench.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="dtype"
+    )
     p_bench.add_argument("--json", default=None, help="write the results as JSON")
     p_bench.add_argument("--plot", default=None, help="write a PNG of time and memory vs N")
     p_bench.add_argument("--quiet", action="store_true", help="no per-run lines")
     p_bench.set_defaults(func=_cmd_bench)
+
+    p_check = sub.add_parser(
+        "check",
+        help="verify every kernel and path on a device, then a short benchmark",
+        description=(
+            "Every bound and contrastive loss on every path (dense, streaming, compiled, Triton "
+            "where present, autocast) against the float64 dense reference, values and "
+            "gradients, then time and memory against the bare products. Exit status 1 if any "
+            "row fails."
+        ),
+    )
+    p_check.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:K")
+    p_check.add_argument(
+        "--sizes",
+        type=_sizes_arg,
+        default=None,
+        help="benchmark batch sizes (default: 4096 on the CPU, 16384,65536 on a GPU)",
+    )
+    p_check.set_defaults(func=_cmd_check)
     return parser
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +139,23 @@ class FDivergence:
     aliases: tuple[str, ...] = ()
     formula: str = field(default="")
     conjugate_of_activation_grad: TensorFn | None = None
+    #: ``(function, args)`` that rebuilds this divergence (parametrised families such as
+    #: :func:`tsallis`); used to pickle it.
+    factory: tuple[Any, tuple[Any, ...]] | None = field(default=None, compare=False, repr=False)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled by name when registered (the unpickling process must have registered it
+        too: the built-ins always are), else by its factory; a divergence made of lambdas that
+        is neither cannot be pickled."""
+        if self.name in _REGISTRY and _REGISTRY.get(self.name) is self:
+            return (get_divergence, (self.name,))
+        if self.factory is not None:
+            return self.factory
+        raise TypeError(
+            f"FDivergence {self.name!r} cannot be pickled: its functions may be lambdas. "
+            "Register it with mibounds.register_divergence (it is then pickled by name) or set "
+            "factory=(function, args) to a module-level function that builds it"
+        )
 
     def conjugate_at_activation(self, v: Tensor) -> Tensor:
         r""":math:`f^*(g_f(v))` for critic outputs ``v``, using the stable closed form if any."""
@@ -452,6 +470,7 @@ def tsallis(alpha: float) -> FDivergence:
         conjugate_of_derivative=lambda u: u**a,
         conjugate_of_activation=lambda v: torch.exp(a * v),
         conjugate_of_activation_grad=lambda v: a * torch.exp(a * v),
+        factory=(tsallis, (alpha,)),
     )
 
 

@@ -309,12 +309,14 @@ class MIEstimate:
         )
 
 
-def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
-    if not enabled:
+def _progress(iterable: Any, enabled: bool | None, desc: str) -> Any:
+    """A tqdm bar over ``iterable``: ``None`` shows it only on a terminal (never in a pipe or a
+    CI log), ``True`` always, ``False`` never."""
+    if enabled is False:
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False)
+    return tqdm(iterable, desc=desc, leave=False, disable=None if enabled is None else False)
 
 
 def estimate_mi(
@@ -331,7 +333,7 @@ def estimate_mi(
     standardize: bool = True,
     device: torch.device | str | None = None,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> MIEstimate:
     r"""Estimate :math:`I(X;Y)` from paired samples by training a critic.
 
@@ -355,7 +357,8 @@ def estimate_mi(
             (an invertible map per coordinate: the MI is unchanged).
         device: where to train (default: the device of ``x``).
         seed: seed of the split, the initialisation and the batches.
-        progress: show a tqdm progress bar.
+        progress: a tqdm progress bar: ``None`` (default) on a terminal only, ``True`` always,
+            ``False`` never.
 
     Returns:
         :class:`MIEstimate`.
@@ -380,6 +383,10 @@ def estimate_mi(
         )
     _checks.check_positive_int("steps", steps)
     _checks.check_positive_int("batch_size", batch_size, minimum=2)
+    _checks.check_bool("standardize", standardize)
+    _checks.check_seed("seed", seed)
+    if progress is not None:
+        _checks.check_bool("progress", progress)
     _checks.check_open_unit("eval_fraction", eval_fraction)
     _checks.check_positive("lr", lr)
     eval_bs = batch_size if eval_batch_size is None else eval_batch_size
@@ -396,7 +403,7 @@ def estimate_mi(
         raise ValueError(
             f"eval_batch_size must be <= the number of held-out samples ({n_eval}), got {eval_bs}"
         )
-    dev = torch.device(device) if device is not None else xt.device
+    dev = _checks.check_device("device", device) if device is not None else xt.device
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=gen)
     xt = xt.detach().to(device=dev, dtype=torch.float32)[perm.to(dev)]
@@ -492,7 +499,7 @@ def run_staircase(
     critic: str = "separable",
     device: torch.device | str | None = None,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> StaircaseResult:
     r"""Train each estimator on fresh batches while the true MI steps up (Poole et al. 2019).
 
@@ -510,7 +517,8 @@ def run_staircase(
         critic: ``"separable"`` or ``"concat"``.
         device: where to train.
         seed: seed of the samples and the initialisations.
-        progress: show a tqdm progress bar.
+        progress: a tqdm progress bar: ``None`` (default) on a terminal only, ``True`` always,
+            ``False`` never.
 
     Returns:
         :class:`StaircaseResult`.

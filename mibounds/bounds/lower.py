@@ -99,6 +99,7 @@ def infonce(
         of Mutual Information." ICML 2019.
     """
     reduction = _checks.check_reduction(reduction)
+    _checks.check_bool("symmetric", symmetric)
     st = batch_statistics(scores, gather, reduction)
     if st is not None:
         joint = st.joint()

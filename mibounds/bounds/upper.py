@@ -47,6 +47,15 @@ def _check_gaussian(mu: Tensor, logvar: Tensor, y: Tensor) -> None:
         )
     for name, t in (("mu", mu), ("logvar", logvar), ("y", y)):
         _checks.check_values(name, t)
+    # exp(-logvar) must be finite in the accumulation dtype, or the bound is inf - inf
+    limit = -math.log(torch.finfo(accumulation_dtype(logvar.dtype)).max)
+    if _checks.get_validate_args() and not torch.compiler.is_compiling() and logvar.numel():
+        low = float(logvar.detach().min())
+        if low <= limit:
+            raise ValueError(
+                f"logvar must be > {limit:.1f} for {logvar.dtype} (a variance of exp(logvar) "
+                f"underflows and the bound is not defined), got a minimum of {low:g}"
+            )
 
 
 def _upcast(*ts: Tensor) -> tuple[list[Tensor], torch.dtype]:
@@ -163,6 +172,7 @@ def club_sample(
     _check_gaussian(mu, logvar, y)
     n = y.shape[-2]
     if permutation is None:
+        _checks.check_generator("generator", generator)
         permutation = torch.randperm(n, generator=generator).to(y.device)
     else:
         if not isinstance(permutation, Tensor) or permutation.dtype not in (
@@ -308,6 +318,11 @@ def variational_upper_bound(
         raise ValueError(
             "log_conditional and log_marginal must have the same shape (..., N), got "
             f"{tuple(log_conditional.shape)} and {tuple(log_marginal.shape)}"
+        )
+    if log_conditional.shape[-1] == 0:
+        raise ValueError(
+            "log_conditional and log_marginal need N >= 1 samples, got shape "
+            f"{tuple(log_conditional.shape)}"
         )
     _checks.check_values("log_conditional", log_conditional)
     _checks.check_values("log_marginal", log_marginal)

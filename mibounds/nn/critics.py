@@ -44,9 +44,9 @@ class MLP(nn.Sequential):
     ) -> None:
         _checks.check_positive_int("in_dim", in_dim)
         _checks.check_positive_int("out_dim", out_dim)
+        hidden = _checks.check_int_sequence("hidden", hidden)
+        _checks.check_module_class("activation", activation)
         sizes = [in_dim, *hidden, out_dim]
-        for h in hidden:
-            _checks.check_positive_int("hidden", h)
         layers: list[nn.Module] = []
         for i in range(len(sizes) - 1):
             layers.append(nn.Linear(sizes[i], sizes[i + 1]))
@@ -55,8 +55,15 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
-def _encode(encoder: nn.Module | None, v: Tensor) -> Tensor:
-    return v if encoder is None else encoder(v)
+def _encode(encoder: nn.Module | None, v: Tensor, name: str = "x", owner: str = "") -> Tensor:
+    """``encoder(v)``, after checking that ``v`` has the features the encoder's first linear
+    layer takes (a clear error instead of torch's "mat1 and mat2 shapes cannot be
+    multiplied")."""
+    if encoder is None:
+        return v
+    expected = _checks.first_in_features(encoder)
+    _checks.check_features(name, v, expected, f"the encoder of {owner or 'the critic'}")
+    return encoder(v)
 
 
 class _Temperature(nn.Module):
@@ -117,8 +124,8 @@ class SeparableCritic(nn.Module):
     ) -> None:
         super().__init__()
         self.similarity = _checks.check_choice("similarity", similarity, SIMILARITIES[:2])
-        self.x_encoder = x_encoder
-        self.y_encoder = y_encoder
+        self.x_encoder = _checks.check_module("x_encoder", x_encoder)
+        self.y_encoder = _checks.check_module("y_encoder", y_encoder)
         self.log_max_scale: float | None = None
         if logit_scale is None:
             self.temp = _Temperature(temperature, learn_temperature, "temperature")
@@ -136,8 +143,11 @@ class SeparableCritic(nn.Module):
         return torch.exp(-self.temp.log_value.clamp(max=self.log_max_scale))
 
     def forward(self, x: Tensor, y: Tensor) -> SeparableScores:
-        gx = _encode(self.x_encoder, x)
-        hy = _encode(self.y_encoder if self.y_encoder is not None else self.x_encoder, y)
+        owner = type(self).__name__
+        gx = _encode(self.x_encoder, x, "x", owner)
+        hy = _encode(
+            self.y_encoder if self.y_encoder is not None else self.x_encoder, y, "y", owner
+        )
         return SeparableScores(gx, hy, self.similarity, self.temperature, gather=self.gather)
 
 
@@ -175,8 +185,8 @@ class GaussianKernelCritic(nn.Module):
         gather: Any = False,
     ) -> None:
         super().__init__()
-        self.x_encoder = x_encoder
-        self.y_encoder = y_encoder
+        self.x_encoder = _checks.check_module("x_encoder", x_encoder)
+        self.y_encoder = _checks.check_module("y_encoder", y_encoder)
         self.sigma = _Temperature(bandwidth, learn_bandwidth, "bandwidth")
         self.gather = gather
 
@@ -186,8 +196,11 @@ class GaussianKernelCritic(nn.Module):
         return self.sigma()
 
     def forward(self, x: Tensor, y: Tensor) -> SeparableScores:
-        gx = _encode(self.x_encoder, x)
-        hy = _encode(self.y_encoder if self.y_encoder is not None else self.x_encoder, y)
+        owner = type(self).__name__
+        gx = _encode(self.x_encoder, x, "x", owner)
+        hy = _encode(
+            self.y_encoder if self.y_encoder is not None else self.x_encoder, y, "y", owner
+        )
         return SeparableScores(gx, hy, "gaussian", 2 * self.bandwidth**2, gather=self.gather)
 
 
@@ -220,13 +233,13 @@ class BilinearCritic(nn.Module):
         super().__init__()
         _checks.check_positive_int("dim_x", dim_x)
         _checks.check_positive_int("dim_y", dim_y)
-        self.x_encoder = x_encoder
-        self.y_encoder = y_encoder
+        self.x_encoder = _checks.check_module("x_encoder", x_encoder)
+        self.y_encoder = _checks.check_module("y_encoder", y_encoder)
         self.weight = nn.Parameter(torch.randn(dim_x, dim_y) / math.sqrt(dim_x * dim_y))
 
     def forward(self, x: Tensor, y: Tensor) -> SeparableScores:
-        gx = _encode(self.x_encoder, x)
-        hy = _encode(self.y_encoder, y)
+        gx = _encode(self.x_encoder, x, "x", "BilinearCritic")
+        hy = _encode(self.y_encoder, y, "y", "BilinearCritic")
         if gx.shape[-1] != self.weight.shape[0] or hy.shape[-1] != self.weight.shape[1]:
             raise ValueError(
                 f"BilinearCritic expects features of size dim_x={self.weight.shape[0]} and "
@@ -269,23 +282,23 @@ class ConcatCritic(nn.Module):
         super().__init__()
         _checks.check_positive_int("dim_x", dim_x)
         _checks.check_positive_int("dim_y", dim_y)
+        hidden = _checks.check_int_sequence("hidden", hidden)
         if len(hidden) == 0:
             raise ValueError("hidden must name at least one hidden layer, got ()")
-        self.dim_x = dim_x
+        self.dim_x, self.dim_y = dim_x, dim_y
         self.net = MLP(dim_x + dim_y, 1, hidden, activation)
 
     def pair_scores(self, x: Tensor, y: Tensor) -> Tensor:
         """Scores of the matched pairs only, ``T(x_i, y_i)``, shape ``(..., N)``."""
+        _checks.check_features("x", x, self.dim_x, f"ConcatCritic(dim_x={self.dim_x})")
+        _checks.check_features("y", y, self.dim_y, f"ConcatCritic(dim_y={self.dim_y})")
         return self.net(torch.cat([x, y], dim=-1)).squeeze(-1)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         _checks.check_pair("x", x, "y", y)
         first = cast(nn.Linear, self.net[0])
-        if x.shape[-1] + y.shape[-1] != first.in_features:
-            raise ValueError(
-                f"ConcatCritic expects x and y features summing to {first.in_features} "
-                f"(dim_x={self.dim_x}), got x {tuple(x.shape)} and y {tuple(y.shape)}"
-            )
+        _checks.check_features("x", x, self.dim_x, f"ConcatCritic(dim_x={self.dim_x})")
+        _checks.check_features("y", y, self.dim_y, f"ConcatCritic(dim_y={self.dim_y})")
         wx, wy = first.weight[:, : self.dim_x], first.weight[:, self.dim_x :]
         ax = x @ wx.T + first.bias
         ay = y @ wy.T

@@ -158,7 +158,7 @@ class TUBA(_BoundLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(critic)
-        self.baseline = baseline
+        self.baseline = _checks.check_module("baseline", baseline)
         self.reduction = _checks.check_reduction(reduction)
 
     def forward(self, *inputs: Any, log_baseline: Tensor | None = None) -> Tensor:

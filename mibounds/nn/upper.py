@@ -67,6 +67,10 @@ class GaussianConditional(nn.Module):
         fixed_logvar: float | None = None,
     ) -> None:
         super().__init__()
+        _checks.check_positive_int("dim_x", dim_x)
+        _checks.check_positive_int("dim_y", dim_y)
+        hidden = _checks.check_int_sequence("hidden", hidden)
+        self.dim_x, self.dim_y = dim_x, dim_y
         lo = _checks.check_real("min_logvar", min_logvar)
         hi = _checks.check_real("max_logvar", max_logvar)
         if not lo < hi:
@@ -90,8 +94,24 @@ class GaussianConditional(nn.Module):
         high_side = hi + F.softplus(lo - raw) - F.softplus(hi - raw)
         return torch.where(raw < 0.5 * (lo + hi), low_side, high_side)
 
+    def _check_x(self, x: Tensor) -> None:
+        _checks.check_tensor("x", x, min_dim=1)
+        owner = f"{type(self).__name__}(dim_x={self.dim_x}, dim_y={self.dim_y})"
+        _checks.check_features("x", x, self.dim_x, owner)
+
+    def _check_y(self, x: Tensor, y: Tensor) -> None:
+        _checks.check_tensor("y", y, min_dim=1)
+        owner = f"{type(self).__name__}(dim_x={self.dim_x}, dim_y={self.dim_y})"
+        _checks.check_features("y", y, self.dim_y, owner)
+        if x.shape[:-1] != y.shape[:-1]:
+            raise ValueError(
+                "x and y must agree on every dimension but the last (..., N, d), got "
+                f"x {tuple(x.shape)} and y {tuple(y.shape)}"
+            )
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(mu, logvar)`` of :math:`q(y|x)`, each ``(..., N, dim_y)``."""
+        self._check_x(x)
         mu = self.mean(x)
         if self.logvar is None:
             return mu, torch.full_like(mu, float(self.fixed_logvar))  # type: ignore[arg-type]
@@ -100,11 +120,13 @@ class GaussianConditional(nn.Module):
     def log_prob(self, x: Tensor, y: Tensor) -> Tensor:
         r""":math:`\log q(y_i | x_i)` for matched pairs, shape ``(..., N)``."""
         mu, logvar = self(x)
+        self._check_y(x, y)
         return -0.5 * (((y - mu) ** 2) * torch.exp(-logvar) + logvar + _LOG_2PI).sum(-1)
 
     def log_prob_matrix(self, x: Tensor, y: Tensor) -> Tensor:
         r""":math:`\log q(y_j | x_i)` for all pairs, shape ``(..., N, N)`` (:math:`O(N^2 d)`)."""
         mu, logvar = self(x)
+        self._check_y(x, y)
         mu, logvar = mu[..., :, None, :], logvar[..., :, None, :]
         diff = y[..., None, :, :] - mu
         return -0.5 * ((diff**2) * torch.exp(-logvar) + logvar + _LOG_2PI).sum(-1)
@@ -158,6 +180,7 @@ class CLUB(nn.Module):
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """The upper bound (minimise it to remove information)."""
         mu, logvar = self.conditional(x)
+        self.conditional._check_y(x, y)
         return upper.club(mu, logvar, y)
 
     def learning_loss(self, x: Tensor, y: Tensor) -> Tensor:
@@ -176,6 +199,7 @@ class CLUBSample(CLUB):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         mu, logvar = self.conditional(x)
+        self.conditional._check_y(x, y)
         return upper.club_sample(mu, logvar, y)
 
 
@@ -262,7 +286,8 @@ def update_variational(
         The last learning loss (a float).
 
     Raises:
-        TypeError: if ``estimator`` has no ``learning_loss``.
+        TypeError: if ``estimator`` has no ``learning_loss`` or ``optimizer`` is not an
+            optimiser.
 
     Example:
         >>> import torch
@@ -276,7 +301,14 @@ def update_variational(
         raise TypeError(
             f"estimator must have a learning_loss(x, y) method, got {type(estimator).__name__}"
         )
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            "optimizer must be a torch.optim.Optimizer over the estimator's parameters, got "
+            f"{type(optimizer).__name__} {optimizer!r}"
+        )
     _checks.check_positive_int("steps", steps)
+    _checks.check_tensor("x", x, min_dim=1)
+    _checks.check_tensor("y", y, min_dim=1)
     x, y = x.detach(), y.detach()
     loss = torch.zeros(())
     for _ in range(steps):

@@ -74,10 +74,11 @@ class Task(ABC):
             ``(x, y)`` of shapes ``(n, dim_x)`` and ``(n, dim_y)``.
         """
         _checks.check_positive_int("n", n)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(
-                f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-            )
+        _checks.check_generator("generator", generator)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        if device is not None:
+            _checks.check_device("device", device)
         x, y = self._sample(n, generator)
         return x.to(dtype=dtype, device=device), y.to(dtype=dtype, device=device)
 
@@ -93,6 +94,8 @@ class Task(ABC):
     def score_matrix(self, x: Tensor, y: Tensor) -> Tensor:
         r"""Oracle scores ``S[..., i, j] = log p(y_j | x_i) / p(y_j)``, shape ``(..., N, N)``."""
         _checks.check_pair("x", x, "y", y)
+        _checks.check_features("x", x, self.dim_x, repr(self))
+        _checks.check_features("y", y, self.dim_y, repr(self))
         return self.log_density_ratio(x[..., :, None, :], y[..., None, :, :])
 
     def __repr__(self) -> str:
