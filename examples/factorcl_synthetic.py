@@ -145,7 +145,7 @@ def train(kind, task, args, gen):
             return (x1, x2, (vector_augment(x1, gen), vector_augment(x2, gen)))
         return (x1, x2, b["y"])
 
-    for _ in tqdm(range(args.steps), desc=kind, leave=False, disable=args.quick):
+    for _ in tqdm(range(args.steps), desc=kind, leave=False, disable=True if args.quick else None):
         if isinstance(model, CrossModalInfoNCE):
             x1, x2, _ = batch()
             opt.zero_grad()

@@ -127,7 +127,7 @@ def pretrain(divergence, similarity, images, args):
     n = len(images)
     label = f"{divergence}/{similarity}"
     epochs = 0 if divergence == "untrained" else args.epochs
-    for _ in tqdm(range(epochs), desc=label, leave=False, disable=args.quick):
+    for _ in tqdm(range(epochs), desc=label, leave=False, disable=True if args.quick else None):
         order = torch.randperm(n, generator=order_gen).to(args.device)
         for start in range(0, n - args.batch_size + 1, args.batch_size):
             v = images[order[start : start + args.batch_size]]

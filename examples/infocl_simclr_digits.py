@@ -108,7 +108,9 @@ def pretrain(method, images, args, seed):
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=args.lr)
     n = len(images)
-    for _ in tqdm(range(args.epochs), desc=label, leave=False, disable=args.quick):
+    for _ in tqdm(
+        range(args.epochs), desc=label, leave=False, disable=True if args.quick else None
+    ):
         order = torch.randperm(n, generator=order_gen).to(args.device)
         for start in range(0, n - args.batch_size + 1, args.batch_size):
             v = images[order[start : start + args.batch_size]]

@@ -150,3 +150,161 @@ def test_baseline_shape():
         mibounds.tuba(torch.randn(3, 3), torch.zeros(4))
     with pytest.raises(ValueError, match=r"log_ema must broadcast to the batch shape"):
         mibounds.mine(torch.randn(2, 3, 3), torch.zeros(3))
+
+
+# --- every bad input names the argument (constructors, modules, estimate_mi, pickling) ------
+
+import pickle  # noqa: E402
+
+from mibounds.nn import (  # noqa: E402
+    CLUB,
+    MLP,
+    TUBA,
+    ConcatCritic,
+    GaussianConditional,
+    L1Out,
+    update_variational,
+)
+
+
+def test_layer_sizes_and_activations_are_checked():
+    with pytest.raises(TypeError, match=r"hidden must be a list or tuple of positive ints"):
+        MLP(2, 2, hidden=4)
+    with pytest.raises(TypeError, match=r"hidden must be a list or tuple"):
+        ConcatCritic(2, 2, hidden=5)
+    with pytest.raises(TypeError, match=r"activation must be an nn.Module class"):
+        MLP(2, 2, hidden=(4,), activation="relu")
+    with pytest.raises(TypeError, match=r"x_encoder must be an nn.Module or None"):
+        SeparableCritic("mlp")
+    with pytest.raises(TypeError, match=r"baseline must be an nn.Module or None, got str"):
+        TUBA(SeparableCritic(), baseline="x")
+
+
+def test_constructors_name_the_users_argument():
+    with pytest.raises(ValueError, match=r"dim_x must be >= 1, got 0"):
+        GaussianConditional(0, 2)
+    with pytest.raises(ValueError, match=r"dim_x must be >= 1, got -1"):
+        CLUB(-1, 2)
+
+
+def test_feature_sizes_name_the_argument():
+    x2, y2 = torch.randn(5, 2), torch.randn(5, 2)
+    with pytest.raises(ValueError, match=r"x must have 3 features .* got shape \(5, 2\)"):
+        ConcatCritic(3, 1, hidden=(4,))(x2, y2[:, :1])
+    with pytest.raises(ValueError, match=r"x must have 3 features .* got shape \(5, 2\)"):
+        SeparableCritic(torch.nn.Linear(3, 4))(x2, x2)
+    with pytest.raises(ValueError, match=r"x must have 2 features .* got shape \(5, 3\)"):
+        CLUB(2, 3)(torch.randn(5, 3), torch.randn(5, 3))
+    with pytest.raises(ValueError, match=r"y must have 3 features .* got shape \(5, 2\)"):
+        L1Out(2, 3)(x2, y2)
+    with pytest.raises(ValueError, match=r"y must have 3 features .* got shape \(5, 2\)"):
+        CLUB(2, 3).learning_loss(x2, y2)
+
+
+def test_update_variational_and_club_sample_arguments():
+    club = CLUB(2, 2, conditional=GaussianConditional(2, 2, hidden=(4,)))
+    x = torch.randn(6, 2)
+    with pytest.raises(TypeError, match=r"optimizer must be a torch.optim.Optimizer"):
+        update_variational(club, x, x, "adam")
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator"):
+        mibounds.club_sample(x, torch.zeros(1), x, generator="x")
+
+
+def test_estimate_mi_device_and_seed():
+    x = torch.randn(1000, 2)
+    with pytest.raises(ValueError, match=r"device='gpu0'|device must be a torch device"):
+        mibounds.estimate_mi(x, x, device="gpu0", steps=1, progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device='cuda': CUDA is not available"):
+            mibounds.estimate_mi(x, x, device="cuda", steps=1, progress=False)
+    for seed in ("a", 1.5):
+        with pytest.raises(TypeError, match=r"seed must be an int"):
+            mibounds.estimate_mi(x, x, seed=seed, steps=1, progress=False)
+    with pytest.raises(TypeError, match=r"standardize must be a bool"):
+        mibounds.estimate_mi(x, x, standardize="no", steps=1, progress=False)
+
+
+@pytest.mark.parametrize(
+    "divergence", ["kl", "js", "hellinger", mibounds.tsallis(2.0), "tsallis"], ids=str
+)
+def test_loss_modules_pickle(divergence, tmp_path):
+    loss = mibounds.nn.FMI(divergence=divergence)
+    s = torch.randn(5, 5)
+    again = pickle.loads(pickle.dumps(loss))
+    torch.testing.assert_close(again(s), loss(s))
+    torch.save(loss, tmp_path / "loss.pt")
+    loaded = torch.load(tmp_path / "loss.pt", weights_only=False)
+    torch.testing.assert_close(loaded(s), loss(s))
+
+
+def test_an_unregistered_divergence_of_lambdas_says_why_it_cannot_pickle():
+    kl = mibounds.get_divergence("kl")
+    fields = {k: getattr(kl, k) for k in kl.__dataclass_fields__}
+    mine = mibounds.FDivergence(**{**fields, "name": "my-kl", "aliases": (), "factory": None})
+    with pytest.raises(TypeError, match=r"'my-kl' cannot be pickled: .*register_divergence"):
+        pickle.dumps(mine)
+
+
+def test_silent_wrong_results_are_errors_now():
+    s = torch.randn(5, 5)
+    with pytest.raises(ValueError, match=r"log_ema must broadcast to the batch shape"):
+        mibounds.mine(s, log_ema=torch.zeros(3))
+    mu, y = torch.randn(6, 2), torch.randn(6, 2)
+    with pytest.raises(ValueError, match=r"logvar must be > -88.7 .* got a minimum of -10000"):
+        mibounds.club(mu, torch.full_like(mu, -1e4), y)
+    with pytest.raises(ValueError, match=r"need N >= 1 samples"):
+        mibounds.variational_upper_bound(torch.zeros(0), torch.zeros(0))
+    with pytest.raises(TypeError, match=r"symmetric must be a bool"):
+        mibounds.infonce(s, symmetric="no")
+    task = mibounds.tasks.CorrelatedGaussian(2, mi=1.0)
+    with pytest.raises(TypeError, match=r"dtype must be a floating torch.dtype"):
+        task.sample(4, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"x must have 2 features .* got shape \(4, 3\)"):
+        task.score_matrix(torch.randn(4, 3), torch.randn(4, 3))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["validate", "--estimators", ""],
+        ["validate", "--estimators", "nwj,nwj"],
+        ["validate", "--batch-size", "1"],
+        ["validate", "--batch-size", "0"],
+        ["validate", "--batch-size", "-4"],
+        ["validate", "--device", "nope"],
+        ["validate", "--lr", "-1"],
+        ["validate", "--lr", "nan"],
+        ["validate", "--threads", "0"],
+        ["validate", "--out", "/nonexistent/dir/x.png"],
+        ["validate", "--levels", "a,b"],
+        ["bench", "--sizes", "abc"],
+        ["bench", "--sizes="],
+        ["bench", "--sizes", "-5"],
+        ["bench", "--sizes", "0"],
+        ["bench", "--sizes", "1"],
+        ["bench", "--dims", "0"],
+        ["bench", "--dtype", "int8"],
+        ["check", "--device", "nope"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_cli_flags_are_argparse_errors(args, capsys):
+    from mibounds.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: mibounds") and f"argument {args[1].split('=')[0]}" in err
+
+
+def test_cli_cuda_without_a_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from mibounds.cli import main
+
+    for cmd in ("validate", "bench", "check"):
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--device", "cuda"])
+        assert exc.value.code == 2
+        assert "CUDA is not available" in capsys.readouterr().err

@@ -101,7 +101,7 @@ class InfoNCE(_BoundLoss):
         if temperature is not None:
             self.temperature = _checks.check_positive("temperature", temperature)
             self.similarity = _checks.check_choice("similarity", similarity, ("dot", "cosine"))
-        self.symmetric = symmetric
+        self.symmetric = _checks.check_bool("symmetric", symmetric)
         self.reduction = _checks.check_reduction(reduction)
 
     def forward(self, *inputs: Any) -> Tensor:
