@@ -219,6 +219,14 @@ class _Sweep:
             s[:, rows, cols] = fill
             return _PLAIN
         lay = self.layout
+        if keep == "cand" and lay.exclude == 1:
+            # the self-pairs only: index them (labels do not matter for the candidates)
+            rows, cols = self.diag(r0, r1)
+            inside = cols < self.m
+            s[:, rows[inside], cols[inside]] = fill
+            return _Own(rows[inside], cols[inside])
+        if keep == "cand" and lay.exclude == 0:
+            return None
         if lay.row_labels is None and lay.exclude == 2 and keep != "pos":
             # own key plus extra columns: only the paired block [0, n_paired) has exclusions
             block = s[:, :, : lay.n_paired]
@@ -240,6 +248,8 @@ class _Sweep:
         if dropped is _PLAIN:
             rows, cols = self.diag(r0, r1)
             t[:, rows, cols] = 0.0
+        elif isinstance(dropped, _Own):
+            t[:, dropped.rows, dropped.cols] = 0.0
         elif isinstance(dropped, _Block):
             block = t[:, :, : dropped.width]
             if dropped.mask is None:
@@ -303,6 +313,13 @@ class _Sweep:
 
 #: What :meth:`_Sweep.drop` returns after dropping the own pairs of the plain pairing.
 _PLAIN = torch.empty(0, dtype=torch.bool)
+
+
+class _Own(NamedTuple):
+    """What :meth:`_Sweep.drop` dropped: the entries ``(rows, cols)`` of the panel."""
+
+    rows: Tensor
+    cols: Tensor
 
 
 class _Block(NamedTuple):
