@@ -23,6 +23,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "myst_parser",
     "sphinx_gallery.gen_gallery",
+    "sphinx_copybutton",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
@@ -33,8 +34,15 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_custom_sections = [("Returns (forward)", "returns_style")]
 nitpicky = False
-html_theme = "alabaster"
+html_theme = "furo"
+html_title = f"mibounds {release}"
 html_static_path = ["_static"]
+# Formulas render offline: MathJax's SVG build is vendored in _static/mathjax (its fonts are
+# SVG paths inside the script), never fetched from a CDN.
+mathjax_path = "mathjax/tex-svg-full.js"
+mathjax3_config = {"options": {"enableMenu": False}}
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True
 myst_heading_anchors = 2
 
 

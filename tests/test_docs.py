@@ -84,6 +84,17 @@ def test_docs_build(tmp_path):
         text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # everything renders offline: no page loads a script, stylesheet or font from the network
+    remote = re.compile(r'<(?:script|link)[^>]+(?:src|href)="(?:https?:)?//[^"]+"', re.I)
+    for page in out.rglob("*.html"):
+        found = [m.group(0) for m in remote.finditer(page.read_text())]
+        found = [f for f in found if 'rel="canonical"' not in f]
+        assert not found, (page.name, found[:3])
+    for sheet in out.rglob("*.css"):
+        assert not re.search(r"url\((['\"]?)https?://", sheet.read_text()), sheet.name
+    assert (out / "_static" / "mathjax" / "tex-svg-full.js").exists()
+    migrating = (out / "migrating.html").read_text()
+    assert "SigLipLoss" in migrating and "streamed / dense time" in migrating
     api = (out / "api.html").read_text()
     assert "mathjax" in api.lower()
     assert re.search(r'id="mibounds\.infonce"', api)

@@ -89,6 +89,56 @@ SCRIPT = textwrap.dedent(
             want = ops.row_lse_mean(x.double(), y.double(), t.double(), None, 0, None, None, 0,
                                     0, n, None, True)
             check(got[:3], [w.float() for w in want[:3]], f"tau {tau} d {d}")
+    # pairings: labels with the self-pair excluded, a queue of extra columns, MoCo's own key
+    # plus queue, a bias and per-row weights, against the sweep with the same arguments
+    P = tk.Pairs
+    n, m, d = 21, 30, 7
+    x = torch.nn.functional.normalize(torch.randn(2, n, d), dim=-1)
+    y = torch.nn.functional.normalize(torch.randn(2, m, d), dim=-1)
+    y[:, :n] = torch.nn.functional.normalize(x + 0.4 * torch.randn(2, n, d), dim=-1)
+    tau, bias = torch.tensor(0.3), torch.tensor(-0.7)
+    labels = torch.arange(m) % 4
+    w = torch.rand(n)
+    configs = {
+        "labels-self": (labels[:n], labels, 0, 1, n),
+        "queue": (None, None, 0, 0, n),
+        "own-key": (None, None, 0, 2, n),
+    }
+    for tag, (rl, cl, off, exc, npd) in configs.items():
+        pairs = P(rl, cl, off, exc, npd)
+        base = (x, y, tau, bias, 0, rl, cl, off, exc, npd)
+        want = ops.row_lse_mean(*base, w, True)
+        got = streaming._per_batch(
+            lambda a, b, t, ng: tk.lse_triton(a, b, t, ng, pairs=pairs, weight=w,
+                                              bias=bias.reshape(1), block=16),
+            x, y, tau, True, 1)
+        check(got, want, f"lse {tag}")
+        want = ops.offdiag_lme(*base, torch.log(w), True)
+        got = streaming._per_batch(
+            lambda a, b, t, ng: tk.neg_lme_triton(a, b, t, ng, pairs=pairs, log_weight=torch.log(w),
+                                                  bias=bias.reshape(1), block=16),
+            x, y, tau, True, 1)
+        check(got, want, f"lme {tag}")
+        for positives in (False, True):
+            want = ops.offdiag_means(*base, w, E["exp"], E["softplus"], -1.0, 0.0, positives,
+                                     True, True)
+            got = streaming._per_batch(
+                lambda a, b, t, ng: tk.means_triton(a, b, t, "exp", "softplus", -1.0, 0.0, ng,
+                                                    True, pairs=pairs, weight=w, positives=positives,
+                                                    bias=bias.reshape(1), block=16),
+                x, y, tau, True, 2)
+            check(got, want, f"means {tag} positives={positives}")
+    # the symmetric terms with labels on a square batch
+    z = torch.nn.functional.normalize(torch.randn(1, 24, 5), dim=-1)
+    lab = torch.arange(24) % 5
+    v = torch.rand(24)
+    want = ops.sym_lse_mean(z, z, tau, bias, 0, lab, lab, 0, 1, 24, w[:1].expand(24) * 0 + 0.02, v, True)
+    got = streaming._per_batch(
+        lambda a, b, t, ng: tk.symmetric_lse_triton(a, b, t, ng, pairs=P(lab, lab, 0, 1, 24),
+                                                    row_weight=torch.full((24,), 0.02),
+                                                    col_weight=v, bias=bias.reshape(1), block=16),
+        z, z, tau, True, 1)
+    check(got, want, "symmetric labels")
     print("triton-interpreter-ok")
     """
 )

@@ -443,12 +443,9 @@ def _triton_of(fid: int) -> tuple[str, float]:
     return _TRITON_OF.get(fid, (_FNS[fid][0], 0.0))
 
 
-def _triton_ok(x: Tensor, y: Tensor, sim: int, *plain: object) -> bool:
-    """Whether the Triton kernels cover this call: Triton on, dot scores, a float32 or half
-    dtype, ``0 < B``, ``d <= MAX_DIM``, a square batch with the plain pairing, no bias and
-    uniform weights (``plain`` holds the pairing arguments and weights that must be absent:
-    labels, offset, exclusion, bias, weights)."""
-    square = x.shape[-2] == y.shape[-2]
+def _triton_ok(x: Tensor, y: Tensor, sim: int) -> bool:
+    """Whether the Triton kernels cover this call: Triton on, dot scores, float32 or half
+    features, ``0 < B`` and ``d <= MAX_DIM`` (any pairing, bias and weights)."""
     dtype_ok = x.dtype in _TRITON_DTYPES and y.dtype in _TRITON_DTYPES
     return (
         triton_enabled()
@@ -456,8 +453,6 @@ def _triton_ok(x: Tensor, y: Tensor, sim: int, *plain: object) -> bool:
         and dtype_ok
         and x.shape[0] > 0
         and x.shape[-1] <= triton_kernels.MAX_DIM
-        and square
-        and all(not a for a in plain)
     )
 
 
@@ -466,8 +461,9 @@ _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def _per_batch(fn, x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, n_values: int):
     """Run a Triton entry point ``fn(x_b, y_b, tau, need_grad)`` on every batch index and stack
-    its ``(*values, dx, dy, dtau)`` into the custom op's outputs (no host synchronisation).
-    The gradients take the layout of ``x`` and ``y`` (as the fake kernel promises)."""
+    its ``(*values, dx, dy, dtau[, dbias])`` into the custom op's outputs (no host
+    synchronisation). The gradients take the layout of ``x`` and ``y`` (as the fake kernel
+    promises)."""
     t = tau.float().reshape(1)  # passed to the kernels by pointer: never read back
     with torch.cuda.device(x.device) if x.device.type == "cuda" else _nullcontext():
         outs = [
@@ -476,12 +472,32 @@ def _per_batch(fn, x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, n_values:
         ]
     values = [torch.stack([o[k] for o in outs]) for k in range(n_values)]
     dtau = torch.stack([o[n_values + 2] for o in outs])
-    dbias = torch.zeros_like(dtau)
+    if len(outs[0]) > n_values + 3:
+        dbias = torch.stack([o[n_values + 3] for o in outs])
+    else:
+        dbias = torch.zeros_like(dtau)
     if not need_grad:
         return (*values, x.new_zeros(0), y.new_zeros(0), dtau, dbias)
     dx = torch.empty_like(x).copy_(torch.stack([o[n_values] for o in outs]))
     dy = torch.empty_like(y).copy_(torch.stack([o[n_values + 1] for o in outs]))
     return (*values, dx, dy, dtau, dbias)
+
+
+def _pairs(rl, cl, offset: int, exclude: int, n_paired: int, device) -> triton_kernels.Pairs:
+    """The op's pairing arguments for the Triton kernels (labels as int64 on the device)."""
+
+    def on(t):
+        return None if t is None else t.to(device=device, dtype=torch.int64).contiguous()
+
+    return triton_kernels.Pairs(on(rl), on(cl), offset, exclude, n_paired)
+
+
+def _bias_ptr(bias: Tensor | None) -> Tensor | None:
+    return None if bias is None else bias.detach().float().reshape(1)
+
+
+def _weights_arg(w: Tensor | None) -> Tensor | None:
+    return None if w is None else w.float().contiguous()
 
 
 class _nullcontext:
@@ -942,67 +958,94 @@ if triton_kernels.HAS_TRITON:  # pragma: no cover - needs CUDA
     @_row_lse_mean.register_kernel("cuda")
     def _(*args):
         """Triton on CUDA where it covers the call and passed its check; the sweep otherwise."""
-        x, y, _, bias, sim, rl, _, offset, exclude, _, row_w, _ = args
-        absent = (bias is not None, rl is not None, offset, exclude, row_w is not None)
-        if not _triton_ok(x, y, sim, *absent):
+        x, y, _, _, sim, rl, cl, offset, exclude, n_paired, _, _ = args
+        if not _triton_ok(x, y, sim):
             return _row_lse_mean_sweep(*args)
+        pairs = _pairs(rl, cl, offset, exclude, n_paired, x.device)
 
         def run(*a):
-            return _per_batch(triton_kernels.row_lse_mean_triton, a[0], a[1], a[2], a[-1], 1)
+            def one(xb, yb, t, ng):
+                return triton_kernels.lse_triton(
+                    xb, yb, t, ng, pairs=pairs, weight=_weights_arg(a[10]), bias=_bias_ptr(a[3])
+                )
 
-        key = ("row_lse_mean", x.dtype, "dot", x.shape[-1])
+            return _per_batch(one, a[0], a[1], a[2], a[-1], 1)
+
+        key = ("row_lse_mean", x.dtype, "dot", x.shape[-1], _pairing_kind(args))
         return _checked_triton(key, run, _row_lse_mean_sweep, args)
 
     @_sym_lse_mean.register_kernel("cuda")
     def _(*args):
-        x, y, _, bias, sim, rl, _, offset, exclude, _, row_w, col_w, _ = args
-        weighted = row_w is not None or col_w is not None
-        if not _triton_ok(x, y, sim, bias is not None, rl is not None, offset, exclude, weighted):
+        x, y, _, _, sim, rl, cl, offset, exclude, n_paired, _, _, _ = args
+        if not _triton_ok(x, y, sim) or exclude == 2:
             return _sym_lse_mean_impl(*args)
+        pairs = _pairs(rl, cl, offset, exclude, n_paired, x.device)
 
         def run(*a):
-            fn = triton_kernels.symmetric_lse_mean_triton
-            return _per_batch(fn, a[0], a[1], a[2], a[-1], 1)
+            def one(xb, yb, t, ng):
+                return triton_kernels.symmetric_lse_triton(
+                    xb, yb, t, ng, pairs=pairs, row_weight=_weights_arg(a[10]),
+                    col_weight=_weights_arg(a[11]), bias=_bias_ptr(a[3]),
+                )  # fmt: skip
 
-        key = ("sym_lse_mean", x.dtype, "dot", x.shape[-1])
+            return _per_batch(one, a[0], a[1], a[2], a[-1], 1)
+
+        key = ("sym_lse_mean", x.dtype, "dot", x.shape[-1], _pairing_kind(args))
         return _checked_triton(key, run, _sym_lse_mean_impl, args)
 
     @_offdiag_lme.register_kernel("cuda")
     def _(*args):
-        x, y, _, bias, sim, rl, _, offset, exclude, _, log_w, _ = args
-        absent = (bias is not None, rl is not None, offset, exclude, log_w is not None)
-        if not _triton_ok(x, y, sim, *absent):
+        x, y, _, _, sim, rl, cl, offset, exclude, n_paired, _, _ = args
+        if not _triton_ok(x, y, sim):
             return _offdiag_lme_impl(*args)
+        pairs = _pairs(rl, cl, offset, exclude, n_paired, x.device)
 
         def run(*a):
-            return _per_batch(triton_kernels.offdiag_lme_triton, a[0], a[1], a[2], a[-1], 1)
+            def one(xb, yb, t, ng):
+                return triton_kernels.neg_lme_triton(
+                    xb, yb, t, ng, pairs=pairs, log_weight=_weights_arg(a[10]),
+                    bias=_bias_ptr(a[3]),
+                )  # fmt: skip
 
-        key = ("offdiag_lme", x.dtype, "dot", x.shape[-1])
+            return _per_batch(one, a[0], a[1], a[2], a[-1], 1)
+
+        key = ("offdiag_lme", x.dtype, "dot", x.shape[-1], _pairing_kind(args))
         return _checked_triton(key, run, _offdiag_lme_impl, args)
 
     @_offdiag_means.register_kernel("cuda")
     def _(*args):
-        (x, y, _, bias, sim, rl, _, offset, exclude, _, weight, value_fn, grad_fn,
+        (x, y, _, _, sim, rl, cl, offset, exclude, n_paired, _, value_fn, grad_fn,
          shift, param, positives, need_grad, grad_value) = args  # fmt: skip
         grad_name, grad_param = _triton_of(grad_fn)
         names = (None if value_fn < 0 else _FNS[value_fn][0], grad_name)
         if grad_fn in _TRITON_OF:
             param = grad_param
         covered = all(n is None or n in triton_kernels.TRITON_FUNCTIONS for n in names)
-        absent = (bias is not None, rl is not None, offset, exclude, weight is not None, positives)
-        if not (covered and _triton_ok(x, y, sim, *absent)):
+        if not (covered and _triton_ok(x, y, sim)):
             return _offdiag_means_impl(*args)
+        pairs = _pairs(rl, cl, offset, exclude, n_paired, x.device)
 
         def run(*a):
             def one(xb, yb, t, ng):
-                return triton_kernels.offdiag_means_triton(
-                    xb, yb, t, names[0], names[1], shift, param, ng, grad_value
-                )
+                return triton_kernels.means_triton(
+                    xb, yb, t, names[0], names[1], shift, param, ng, grad_value, pairs=pairs,
+                    weight=_weights_arg(a[10]), positives=positives, bias=_bias_ptr(a[3]),
+                )  # fmt: skip
 
             return _per_batch(one, a[0], a[1], a[2], need_grad, 2)
 
-        key = ("offdiag_means", x.dtype, "dot", x.shape[-1], *names, shift, param, grad_value)
+        key = (
+            "offdiag_means", x.dtype, "dot", x.shape[-1], _pairing_kind(args), *names, shift,
+            param, grad_value, positives,
+        )  # fmt: skip
         return _checked_triton(key, run, _offdiag_means_impl, args)
+
+
+def _pairing_kind(args: tuple) -> str:
+    """What the pairing of an op call uses (part of the self-check key: each combination is
+    a different kernel variant)."""
+    bias, rl, exclude = args[3], args[5], args[8]
+    return f"labels={rl is not None} exclude={exclude} bias={bias is not None}"
 
 
 # --- the alpha-interpolated bound: leave-one-out column statistics, three sweeps -----------
