@@ -66,6 +66,8 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "within_subsection_order": "FileNameSortKey",
     "abort_on_example_error": True,
+    # its timing pages load scripts from CDNs; the docs must render offline
+    "write_computation_times": False,
 }
 # the gallery's argv hook is a function, which sphinx cannot cache (harmless: it only means
 # the environment is rebuilt when the configuration is re-read)

@@ -35,11 +35,11 @@ source accuracy essentially unchanged (SimCLR 85.76, +RC 85.78, +LBE 85.45) and 
 transfer tasks: DTD 29.52 / 33.67 (RC) / 34.52 (LBE), VGG Flower 42.81 / 54.16 / 54.10, Traffic
 Signs 92.41 / 95.84 / 94.96. Here **RC reproduces the effect**: the source accuracy is
 unchanged and the transfer accuracy rises, most with few labels (87.1 to 91.7, about 1.1
-standard deviations of the baseline). **LBE does not at this scale**: neutral at lambda 0.1 and harmful at the
-paper's lambda 1. A likely reason: the Gaussian critic's scale (:math:`\rho = 0.05`,
-:math:`\sigma = 0.1`) was set for ResNet-18 features of 128-512 dimensions; on 16-64-dimensional
-pooled features the bound is maximised mostly by inflating the feature scale, which the
-contrastive head does not use. The paper itself reports an inverted U in lambda.
+standard deviations of the baseline). **LBE does not at this scale**: neutral at lambda 0.1 and
+harmful at the paper's lambda 1. A likely reason: the Gaussian critic's scale
+(:math:`\rho = 0.05`, :math:`\sigma = 0.1`) was set for ResNet-18 features of 128-512 dimensions; on
+16-64-dimensional pooled features the bound is maximised mostly by inflating the feature scale,
+which the contrastive head does not use. The paper itself reports an inverted U in lambda.
 """
 
 # %%

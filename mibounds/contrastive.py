@@ -5,15 +5,27 @@ prints, to float rounding), computed on :class:`~mibounds.scores.SeparableScores
 streaming kernels, so the ``N x M`` score matrix is never built. Each is an MI bound in
 disguise; :meth:`mi` returns the estimate it implies.
 
-================  ===========================================  ================================
-module            replaces                                     MI read-out (:meth:`mi`)
-================  ===========================================  ================================
-:class:`CLIPLoss`   OpenCLIP ``ClipLoss``                      :math:`\log N - \mathcal{L}`
-:class:`SigLIPLoss` OpenCLIP ``SigLipLoss``                    NWJ at :math:`T = z + \log(N-1) + 1`
-:class:`NTXentLoss` lightly ``NTXentLoss`` (no memory bank)    :math:`\log(2N-1) - \mathcal{L}`
-:class:`SupConLoss` supervised contrastive ``L_out``           :math:`\log(N-1) - \mathcal{L}`
-:class:`MoCoLoss`   MoCo's query/key/queue cross-entropy       :math:`\log(K+1) - \mathcal{L}`
-================  ===========================================  ================================
+.. list-table::
+   :header-rows: 1
+
+   * - module
+     - replaces
+     - MI read-out (``mi``)
+   * - :class:`CLIPLoss`
+     - OpenCLIP ``ClipLoss``
+     - :math:`\log N - \mathcal{L}`
+   * - :class:`SigLIPLoss`
+     - OpenCLIP ``SigLipLoss``
+     - NWJ at :math:`T = z + \log(N-1) + 1`
+   * - :class:`NTXentLoss`
+     - lightly ``NTXentLoss`` (no memory bank)
+     - :math:`\log(2N-1) - \mathcal{L}`
+   * - :class:`SupConLoss`
+     - supervised contrastive ``L_out``
+     - :math:`\log(N-1) - \mathcal{L}`
+   * - :class:`MoCoLoss`
+     - MoCo's query/key/queue cross-entropy
+     - :math:`\log(K+1) - \mathcal{L}`
 
 The InfoNCE family (CLIP, NT-Xent, SupCon, MoCo) are :func:`mibounds.infonce` with the pairing of
 the scores set accordingly (rectangular candidates, labels, excluded self-pairs): the loss is

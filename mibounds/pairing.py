@@ -67,8 +67,9 @@ class Pairing:
     Example:
         >>> p = Pairing(labels=torch.tensor([0, 1, 0, 1]), exclude="self")
         >>> layout = p.layout(4, 4)
-        >>> layout.counts()
-        (tensor([1., 1., 1., 1.]), tensor([3., 3., 3., 3.]))
+        >>> npos, ncand = layout.counts()  # per row: positives, and candidates
+        >>> npos.tolist(), ncand.tolist()
+        ([1.0, 1.0, 1.0, 1.0], [3.0, 3.0, 3.0, 3.0])
     """
 
     labels: Tensor | None = None
@@ -128,6 +129,12 @@ class PairLayout(NamedTuple):
     Row ``i``'s own column is ``offset + i``. Positives: equal labels, or the own column when
     there are no labels. ``exclude``: 0 none, 1 the own column, 2 the paired columns
     ``[0, n_paired)`` other than the own column. Excluded pairs are never positive.
+
+    Example:
+        >>> layout = PairLayout(exclude=2, n_paired=2)  # own key plus two queue columns
+        >>> layout.drop_mask(0, 2, 4, "cand", torch.device("cpu"))
+        tensor([[False,  True, False, False],
+                [ True, False, False, False]])
     """
 
     row_labels: Tensor | None = None

@@ -225,7 +225,9 @@ def test_estimate_mi_device_and_seed():
 
 
 @pytest.mark.parametrize(
-    "divergence", ["kl", "js", "hellinger", mibounds.tsallis(2.0), "tsallis"], ids=str
+    "divergence",
+    ["kl", "js", "hellinger", mibounds.tsallis(2.0), "tsallis"],
+    ids=["kl", "js", "hellinger", "tsallis(2)", "tsallis"],
 )
 def test_loss_modules_pickle(divergence, tmp_path):
     loss = mibounds.nn.FMI(divergence=divergence)

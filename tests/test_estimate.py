@@ -175,7 +175,9 @@ def test_validate_cli(tmp_path, capsys):
 
 
 def test_validate_cli_errors(capsys):
-    assert main(["validate", "--estimators", "nope", "--no-progress"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", "--estimators", "nope", "--no-progress"])
+    assert exc.value.code == 2
     assert "unknown estimator 'nope'" in capsys.readouterr().err
     assert main(["validate", "--transform", "square", "--no-progress"]) == 2
     assert "unknown transform" in capsys.readouterr().err

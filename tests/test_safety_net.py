@@ -100,11 +100,11 @@ def test_coverage_excludes_what_the_kernels_cannot_do():
         ok = streaming._triton_ok
         x = torch.randn(2, 8, 64)
         assert ok(x, x, 0) is streaming.triton_kernels.HAS_TRITON
-        assert not ok(torch.randn(2, 8, 129), torch.randn(2, 8, 129), 0)  # shared memory
+        assert ok(x, torch.randn(2, 12, 64), 0) is streaming.triton_kernels.HAS_TRITON  # a queue
+        assert not ok(torch.randn(2, 8, 65), torch.randn(2, 8, 65), 0)  # registers, shared memory
         assert not ok(x.double(), x.double(), 0)  # float64 stays float64: the sweep
         assert not ok(torch.randn(0, 8, 64), torch.randn(0, 8, 64), 0)  # an empty batch
         assert not ok(x, x, 1)  # Gaussian scores
-        assert not ok(x, x, 0, True)  # a bias, labels, weights, ...
     finally:
         streaming.set_triton(None)
 

@@ -123,16 +123,17 @@ SCRIPT = textwrap.dedent(
             want = ops.offdiag_means(*base, w, E["exp"], E["softplus"], -1.0, 0.0, positives,
                                      True, True)
             got = streaming._per_batch(
-                lambda a, b, t, ng: tk.means_triton(a, b, t, "exp", "softplus", -1.0, 0.0, ng,
-                                                    True, pairs=pairs, weight=w, positives=positives,
-                                                    bias=bias.reshape(1), block=16),
+                lambda a, b, t, ng: tk.means_triton(
+                    a, b, t, "exp", "softplus", -1.0, 0.0, ng, True, pairs=pairs, weight=w,
+                    positives=positives, bias=bias.reshape(1), block=16),
                 x, y, tau, True, 2)
             check(got, want, f"means {tag} positives={positives}")
     # the symmetric terms with labels on a square batch
     z = torch.nn.functional.normalize(torch.randn(1, 24, 5), dim=-1)
     lab = torch.arange(24) % 5
     v = torch.rand(24)
-    want = ops.sym_lse_mean(z, z, tau, bias, 0, lab, lab, 0, 1, 24, w[:1].expand(24) * 0 + 0.02, v, True)
+    u = torch.full((24,), 0.02)
+    want = ops.sym_lse_mean(z, z, tau, bias, 0, lab, lab, 0, 1, 24, u, v, True)
     got = streaming._per_batch(
         lambda a, b, t, ng: tk.symmetric_lse_triton(a, b, t, ng, pairs=P(lab, lab, 0, 1, 24),
                                                     row_weight=torch.full((24,), 0.02),
