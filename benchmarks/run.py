@@ -1,4 +1,4 @@
-"""The full benchmark grid of the streaming-kernels issue: `python benchmarks/run.py`.
+"""The full benchmark grid of the streaming kernels: `python benchmarks/run.py`.
 
 Runs `mibounds bench` over N in {1024, 4096, 16384, 65536}, d in {128, 512} for the one-way
 and symmetric InfoNCE, NWJ, JS and f-MI (JS), and writes benchmarks/results.json and
