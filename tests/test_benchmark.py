@@ -49,4 +49,7 @@ def test_bench_cli(tmp_path, capsys):
     assert rc == 0
     assert "x bare" in capsys.readouterr().out
     assert {row["method"] for row in json.loads(out.read_text())} == {"bare", "streaming"}
-    assert main(["bench", "--bounds", "nope"]) == 2
+    with pytest.raises(SystemExit) as exc:  # an argparse error naming the flag
+        main(["bench", "--bounds", "nope"])
+    assert exc.value.code == 2
+    assert "argument --bounds: unknown bounds ['nope']" in capsys.readouterr().err
