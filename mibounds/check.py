@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mibounds import contrastive
+from mibounds import _checks, contrastive
 from mibounds.bounds.lower import dv, fmi, infonce, interpolated, js, mine, nwj, smile, tuba
 from mibounds.bounds.upper import nce_club
 from mibounds.kernels import streaming
@@ -283,11 +283,12 @@ def run_check(device: str = "cpu", sizes: tuple[int, ...] | None = None) -> list
         ValueError: an unknown device, or CUDA without a GPU.
 
     Example:
-        >>> rows = run_check("cpu", sizes=())  # doctest: +SKIP
+        >>> run_check("tpu0")
+        Traceback (most recent call last):
+        ...
+        ValueError: device must be a torch device such as 'cpu' or 'cuda', got 'tpu0'
     """
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available on this machine")
+    dev = _checks.check_device("device", device)
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
     if sizes is None:
