@@ -12,9 +12,10 @@ failure.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -114,14 +115,21 @@ def _scores_fn(path: str, bound: Callable[..., Tensor], tau: float = 0.2):
         if path == "dense":
             return bound(s.dense())
         if path == "autocast":
-            kind = "cuda" if u.is_cuda else "cpu"
-            dtype = torch.float16 if u.is_cuda else torch.bfloat16
-            with torch.autocast(kind, dtype=dtype):
+            with _autocast(u) as dtype:
                 # the features come out of a half-precision layer, as in a real model
                 return bound(SeparableScores(u.to(dtype), v.to(dtype), "dot", tau))
         return bound(s)
 
     return run
+
+
+@contextlib.contextmanager
+def _autocast(like: Tensor) -> Iterator[torch.dtype]:
+    """``torch.autocast`` on ``like``'s device (float16 on CUDA, bfloat16 on the CPU); yields
+    that dtype."""
+    dtype = torch.float16 if like.is_cuda else torch.bfloat16
+    with torch.autocast("cuda" if like.is_cuda else "cpu", dtype=dtype):
+        yield dtype
 
 
 def _run_path(path: str, fn: Callable[[Tensor, Tensor], Tensor], u: Tensor, v: Tensor):
@@ -184,9 +192,7 @@ def check_correctness(device: torch.device, n: int = 96, dims: tuple[int, ...] =
 def _loss_fn(path: str, loss: Callable[[Tensor, Tensor], Tensor]):
     def run(u: Tensor, v: Tensor) -> Tensor:
         if path == "autocast":
-            kind = "cuda" if u.is_cuda else "cpu"
-            dtype = torch.float16 if u.is_cuda else torch.bfloat16
-            with torch.autocast(kind, dtype=dtype):
+            with _autocast(u) as dtype:
                 return loss(u.to(dtype), v.to(dtype))
         return loss(u, v)
 

@@ -148,6 +148,14 @@ class PairLayout(NamedTuple):
         """No labels and nothing excluded: the positive of each row is its own column."""
         return self.row_labels is None and self.exclude == 0
 
+    def to(self, device: torch.device) -> PairLayout:
+        """The same layout with its label vectors on ``device``."""
+        if self.row_labels is None or self.col_labels is None:
+            return self
+        return self._replace(
+            row_labels=self.row_labels.to(device), col_labels=self.col_labels.to(device)
+        )
+
     def drop_mask(self, r0: int, r1: int, m: int, keep: str, device: torch.device) -> Tensor | None:
         """``(r1 - r0, m)`` mask of the entries of rows ``r0:r1`` outside the set ``keep``
         (``"cand"``: the candidates, ``"neg"``: the negatives, ``"pos"``: the positives), or

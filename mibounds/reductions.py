@@ -150,6 +150,7 @@ class _PairedBatch(abc.ABC):
     def _setup(self, total: Callable[[Tensor], Tensor] | None = None) -> None:
         """Per-row weights from the counts; ``total`` sums a count over every rank (the rows of
         one rank are then weighted within the global batch)."""
+        self._columns: tuple[Tensor, Tensor, Tensor] | None = None
         npos, ncand = self.layout.counts(self.n, self.m, self._acc.device)
         dt = self._acc.dtype
         self.npos, self.ncand = npos.to(dt), ncand.to(dt)
@@ -197,13 +198,10 @@ class _PairedBatch(abc.ABC):
         if not symmetric:
             w = None if self.plain else self.w_joint
             return self._lse(w, None) - (self.w_joint * log_c).sum(-1)
-        t = self.layout.transposed(self.n, self.m)
-        npos_c, ncand_c = t.counts(self.m, self.n, self._acc.device)
-        dt = self._acc.dtype
-        cols = (npos_c > 0).to(dt)
+        cols, _, ncand_c = self._column_counts()
         w_col = 0.5 * cols / cols.sum().clamp_min(1)
         w_row = 0.5 * self.w_joint
-        consts = (w_row * log_c).sum(-1) + (w_col * torch.log(ncand_c.to(dt))).sum(-1)
+        consts = (w_row * log_c).sum(-1) + (w_col * torch.log(ncand_c)).sum(-1)
         if self.plain:
             return self._lse(None, None, symmetric=True) - consts
         return self._lse(w_row, w_col, symmetric=True) - consts
@@ -212,12 +210,20 @@ class _PairedBatch(abc.ABC):
         """The column version of :meth:`joint` (identity), for symmetric bounds."""
         if self.plain:
             return self.positives().mean(-1)
-        t = self.layout.transposed(self.n, self.m)
-        npos_c, _ = t.counts(self.m, self.n, self._acc.device)
-        dt = self._acc.dtype
-        cols = (npos_c > 0).to(dt)
-        w = cols / (cols.sum().clamp_min(1) * npos_c.clamp_min(1).to(dt))
+        cols, npos_c, _ = self._column_counts()
+        w = cols / (cols.sum().clamp_min(1) * npos_c.clamp_min(1))
         return (self.positive_sums(columns=True) * w).sum(-1)
+
+    def _column_counts(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Per column: whether it has a positive, its positives and its candidates (the
+        pairing seen from the columns), in the accumulation dtype; computed once for the
+        joint and the log-sum-exp terms of a symmetric bound."""
+        if self._columns is None:
+            t = self.layout.transposed(self.n, self.m)
+            npos_c, ncand_c = t.counts(self.m, self.n, self._acc.device)
+            dt = self._acc.dtype
+            self._columns = (npos_c > 0).to(dt), npos_c.to(dt), ncand_c.to(dt)
+        return self._columns
 
     def offdiag_means(
         self,
@@ -295,12 +301,7 @@ class SeparableBatch(_PairedBatch):
         self.bias = None if bias is None else torch.as_tensor(bias, device=self.x.device)
         self._acc = upcast(self.x.new_zeros(()))
         layout = scores.pairing.layout(self.n, self.m, offset, n_paired)
-        if layout.row_labels is not None:
-            layout = layout._replace(
-                row_labels=layout.row_labels.to(self.x.device),
-                col_labels=layout.col_labels.to(self.x.device),  # type: ignore[union-attr]
-            )
-        self.layout = layout
+        self.layout = layout.to(self.x.device)
         self.plain = self.layout.plain and self.m == self.n and self.bias is None and not offset
         self._setup(total)
 
@@ -423,13 +424,7 @@ class DenseBatch(_PairedBatch):
         self.s = upcast(s)
         self.n, self.m = s.shape[-2], s.shape[-1]
         self._acc = self.s.new_zeros(())
-        layout = pairing.layout(self.n, self.m)
-        if layout.row_labels is not None:
-            layout = layout._replace(
-                row_labels=layout.row_labels.to(s.device),
-                col_labels=layout.col_labels.to(s.device),  # type: ignore[union-attr]
-            )
-        self.layout = layout
+        self.layout = pairing.layout(self.n, self.m).to(s.device)
         self.plain = False  # weighted formulas throughout (this is the reference)
         self._setup()
 
