@@ -62,6 +62,11 @@ def _compiling() -> bool:
     return bool(torch.compiler.is_compiling())
 
 
+def validating() -> bool:
+    """Whether checks on values run now: validation is on and nothing is being compiled."""
+    return _VALIDATE_ARGS and not _compiling()
+
+
 def check_values(name: str, tensor: torch.Tensor) -> None:
     """Raise if ``tensor`` holds NaN or Inf while value validation is on (eager only)."""
     if not _VALIDATE_ARGS or _compiling():

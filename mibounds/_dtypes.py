@@ -1,6 +1,9 @@
-"""The one precision rule: float16/bfloat16 inputs are accumulated in float32."""
+"""The precision rules: float16/bfloat16 inputs are accumulated in float32, and a derivative
+with respect to the scores that overflows is zero (see the conventions page)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -15,3 +18,35 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 def upcast(t: torch.Tensor) -> torch.Tensor:
     """``t`` in its accumulation dtype (a no-op unless ``t`` is half precision)."""
     return t.to(accumulation_dtype(t.dtype))
+
+
+def finite_derivatives_(g: torch.Tensor) -> torch.Tensor:
+    """``g`` with every entry that is not finite replaced by 0, in place.
+
+    A derivative with respect to one score is infinite only where a term of the bound
+    overflowed (an :math:`e^S` beyond the dtype's range); that score then stops contributing
+    and the rest of the gradient is exact. The streaming kernels apply the same rule to each
+    panel of the score gradient.
+    """
+    return torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+class _FiniteGrad(torch.autograd.Function):
+    """Identity whose backward applies :func:`finite_derivatives_` to the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, s: torch.Tensor) -> torch.Tensor:
+        return s.view_as(s)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def dense_scores(t: torch.Tensor) -> torch.Tensor:
+    """Dense scores as the bounds reduce them: in the accumulation dtype, with the
+    overflow rule on their gradient (a no-op where no gradient is needed)."""
+    t = upcast(t)
+    if t.requires_grad:
+        return _FiniteGrad.apply(t)
+    return t

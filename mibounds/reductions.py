@@ -23,10 +23,11 @@ from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mibounds import _checks, distributed
-from mibounds._dtypes import upcast
+from mibounds._dtypes import dense_scores, finite_derivatives_, upcast
 from mibounds.kernels import streaming
 from mibounds.pairing import Pairing, PairLayout
 from mibounds.scores import DenseScores, SeparableScores
@@ -87,7 +88,7 @@ def prepare(scores: Scores, name: str = "scores") -> tuple[Tensor, torch.dtype]:
         dense = scores.scores
     else:
         dense = _checks.check_scores(name, scores)
-    return upcast(dense), dense.dtype
+    return dense_scores(dense), dense.dtype
 
 
 def is_plain(scores: Scores) -> bool:
@@ -112,6 +113,79 @@ def _describe(scores: Scores) -> str:
     return ", ".join(parts)
 
 
+class _InverseSqrtScale(torch.autograd.Function):
+    """``(x / sqrt(tau), y / sqrt(tau))`` with a backward that cannot give NaN: the temperature
+    gradient is formed from the summed feature gradients (finite) and only then divided by
+    ``tau``, so terms that cancel in the bound cancel before any overflow."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
+        r = torch.rsqrt(tau)
+        ctx.save_for_backward(x, y, tau, r)
+        return x * r, y * r
+
+    @staticmethod
+    def backward(ctx: Any, gx: Tensor, gy: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        x, y, tau, r = ctx.saved_tensors
+        gx, gy = finite_derivatives_(gx.clone()), finite_derivatives_(gy.clone())
+        dtau = None
+        if ctx.needs_input_grad[2]:
+            total = (x * gx).sum() + (y * gy).sum()
+            dtau = finite_derivatives_((total * r / tau * -0.5).reshape(tau.shape))
+        return finite_derivatives_(gx * r), finite_derivatives_(gy * r), dtau
+
+
+def unit_temperature(scores: SeparableScores) -> SeparableScores:
+    """The same scores with the temperature folded into the features (``x`` and ``y`` divided
+    by ``sqrt(tau)``, in the accumulation dtype; cosine scores as dot scores of normalised
+    features), so every streamed piece of a bound sees ``tau = 1`` and their gradients add up
+    before the one division by ``tau``. Scores that overflow the accumulation dtype raise a
+    ``ValueError`` naming the temperature (while values are validated)."""
+    t = scores.temperature
+    x, y = upcast(scores.x), upcast(scores.y)
+    unchanged = x is scores.x and y is scores.y
+    if unchanged and scores.similarity != "cosine" and not isinstance(t, Tensor) and t == 1.0:
+        return scores
+    if scores.similarity == "cosine":
+        x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
+    if isinstance(t, Tensor):
+        x, y = _InverseSqrtScale.apply(x, y, t.to(x.dtype).reshape(()))
+    elif t != 1.0:
+        r = 1.0 / math.sqrt(t)
+        x, y = x * r, y * r
+    sim = "dot" if scores.similarity == "cosine" else scores.similarity
+    out = SeparableScores._trusted(scores, x=x, y=y, similarity=sim, temperature=1.0)
+    if _checks.validating():
+        _check_no_overflow(out, t)
+    return out
+
+
+def _check_no_overflow(scores: SeparableScores, temperature: float | Tensor) -> None:
+    """Raise if a score ``sim(x, y) / temperature`` is beyond the accumulation dtype's range.
+    A bound on the largest score decides in O(N d); only if it is too large are the scores
+    themselves swept (no gradient)."""
+    x, y = scores.x.detach(), scores.y.detach()
+    limit = torch.finfo(torch.promote_types(x.dtype, y.dtype)).max
+    nx, ny = x.norm(dim=-1).amax(), y.norm(dim=-1).amax()
+    bound = (nx + ny) ** 2 if scores.similarity == "gaussian" else nx * ny
+    if bool(bound < 0.5 * limit):
+        return
+    with torch.no_grad():
+        finite = bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())
+        if finite:
+            sim = scores.similarity
+            top = streaming.row_logsumexp_mean(x, y, 1.0, sim)
+            bottom = streaming.row_logsumexp_mean(-x, y, 1.0, sim) if sim == "dot" else top
+            finite = bool(torch.isfinite(top).all()) and bool(torch.isfinite(bottom).all())
+    if not finite:
+        t = float(temperature.detach()) if isinstance(temperature, Tensor) else temperature
+        raise ValueError(
+            f"temperature={t:g} makes the scores sim(x, y) / temperature overflow "
+            f"{torch.promote_types(x.dtype, y.dtype)} (the largest |x_i| |y_j| / temperature is "
+            f"about {float(nx) * float(ny):.3g}); use a larger temperature or smaller features"
+        )
+
+
 def streaming_operands(scores: SeparableScores) -> tuple[Tensor, Tensor, float | Tensor, str]:
     """``(x, y, temperature, similarity)`` for the streaming kernels: cosine scores become dot
     scores of normalised features (normalised with differentiable torch ops)."""
@@ -123,8 +197,9 @@ def streaming_operands(scores: SeparableScores) -> tuple[Tensor, Tensor, float |
 
 
 def sep_diagonal(scores: SeparableScores) -> Tensor:
-    """Positive scores ``S[..., i, i]`` in O(N d), in the accumulation dtype."""
-    return upcast(scores.diagonal())
+    """Positive scores ``S[..., i, i]`` in O(N d), in the accumulation dtype, with the overflow
+    rule on their gradient (as for dense scores)."""
+    return dense_scores(scores.diagonal())
 
 
 class _PairedBatch(abc.ABC):
@@ -293,10 +368,11 @@ class SeparableBatch(_PairedBatch):
         n_paired: int | None = None,
         total: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
+        self.dtype = scores.dtype
+        scores = unit_temperature(scores)
         self.scores = scores
         self.x, self.y, self.tau, self.sim = streaming_operands(scores)
         self.n, self.m = scores.x.shape[-2], scores.y.shape[-2]
-        self.dtype = scores.dtype
         bias = scores.bias
         self.bias = None if bias is None else torch.as_tensor(bias, device=self.x.device)
         self._acc = upcast(self.x.new_zeros(()))
@@ -421,7 +497,7 @@ class DenseBatch(_PairedBatch):
             s, pairing = _checks.check_scores("scores", scores, rectangular=True), Pairing()
         _checks.check_values("scores", s)
         self.dtype = s.dtype
-        self.s = upcast(s)
+        self.s = dense_scores(s)
         self.n, self.m = s.shape[-2], s.shape[-1]
         self._acc = self.s.new_zeros(())
         self.layout = pairing.layout(self.n, self.m).to(s.device)
@@ -632,10 +708,11 @@ class GlobalBatch:
             )
         self.separable = isinstance(scores, SeparableScores)
         if isinstance(scores, SeparableScores):
+            self.dtype = scores.dtype
+            scores = unit_temperature(scores)
             self.scores = scores
             self.x, self.y, self.tau, self.sim = streaming_operands(scores)
             sizes = distributed._sizes_along("scores (gathered x and y)", self.x, -2, group)
-            self.dtype = scores.dtype
             # gathered features, cached per grad mode (a copy gathered under no_grad has no
             # gradient to give back)
             self._gathered: dict[tuple[str, bool], Tensor] = {}
@@ -650,7 +727,7 @@ class GlobalBatch:
                     f"{sum(sizes)}), but scores has shape {tuple(scores.shape)}"
                 )
             self.dtype = scores.dtype
-            self.s = upcast(scores)
+            self.s = dense_scores(scores)
         if min(sizes) < 1:
             raise ValueError(f"gather: every rank needs at least one sample, got sizes {sizes}")
         self.sizes = sizes
@@ -660,7 +737,7 @@ class GlobalBatch:
         if self.n < 2:
             raise ValueError(f"gather: the global batch needs N >= 2 samples, got {self.n}")
         if not self.plain:
-            self.local = self._local_batch(scores)
+            self.local = self._local_batch(self.scores)
 
     def _local_batch(self, scores: Any) -> Any:
         """This rank's rows against the gathered paired columns (then this rank's extra
@@ -730,7 +807,7 @@ class GlobalBatch:
     def positives(self) -> Tensor:
         """This rank's positive scores, ``(..., n_local)``."""
         if self.separable:
-            return upcast(self.scores.diagonal())
+            return sep_diagonal(self.scores)
         return torch.diagonal(self.s, offset=self.offset, dim1=-2, dim2=-1)
 
     def n_terms(self) -> Tensor | int:

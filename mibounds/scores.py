@@ -196,6 +196,15 @@ class SeparableScores:
         _checks.check_values("x", self.x)
         _checks.check_values("y", self.y)
 
+    @classmethod
+    def _trusted(cls, like: SeparableScores, **changes: Any) -> SeparableScores:
+        """A copy of ``like`` with ``changes``, without the checks (for operands derived from
+        checked scores inside the library)."""
+        out = object.__new__(cls)
+        for name in _SEPARABLE_FIELDS:
+            object.__setattr__(out, name, changes.get(name, getattr(like, name)))
+        return out
+
     @property
     def pairing(self) -> Pairing:
         """The :class:`~mibounds.pairing.Pairing` of rows and columns."""
@@ -232,6 +241,12 @@ class SeparableScores:
             d = (x * y).sum(-1)
         d = d / self.temperature
         return d if self.bias is None else d + self.bias
+
+
+#: the fields of SeparableScores, spelled out (torch.compile cannot trace dataclasses.fields)
+_SEPARABLE_FIELDS = (
+    "x", "y", "similarity", "temperature", "gather", "bias", "labels", "y_labels", "exclude"
+)  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)

@@ -53,3 +53,12 @@ def test_bounds_do_not_call_kernels():
     graph = _module_graph()
     for module in ("mibounds.bounds.lower", "mibounds.bounds.upper"):
         assert not any(d.startswith("mibounds.kernels") for d in graph[module]), graph[module]
+
+
+def test_separable_field_list_matches_the_dataclass():
+    from dataclasses import fields
+
+    from mibounds import scores
+
+    names = tuple(f.name for f in fields(scores.SeparableScores))
+    assert names == scores._SEPARABLE_FIELDS

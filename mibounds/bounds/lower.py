@@ -32,7 +32,6 @@ from mibounds.reductions import (
     prepare,
     reduce_terms,
     row_logsumexp,
-    sep_diagonal,
 )
 from mibounds.scores import SeparableScores
 
@@ -43,6 +42,13 @@ def _finish(value: Tensor, st: BatchStatistics, reduction: str = "mean") -> Tens
     if reduction == "sum":
         value = value * st.n_terms()
     return value.to(st.dtype)
+
+
+def _lower_difference(a: Tensor, b: Tensor) -> Tensor:
+    """``a - b`` for the two terms of a lower bound, with -inf where both are infinite with
+    the same sign: the terms overflowed and cancel, and -inf is the only value that is
+    still a valid lower bound (never NaN)."""
+    return torch.where(torch.isinf(a) & (a == b), -math.inf, a - b)
 
 
 def _with_gradient_of(value: Tensor, objective: Tensor) -> Tensor:
@@ -509,14 +515,15 @@ def interpolated(scores: Scores, log_baseline: Tensor | None = None, alpha: floa
     """
     a = _checks.check_open_unit("alpha", alpha)
     if isinstance(scores, SeparableScores) and not scores.gather and is_plain(scores):
-        diag = sep_diagonal(scores)
+        st = SeparableBatch(scores)
+        diag = st.positives()
         if log_baseline is None:
             base = diag.new_zeros(diag.shape)
         else:
             what = "the per-y shape (..., N)"
             base = _checks.check_broadcast("log_baseline", log_baseline, diag.shape, what)
             base = base.expand(diag.shape)
-        rest = SeparableBatch(scores).interpolated_terms(base, a)
+        rest = st.interpolated_terms(base, a)
         return (1 + diag.mean(-1) + rest).to(scores.dtype)
     s, out_dtype = prepare(scores)
     b = _log_baseline(log_baseline, s)
@@ -545,9 +552,9 @@ def fmi(
     (:class:`~mibounds.divergences.FDivergence`). For ``"kl"`` this is :func:`nwj`. Stable closed
     forms of :math:`f^*(g_f(v))` are used where the divergence provides them. Divergences whose
     terms contain :math:`e^{\pm S}` (KL, reverse KL, Neyman, Hellinger, Tsallis) reach
-    :math:`\pm\infty` for very large scores; for Neyman and Tsallis with :math:`\alpha > 1` both
-    terms can overflow at once, which gives NaN (:math:`\infty - \infty`) in float32 for scores
-    beyond about :math:`\pm 88`.
+    :math:`-\infty` for very large scores; where both terms overflow at once (Neyman, Tsallis
+    with :math:`\alpha > 1`) the value is :math:`-\infty`, never NaN (see "Extreme scores" in
+    the conventions).
 
     Args:
         scores: ``(..., N, N)`` scores or :class:`~mibounds.scores.SeparableScores`.
@@ -590,7 +597,12 @@ def fmi(
             joint = st.row_mean(div.activation(st.positives()))
         else:
             joint = st.joint(activation_name(div))
-        return _finish(joint - marginal, st, reduction)
+        return _finish(_lower_difference(joint, marginal), st, reduction)
     s, out_dtype = prepare(scores)
-    terms = div.activation(diagonal(s)) - offdiag_row_mean(s, div.conjugate_at_activation)
-    return reduce_terms(terms, reduction).to(out_dtype)
+    terms = _lower_difference(
+        div.activation(diagonal(s)), offdiag_row_mean(s, div.conjugate_at_activation)
+    )
+    value = reduce_terms(terms, reduction)
+    if reduction != "none":  # a -inf term wins over a +inf one, as in _lower_difference
+        value = torch.where(value.isnan() & (terms == -math.inf).any(-1), -math.inf, value)
+    return value.to(out_dtype)

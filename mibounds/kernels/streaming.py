@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mibounds._dtypes import accumulation_dtype as _acc
+from mibounds._dtypes import finite_derivatives_
 from mibounds.kernels import triton_kernels
 from mibounds.pairing import PairLayout
 
@@ -191,6 +192,8 @@ class _Sweep:
             self.rowsum = self.x.new_zeros(self.b, self.n)
             self.colsum = self.x.new_zeros(self.b, self.m)
             self.total = self.x.new_zeros(self.b)  # sum of G (the bias gradient)
+            # the accumulators hold the gradient times 2^-exp2 (see accumulate_scaled)
+            self.exp2 = self.x.new_zeros(self.b)
 
     def panels(self):
         for r0 in range(0, self.n, self.panel):
@@ -271,6 +274,20 @@ class _Sweep:
             if self.sim == 1:
                 self.colsum += g.sum(1)
 
+    def accumulate_scaled(self, g: Tensor, r0: int, r1: int) -> None:
+        """:meth:`accumulate` for a panel whose entries may be as large as the dtype allows
+        (derivatives of :math:`e^S`): the accumulators are kept at a power-of-two scale
+        :math:`2^{-e}` with every entry so far at most 1 in magnitude, so the products with
+        ``x`` and ``y`` cannot overflow; :meth:`finish` scales back, which gives +-inf (never
+        NaN) where the true gradient is beyond the dtype's range. Powers of two are exact."""
+        top = torch.frexp(g.abs().amax((1, 2)))[1].to(g.dtype).clamp_(min=0.0)
+        new = torch.maximum(self.exp2, top)
+        # on the CPU reading the flag costs nothing; elsewhere rescale unconditionally
+        if g.device.type != "cpu" or bool((new != self.exp2).any()):
+            self.rescale(torch.exp2(self.exp2 - new), r0)
+            self.exp2 = new
+        self.accumulate(g.mul_(torch.exp2(-new)[:, None, None]), r0, r1)
+
     def rescale(self, factor: Tensor, upto: int) -> None:
         """Multiply what was accumulated so far (rows ``< upto``) by ``factor`` ``(B,)``."""
         f = factor[:, None, None]
@@ -293,11 +310,18 @@ class _Sweep:
             sum_gs = (
                 2 * cross - (self.sqx * self.rowsum).sum(-1) - (self.sqy * self.colsum).sum(-1)
             ) * inv
-        dtau = -sum_gs * inv  # dS/dtau = -(S - bias) / tau
-        dbias = self.total
+        # undo the scale of accumulate_scaled in two exact halves (2^e alone may overflow)
+        half = torch.floor(self.exp2 * 0.5)
+        up1, up2 = torch.exp2(half), torch.exp2(self.exp2 - half)
+        dx = dx * up1[:, None, None] * up2[:, None, None]
+        dy = dy * up1[:, None, None] * up2[:, None, None]
+        dtau = -sum_gs * up1 * up2 * inv  # dS/dtau = -(S - bias) / tau
+        dbias = self.total * up1 * up2
         if scale is not None:
             dx, dy = dx * scale[:, None, None], dy * scale[:, None, None]
             dtau, dbias = dtau * scale, dbias * scale
+        # a gradient beyond the dtype's range is 0, as a derivative in a score that overflows
+        dx, dy, dtau, dbias = (finite_derivatives_(t) for t in (dx, dy, dtau, dbias))
         return dx.to(self.x_dtype), dy.to(self.y_dtype), dtau, dbias
 
     def no_grads(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -914,15 +938,14 @@ def _offdiag_means_impl(
                 gsum += (row_total * wp).sum(-1)
                 if need_grad:
                     # e^S as softmax times the row sums (the fast exponential of the CPU); if a
-                    # row sum overflows, the dense e^S (inf where it overflows, never 0 * inf).
-                    # Reading the CPU flag is no device synchronisation; on accelerators, whose
-                    # exp is fast anyway, e^S is computed directly and nothing is read back.
-                    if s.device.type != "cpu":
-                        g = torch.exp(s)
-                    elif bool(torch.isfinite(row_total).all()):
+                    # row sum overflows, the dense e^S, whose overflowing entries get the
+                    # derivative 0 (the overflow rule of the dense path). Reading the CPU flag
+                    # is no device synchronisation; on accelerators, whose exp is fast anyway,
+                    # e^S is computed directly and nothing is read back.
+                    if s.device.type == "cpu" and bool(torch.isfinite(row_total).all()):
                         g = p.mul_(row_total[..., None])
                     else:
-                        g = torch.exp(s)
+                        g = finite_derivatives_(torch.exp(s))
         if vfn is not None and not value_exp:
             v = sw.zero(vfn(s, param), dropped, r0, r1)  # type: ignore[operator]
             vsum += (v.sum(-1) * wp).sum(-1)
@@ -931,11 +954,11 @@ def _offdiag_means_impl(
                 gv = sw.zero(gfn(s, param), dropped, r0, r1)  # type: ignore[operator]
                 gsum += (gv.sum(-1) * wp).sum(-1)
             if need_grad:
-                g = gdfn(s, param)  # type: ignore[operator]
+                g = finite_derivatives_(gdfn(s, param))  # type: ignore[operator]
         if need_grad:
             assert g is not None
             sw.zero(g, dropped, r0, r1)
-            sw.accumulate(g.mul_(wp[:, None]), r0, r1)
+            sw.accumulate_scaled(g.mul_(wp[:, None]), r0, r1)
     grads = sw.finish() if need_grad else sw.no_grads()
     return (vsum, gsum, *grads)
 
@@ -1154,7 +1177,7 @@ def _interpolated_terms(
         prow, pcol = sw.diag(r0, r1)
         own[:, prow, pcol] = 0.0
         g = (own - g).mul_(coef_a)
-        sw.accumulate(g, r0, r1)
+        sw.accumulate_scaled(finite_derivatives_(g), r0, r1)
     db = -((n - 1) - sum_w) / (n * (n - 1)) + phi * (1 - w_diag) / n
     return (value, *sw.finish()[:3], db.to(log_baseline.dtype))
 
@@ -1232,10 +1255,16 @@ def _backward_scalar(ctx, grad_value):
             "(it ran with need_grad=False); call it with gradients enabled"
         )
     g = grad_value.to(dtau.dtype)
-    gx = (dx.to(g.dtype) * g[:, None, None]).to(dx.dtype)
-    gy = (dy.to(g.dtype) * g[:, None, None]).to(dy.dtype)
-    gt = (dtau * g).sum().reshape(ctx.tau_shape).to(ctx.tau_dtype)
+    gx = _times(dx.to(g.dtype), g[:, None, None]).to(dx.dtype)
+    gy = _times(dy.to(g.dtype), g[:, None, None]).to(dy.dtype)
+    gt = _times(dtau, g).sum().reshape(ctx.tau_shape).to(ctx.tau_dtype)
     return gx, gy, gt
+
+
+def _times(stored: Tensor, g: Tensor) -> Tensor:
+    """``stored * g`` with the overflow rule: a product beyond the dtype's range is 0, and a
+    zero incoming gradient gives 0 (an output that does not reach the loss adds nothing)."""
+    return finite_derivatives_(torch.where(g == 0, 0.0, stored * g))
 
 
 def _backward_op(ctx, grad_value):
@@ -1245,7 +1274,7 @@ def _backward_op(ctx, grad_value):
     gb = None
     if ctx.bias_shape is not None:
         dbias = ctx.saved_tensors[3]
-        gb = (dbias * grad_value.to(dbias.dtype)).sum().reshape(ctx.bias_shape)
+        gb = _times(dbias, grad_value.to(dbias.dtype)).sum().reshape(ctx.bias_shape)
         gb = gb.to(ctx.bias_dtype)
     return (gx, gy, gt, gb, *([None] * (ctx.n_inputs - 4)))
 
