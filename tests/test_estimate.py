@@ -121,7 +121,7 @@ def test_estimator_registry():
         with pytest.raises(ValueError, match="already registered"):
             mibounds.estimate.register_estimator(spec)
     finally:
-        mibounds.estimate._ESTIMATORS.remove("custom-test")
+        mibounds.estimate.registry._ESTIMATORS.remove("custom-test")
     with pytest.raises(ValueError, match="kind must be one of"):
         mibounds.estimate.register_estimator(EstimatorSpec("x", "middle", spec.build))
 
@@ -181,3 +181,89 @@ def test_validate_cli_errors(capsys):
     assert "unknown estimator 'nope'" in capsys.readouterr().err
     assert main(["validate", "--transform", "square", "--no-progress"]) == 2
     assert "unknown transform" in capsys.readouterr().err
+
+
+class _FlakyCritic(torch.nn.Module):
+    """A concat-free critic whose scores become infinite after ``good_calls`` calls (counted
+    over the whole life of the module, so a restart can recover if ``good_calls`` is reset)."""
+
+    def __init__(self, good_calls: int, recover_after: int | None = None) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.calls = 0
+        self.good_calls = good_calls
+        self.recover_after = recover_after
+
+    def forward(self, x, y):
+        self.calls += 1
+        s = self.w * (x @ y.T)
+        bad = self.calls > self.good_calls
+        if self.recover_after is not None and self.calls > self.recover_after:
+            bad = False
+        return s * math.inf if bad else s
+
+
+def _gaussian(n=800, seed=0):
+    from mibounds.tasks import CorrelatedGaussian
+
+    return CorrelatedGaussian(2, mi=0.5).sample(n, torch.Generator().manual_seed(seed))
+
+
+def test_divergence_restarts_with_a_smaller_learning_rate():
+    x, y = _gaussian()
+    critic = _FlakyCritic(good_calls=3, recover_after=4)
+    r = estimate_mi(x, y, "nwj", critic, steps=20, batch_size=32, progress=False)
+    assert r.restarts == 1 and not r.diverged and math.isfinite(r.estimate)
+    assert "restarted 1 time" in r.note
+
+
+def test_divergence_everywhere_gives_a_documented_diverged_result():
+    x, y = _gaussian()
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        r = estimate_mi(x, y, "nwj", _FlakyCritic(good_calls=3), steps=20, batch_size=32,
+                        progress=False)  # fmt: skip
+    assert r.diverged and r.restarts == 2 and math.isnan(r.estimate)
+    assert "diverged" in r.note and "diverged" in str(r)
+
+
+def test_constant_columns_are_left_out_with_a_warning():
+    x, y = _gaussian(1000)
+    xc = torch.cat([x, torch.full((1000, 1), 7.0), x[:, :1] * 0 + 1e6], dim=1)
+    with pytest.warns(UserWarning, match=r"column\(s\) \[2, 3\] of x are constant"):
+        r = estimate_mi(xc, y, "infonce", steps=30, batch_size=32, progress=False)
+    assert r.dropped_columns == {"x": [2, 3], "y": []}
+    assert math.isfinite(r.estimate) and abs(r.estimate) < 3
+
+
+def test_near_constant_column_with_signal_is_kept():
+    """A column around 1e6 with spread 1e-2 carries information: float64 standardisation keeps
+    it (a float32 one would lose it to rounding)."""
+    x, y = _gaussian(1000)
+    shifted = 1e6 + 1e-2 * x.double()
+    r = estimate_mi(shifted, y, "infonce", steps=200, batch_size=64, progress=False)
+    assert r.dropped_columns == {"x": [], "y": []}
+    assert 0.2 < r.estimate < 0.8
+
+
+def test_all_constant_input_names_the_argument():
+    x, _ = _gaussian(600)
+    with pytest.raises(ValueError, match="every column of y is constant"):
+        estimate_mi(x, torch.ones(600, 2), "infonce", steps=5, batch_size=32, progress=False)
+
+
+@pytest.mark.parametrize("df", [1.0, 2.0, 3.0])
+@pytest.mark.parametrize("estimator", ["smile", "nwj", "infonce", "dv"])
+def test_heavy_tailed_inputs_give_finite_estimates(df, estimator):
+    t = torch.distributions.StudentT(df)
+    torch.manual_seed(0)
+    z = t.sample((1500, 2))
+    x, y = z, z + 0.5 * t.sample((1500, 2))
+    r = estimate_mi(x, y, estimator, steps=150, batch_size=64, progress=False)
+    assert not r.diverged
+    assert math.isfinite(r.estimate) and all(map(math.isfinite, r.interval))
+
+
+def test_one_held_out_batch_says_why_the_interval_is_not_finite():
+    x, y = _gaussian(400)
+    r = estimate_mi(x, y, "infonce", steps=10, batch_size=64, eval_batch_size=80, progress=False)
+    assert math.isnan(r.stderr) and "one held-out batch" in r.note and "one held-out" in str(r)

@@ -246,6 +246,9 @@ class NCEClub(nn.Module):
         return upper.nce_club(self.critic(x, y))
 
     def learning_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """The critic's training loss: minus InfoNCE of its scores (NCE-CLUB is an upper bound
+        only while the critic is near its InfoNCE optimum; train it with this, detached from
+        the encoders)."""
         return -lower.infonce(self.critic(x, y))
 
 

@@ -34,6 +34,8 @@ class Staircase:
 
     @property
     def total_steps(self) -> int:
+        """The number of training steps of the whole schedule (levels times steps per
+        level)."""
         return len(self.levels) * self.steps_per_level
 
     def level_index(self, step: int) -> int:
