@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import subprocess
 import sys
@@ -28,6 +29,8 @@ def test_every_public_name_in_api_reference():
         for name in mibounds.__all__
         if name not in ("contrastive", "distributed", "methods", "nn", "tasks", "__version__")
         and f"mibounds.{name}\n" not in text
+        # or documented in its own module (the source links need one module per source file)
+        and not re.search(rf"mibounds\.\w+\.{name}\n", text)
     ]
     assert not missing, f"not in docs/api.rst: {missing}"
     modules = (
@@ -63,6 +66,32 @@ def test_all_is_sorted_and_importable():
             assert hasattr(module, name), name
 
 
+def _broken_internal_links(out: Path) -> list[str]:
+    """Every relative link of the built site (``href``/``src``) whose file or ``#anchor`` does
+    not exist: the internal part of a link check, offline."""
+    link = re.compile(r'(?:href|src)="([^"]+)"')
+    ids: dict[Path, set[str]] = {}
+
+    def anchors(page: Path) -> set[str]:
+        if page not in ids:
+            ids[page] = set(re.findall(r'id="([^"]+)"', page.read_text()))
+        return ids[page]
+
+    broken = []
+    for page in out.rglob("*.html"):
+        for target in link.findall(page.read_text()):
+            if re.match(r"[a-z]+:|//", target) or target.startswith("data:"):
+                continue
+            path, _, anchor = html.unescape(target).partition("#")
+            path = path.partition("?")[0]
+            dest = (page.parent / path).resolve() if path else page
+            missing_file = bool(path) and not dest.exists()
+            missing_anchor = bool(anchor) and dest.suffix == ".html" and not missing_file
+            if missing_file or (missing_anchor and anchor not in anchors(dest)):
+                broken.append(f"{page.relative_to(out)}: {target}")
+    return broken
+
+
 @pytest.mark.slow
 def test_docs_build(tmp_path):
     pytest.importorskip("sphinx")
@@ -93,6 +122,11 @@ def test_docs_build(tmp_path):
     for sheet in out.rglob("*.css"):
         assert not re.search(r"url\((['\"]?)https?://", sheet.read_text()), sheet.name
     assert (out / "_static" / "mathjax" / "tex-svg-full.js").exists()
+    broken = _broken_internal_links(out)
+    assert not broken, broken[:10]
+    # no build machine's temporary paths in any page
+    for page in out.rglob("*.html"):
+        assert "/tmp/" not in page.read_text(), page.name
     migrating = (out / "migrating.html").read_text()
     assert "SigLipLoss" in migrating and "streamed / dense time" in migrating
     api = (out / "api.html").read_text()
@@ -103,8 +137,8 @@ def test_docs_build(tmp_path):
     for page in ("getting_started", "distributed"):
         assert (out / f"{page}.html").exists(), page
     for page in ("which_bound", "divergences", "validation"):
-        html = (out / f"{page}.html").read_text()
-        assert "mathjax" in html.lower(), page
+        text = (out / f"{page}.html").read_text()
+        assert "mathjax" in text.lower(), page
     table = (out / "divergences.html").read_text()
     assert "strictly convex: spreads" in table and "concave: collapses" in table
     # every executed tutorial and paper example has the figure its run produced
@@ -119,8 +153,8 @@ def test_docs_build(tmp_path):
         ),
     ):
         for name in names:
-            html = (out / gallery / f"{name}.html").read_text()
-            images = re.findall(r'<img[^>]+src="([^"]+)"', html)
+            page_html = (out / gallery / f"{name}.html").read_text()
+            images = re.findall(r"<img[^>]+src=\"([^\"]+)\"", page_html)
             assert images, f"{gallery}/{name} has no figure"
             for src in images:
                 assert (out / gallery / src).exists(), src
@@ -149,3 +183,45 @@ def test_every_public_callable_has_a_runnable_example():
             if ">>>" not in (inspect.getdoc(obj) or ""):
                 missing.append(f"{module.__name__}.{name}")
     assert not missing, f"no doctest example: {missing}"
+
+
+def test_every_public_member_has_a_docstring():
+    """Methods and properties of the public classes appear on the API page only with a
+    docstring (autodoc drops undocumented members)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    names = [
+        m.name
+        for m in pkgutil.walk_packages(mibounds.__path__, "mibounds.")
+        if not any(part.startswith("_") for part in m.name.split("."))
+    ]
+    missing = []
+    for mod in map(importlib.import_module, names):
+        for cls in vars(mod).values():
+            if not inspect.isclass(cls) or cls.__module__ != mod.__name__:
+                continue
+            if cls.__name__.startswith("_"):
+                continue
+            for name, member in vars(cls).items():
+                if name.startswith("_"):
+                    continue
+                if not (callable(member) or isinstance(member, (property, classmethod))):
+                    continue
+                # inspect.getdoc on the class attribute inherits a base class's docstring, as
+                # autodoc does
+                if not inspect.getdoc(getattr(cls, name)):
+                    missing.append(f"{cls.__module__}.{cls.__qualname__}.{name}")
+    assert not missing, missing
+
+
+def test_shipped_inventories_match_their_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "inventories" / "make_inventories.py"
+    spec = importlib.util.spec_from_file_location("make_inventories", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name, (project, version, entries) in module.FILES.items():
+        assert (path.parent / name).read_bytes() == module.inventory(project, version, entries)
