@@ -29,7 +29,7 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "show-inheritance": False}
+autodoc_default_options = {"members": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_custom_sections = [("Returns (forward)", "returns_style")]
@@ -253,3 +253,61 @@ def _kernel_figure(path: str) -> None:
 with open(os.path.join(_GEN, "kernel_summary.rst"), "w") as _fh:
     _fh.write(_kernel_summary())
 _kernel_figure(os.path.join(_GEN, "large_batches.png"))
+
+
+def _public_bases(app, name, obj, options, bases) -> None:
+    """Show only public base classes: a private base is replaced by its own public bases, and
+    ``object`` (every class's base) is not shown."""
+    out: list = []
+    todo = list(bases)
+    while todo:
+        base = todo.pop(0)
+        if base is object or base in out:
+            continue
+        if getattr(base, "__name__", "").startswith("_"):
+            todo[:0] = list(getattr(base, "__bases__", ()))
+            continue
+        out.append(base)
+    bases[:] = out
+
+
+def setup(app) -> None:
+    app.connect("autodoc-process-bases", _public_bases)
+
+
+def _validate_table() -> str:
+    """docs/_static/results/validate_default.json (the default ``mibounds validate`` run) as
+    an RST table: per estimator and stair, the trained estimate (its standard deviation) and
+    the same bound with the exact critic at the same batch size."""
+    import json
+    import math
+
+    path = os.path.join(os.path.dirname(__file__), "_static", "results", "validate_default.json")
+    with open(path) as fh:
+        record = json.load(fh)
+    rows = record["rows"]
+    levels = sorted({r["true_mi"] for r in rows})
+    names = list(dict.fromkeys(r["estimator"] for r in rows))
+    lines = [
+        ".. list-table:: trained estimate (standard deviation) / exact critic (standard "
+        "deviation), in nats",
+        "   :header-rows: 1",
+        "",
+        "   * - estimator",
+        "     - bound",
+        *[f"     - true {v:g}" for v in levels],
+    ]
+    for name in names:
+        mine = {r["true_mi"]: r for r in rows if r["estimator"] == name}
+        lines += [f"   * - ``{name}``", f"     - {mine[levels[0]]['kind']}"]
+        for v in levels:
+            r = mine[v]
+            cell = f"{r['estimate']:.2f} ({r['std']:.2f})"
+            if r["oracle"] is not None and math.isfinite(r["oracle"]):
+                cell += f" / {r['oracle']:.2f} ({r['oracle_std']:.2f})"
+            lines.append(f"     - {cell}")
+    return "\n".join(lines) + "\n"
+
+
+with open(os.path.join(_GEN, "validate_table.rst"), "w") as _fh:
+    _fh.write(_validate_table())

@@ -132,6 +132,9 @@ def test_docs_build(tmp_path):
     api = (out / "api.html").read_text()
     assert "mathjax" in api.lower()
     assert re.search(r'id="mibounds\.infonce"', api)
+    # no private base classes and no "Bases: object"
+    bases = [re.sub(r"<[^>]+>", "", b) for b in re.findall(r"Bases: (.{0,300}?)</p>", api)]
+    assert not [b for b in bases if re.search(r"(^|, )(_\w+|object)($|,)", b)], bases
     assert "Keep a Changelog" in (out / "changelog.html").read_text()
     # the guide pages exist and carry their math
     for page in ("getting_started", "distributed"):

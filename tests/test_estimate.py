@@ -267,3 +267,34 @@ def test_one_held_out_batch_says_why_the_interval_is_not_finite():
     x, y = _gaussian(400)
     r = estimate_mi(x, y, "infonce", steps=10, batch_size=64, eval_batch_size=80, progress=False)
     assert math.isnan(r.stderr) and "one held-out batch" in r.note and "one held-out" in str(r)
+
+
+def test_oracle_matches_the_bounds_with_the_exact_critic():
+    """The exact critic of the dim-20 Gaussian at batch 64: InfoNCE stays below its log-N cap
+    and below the truth, NWJ (critic 1 + log r) and DV are unbiased."""
+    from mibounds.estimate import oracle_bound
+    from mibounds.tasks import CorrelatedGaussian
+
+    gen = torch.Generator().manual_seed(1)
+    task = CorrelatedGaussian(20, mi=4.0)
+    infonce, _ = oracle_bound("infonce", task, 64, 200, gen)
+    nwj, nwj_std = oracle_bound("nwj", task, 64, 200, gen)
+    dv, _ = oracle_bound("dv", task, 64, 200, gen)
+    assert 2.9 < infonce < 3.2 < math.log(64)
+    assert abs(nwj - 4.0) < 3 * nwj_std / math.sqrt(200) + 0.05
+    assert abs(dv - 4.0) < 0.15
+    assert oracle_bound("my-estimator", task, 64, 5, gen) is None
+
+
+def test_staircase_table_has_oracle_columns():
+    from mibounds.tasks import staircase
+
+    schedule = staircase((1.0, 2.0), steps_per_level=6, dim=3)
+    res = run_staircase(["infonce", "club"], schedule, progress=False)
+    rows = staircase_table(res, oracle_batches=20)
+    assert all(math.isfinite(r.oracle) and r.oracle_std > 0 for r in rows)
+    club = [r for r in rows if r.estimator == "club"]
+    assert all(r.oracle > r.true_mi for r in club)  # an upper bound, even with the exact q
+    assert all(math.isnan(r.oracle) for r in staircase_table(res, oracle_batches=0))
+    with pytest.raises(ValueError, match="oracle_batches"):
+        staircase_table(res, oracle_batches=-1)

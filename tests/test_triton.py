@@ -140,6 +140,35 @@ SCRIPT = textwrap.dedent(
                                                     col_weight=v, bias=bias.reshape(1), block=16),
         z, z, tau, True, 1)
     check(got, want, "symmetric labels")
+    # leading batches of 0, 1 and 3 and half-precision inputs, against the sweep (which
+    # accumulates half inputs in float32, as the kernels load them)
+    n, d = 19, 6
+    plain19 = (None, 0, None, None, 0, 0, n)
+    for b in (0, 1, 3):
+        for dt in (torch.float32, torch.float16, torch.bfloat16):
+            x = torch.nn.functional.normalize(torch.randn(b, n, d), dim=-1)
+            y = torch.nn.functional.normalize(x + 0.5 * torch.randn(b, n, d), dim=-1)
+            x, y = x.to(dt), y.to(dt)
+            tau = torch.tensor(0.2)
+            want = ops.row_lse_mean(x, y, tau, *plain19, None, True)
+            got = streaming._per_batch(tk.row_lse_mean_triton, x, y, tau, True, 1)
+            assert [g.dtype for g in got] == [w.dtype for w in want], (b, dt)
+            check([g.float() for g in got], [w.float() for w in want], f"B={b} {dt}")
+    # the overflow rule: a derivative of e^S that overflows is 0 in the kernel as in the sweep
+    # (one-hot features: every score is 0 or 1 / tau = 1000, nothing in between)
+    eye = torch.eye(4)
+    x = eye[torch.arange(17) % 4][None]
+    y = eye[(torch.arange(17) * 3) % 4][None]
+    tau = torch.tensor(1e-3)
+    want = ops.offdiag_means(x, y, tau, *((None, 0, None, None, 0, 0, 17)), None, -1, E["exp"],
+                             0.0, 0.0, False, True, True)
+    got = streaming._per_batch(
+        lambda a, b, t, ng: tk.offdiag_means_triton(a, b, t, None, "exp", 0.0, 0.0, ng, block=16),
+        x, y, tau, True, 2)
+    assert bool(torch.isinf(want[1]).all()) and bool(torch.isinf(got[1]).all())
+    for g, w in zip(got[2:], want[2:], strict=True):
+        assert not bool(torch.isnan(g).any()), "NaN in a Triton gradient"
+        torch.testing.assert_close(g, w, rtol=2e-4, atol=2e-5, msg="overflow rule")
     print("triton-interpreter-ok")
     """
 )

@@ -11,7 +11,8 @@ builds a small module whose ``forward(x, y)`` returns ``(training_loss, estimate
 
 The pieces live in one module each: :mod:`~mibounds.estimate.factory` (critics),
 :mod:`~mibounds.estimate.registry` (estimators), :mod:`~mibounds.estimate.fit`
-(:func:`estimate_mi`), :mod:`~mibounds.estimate.staircase` and
+(:func:`estimate_mi`), :mod:`~mibounds.estimate.staircase`,
+:mod:`~mibounds.estimate.oracle` (bounds with the exact critic) and
 :mod:`~mibounds.estimate.plotting`.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from mibounds.estimate.factory import make_critic
 from mibounds.estimate.fit import MIEstimate, estimate_mi
+from mibounds.estimate.oracle import oracle_bound
 from mibounds.estimate.plotting import plot_staircase
 from mibounds.estimate.registry import (
     CriticEstimator,
@@ -41,6 +43,7 @@ __all__ = [
     "get_estimator",
     "list_estimators",
     "make_critic",
+    "oracle_bound",
     "plot_staircase",
     "register_estimator",
     "run_staircase",

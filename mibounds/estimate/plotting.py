@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
-from mibounds.estimate.staircase import StaircaseResult
+from mibounds.estimate.staircase import StaircaseResult, StairRow
 
 __all__ = ["plot_staircase"]
 
 
-def plot_staircase(result: StaircaseResult, path: str, *, smoothing: float = 0.95) -> None:
+def plot_staircase(
+    result: StaircaseResult,
+    path: str,
+    *,
+    smoothing: float = 0.95,
+    oracle: Sequence[StairRow] | None = None,
+) -> None:
     """Write the staircase figure: one panel per estimator, estimates over steps vs. the truth.
 
     Args:
         result: a :class:`StaircaseResult`.
         path: output file (PNG by extension).
         smoothing: exponential moving-average factor of the smoothed curve, in [0, 1).
+        oracle: rows of :func:`~mibounds.estimate.staircase_table`; their oracle (the bound
+            with the exact critic, mean and one standard deviation) is drawn on each stair.
 
     Raises:
         ImportError: if matplotlib is not installed (``pip install "mibounds[examples]"``).
@@ -60,6 +69,14 @@ def plot_staircase(result: StaircaseResult, path: str, *, smoothing: float = 0.9
         ax.plot(steps, np.clip(vals, -1, 10 * top), color=color, alpha=0.25, lw=0.6)
         ax.plot(steps, smooth, color=color, lw=1.4, label="estimate")
         ax.plot(steps, result.true_mi, color="black", lw=1.2, label="true MI")
+        spl = result.staircase.steps_per_level
+        stairs = [r for r in oracle or () if r.estimator == name and math.isfinite(r.oracle)]
+        for level, row in enumerate(stairs):
+            lo, hi = level * spl, (level + 1) * spl
+            ax.hlines(row.oracle, lo, hi, color="tab:green", ls="--", lw=1.1,
+                      label="exact critic" if level == 0 else None)  # fmt: skip
+            ax.fill_between([lo, hi], row.oracle - row.oracle_std, row.oracle + row.oracle_std,
+                            color="tab:green", alpha=0.12, lw=0)  # fmt: skip
         if name.startswith("infonce"):
             ax.axhline(math.log(result.batch_size), color="gray", ls="--", lw=0.8, label="log N")
         ax.set_title(f"{name} ({result.kinds[name]})", fontsize=9)

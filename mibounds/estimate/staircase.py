@@ -13,6 +13,7 @@ import torch
 from mibounds import _checks
 from mibounds.estimate.factory import make_critic
 from mibounds.estimate.fit import _progress
+from mibounds.estimate.oracle import oracle_bound
 from mibounds.estimate.registry import EstimatorSpec, get_estimator
 from mibounds.tasks.staircase import Staircase
 
@@ -147,17 +148,29 @@ class StairRow:
     bias: float
     std: float
     mse: float
+    #: the same bound with the task's exact critic at the same batch size: mean and standard
+    #: deviation over fresh batches (NaN where there is no oracle, see
+    #: :func:`~mibounds.estimate.oracle.oracle_bound`)
+    oracle: float = math.nan
+    oracle_std: float = math.nan
 
 
-def staircase_table(result: StaircaseResult, tail: float = 0.5) -> list[StairRow]:
+def staircase_table(
+    result: StaircaseResult, tail: float = 0.5, oracle_batches: int = 200, seed: int = 0
+) -> list[StairRow]:
     r"""Summarise each stair by the last ``tail`` share of its steps.
 
     For every estimator and stair: mean estimate, bias (mean minus truth), standard deviation
-    over the steps, and mean squared error (:math:`\mathrm{bias}^2 + \mathrm{var}`).
+    over the steps, and mean squared error (:math:`\mathrm{bias}^2 + \mathrm{var}`); beside
+    them the oracle: the same bound with the task's exact critic at the same batch size, mean
+    and standard deviation over ``oracle_batches`` fresh batches (NaN where the task or the
+    bound has no oracle, and for batches above 1024, whose dense oracle scores would not fit).
 
     Args:
         result: a :class:`StaircaseResult`.
         tail: share of each stair's steps used, in (0, 1].
+        oracle_batches: batches for the oracle; 0 skips it.
+        seed: seed of the oracle's batches.
 
     Returns:
         A list of :class:`StairRow`, estimator-major.
@@ -171,11 +184,19 @@ def staircase_table(result: StaircaseResult, tail: float = 0.5) -> list[StairRow
     """
     if not 0 < tail <= 1:
         raise ValueError(f"tail must lie in (0, 1], got {tail!r}")
+    _checks.check_positive_int("oracle_batches", oracle_batches, minimum=0)
     sched = result.staircase
     k = max(1, round(sched.steps_per_level * tail))
+    tasks = sched.tasks()
+    use_oracle = oracle_batches > 0 and result.batch_size <= _ORACLE_MAX_BATCH
+    gen = torch.Generator().manual_seed(seed)
     rows = []
     for name, values in result.estimates.items():
         for level, mi in enumerate(sched.levels):
+            found = None
+            if use_oracle:
+                found = oracle_bound(name, tasks[level], result.batch_size, oracle_batches, gen)
+            oracle, oracle_std = found if found is not None else (math.nan, math.nan)
             end = (level + 1) * sched.steps_per_level
             seg = np.asarray(values[end - k : end])
             mean, std = float(seg.mean()), float(seg.std())
@@ -188,6 +209,12 @@ def staircase_table(result: StaircaseResult, tail: float = 0.5) -> list[StairRow
                     mean - mi,
                     std,
                     float(((seg - mi) ** 2).mean()),
+                    oracle,
+                    oracle_std,
                 )
             )
     return rows
+
+
+#: the largest batch whose dense oracle scores the table evaluates
+_ORACLE_MAX_BATCH = 1024

@@ -488,6 +488,11 @@ def _per_batch(fn, x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, n_values:
     its ``(*values, dx, dy, dtau[, dbias])`` into the custom op's outputs (no host
     synchronisation). The gradients take the layout of ``x`` and ``y`` (as the fake kernel
     promises)."""
+    if x.shape[0] == 0:  # an empty leading batch: nothing to launch
+        empty = x.new_zeros(0, dtype=torch.float32)
+        grads = (torch.empty_like(x), torch.empty_like(y)) if need_grad else (
+            x.new_zeros(0), y.new_zeros(0))  # fmt: skip
+        return (*[empty.clone() for _ in range(n_values)], *grads, empty.clone(), empty.clone())
     t = tau.float().reshape(1)  # passed to the kernels by pointer: never read back
     with torch.cuda.device(x.device) if x.device.type == "cuda" else _nullcontext():
         outs = [
