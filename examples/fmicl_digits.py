@@ -61,6 +61,8 @@ Cam with cosine (10%), which we do **not** see (94.8%, 3.7 points below its Gaus
 Single runs: differences below about a point are within seed noise at this scale.
 """
 
+# sphinx_gallery_thumbnail_path = "_static/results/fmicl_digits.png"
+
 # %%
 from __future__ import annotations
 

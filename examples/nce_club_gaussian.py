@@ -43,6 +43,8 @@ loose bound (about the MI plus the reverse-KL f-information at the optimum; see
 :func:`mibounds.club`). Both are far looser than L1Out on the same data (``mibounds validate``).
 """
 
+# sphinx_gallery_thumbnail_path = "_static/results/nce_club_gaussian.png"
+
 # %%
 from __future__ import annotations
 

@@ -165,13 +165,20 @@ def test_validate_cli(tmp_path, capsys):
             "--no-progress",
             "--out",
             str(out),
+            "--json",
+            str(tmp_path / "table.json"),
         ]
     )
     text = capsys.readouterr().out
     assert rc == 0
-    assert "estimator  bound  true MI  estimate  bias" in text
+    assert "estimator  bound  true MI  estimate  bias" in text and "oracle" in text
     assert text.count("nwj ") == 2 and "wrote" in text
     assert out.exists()
+    import json
+
+    record = json.loads((tmp_path / "table.json").read_text())
+    assert record["batch_size"] == 16 and len(record["rows"]) == 4
+    assert all(math.isfinite(r["oracle"]) for r in record["rows"])
 
 
 def test_validate_cli_errors(capsys):
