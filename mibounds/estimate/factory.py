@@ -32,6 +32,7 @@ def make_critic(
         An ``nn.Module`` mapping ``(x, y)`` to scores.
 
     Example:
+        >>> import torch
         >>> critic = make_critic("separable", 3, 2)
         >>> critic(torch.randn(4, 3), torch.randn(4, 2)).shape
         torch.Size([4, 4])

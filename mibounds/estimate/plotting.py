@@ -33,6 +33,7 @@ def plot_staircase(
 
     Example:
         >>> import os, tempfile
+        >>> from mibounds.estimate import run_staircase
         >>> from mibounds.tasks import staircase
         >>> schedule = staircase((1.0,), steps_per_level=4, dim=2)
         >>> res = run_staircase(["infonce"], schedule, progress=False)
