@@ -154,10 +154,10 @@ SCRIPT = textwrap.dedent(
             got = streaming._per_batch(tk.row_lse_mean_triton, x, y, tau, True, 1)
             assert [g.dtype for g in got] == [w.dtype for w in want], (b, dt)
             # half-precision gradients are rounded to the input dtype on both sides
-            tol = {} if dt == torch.float32 else {"rtol": 1e-2, "atol": 1e-3}
+            full = dt == torch.float32
+            tol = {"rtol": 2e-4, "atol": 2e-5} if full else {"rtol": 1e-2, "atol": 1e-3}
             for g, w in zip(got, want, strict=True):
-                torch.testing.assert_close(g.float(), w.float(), **(tol or {"rtol": 2e-4,
-                                           "atol": 2e-5}), msg=f"B={b} {dt}")
+                torch.testing.assert_close(g.float(), w.float(), **tol, msg=f"B={b} {dt}")
     # the overflow rule: a derivative of e^S that overflows is 0 in the kernel as in the sweep
     # (one-hot features: every score is 0 or 1 / tau = 1000, nothing in between)
     eye = torch.eye(4)
