@@ -311,3 +311,45 @@ def _validate_table() -> str:
 
 with open(os.path.join(_GEN, "validate_table.rst"), "w") as _fh:
     _fh.write(_validate_table())
+
+
+def _estimate_table(name: str) -> str:
+    """benchmarks/<name>.json (``python benchmarks/estimate_mi.py``) as an RST table: per task,
+    the true MI, estimate_mi's estimate, absolute error and seconds, and, where the run had
+    them, bmi's three estimators and the best of their errors."""
+    import json
+    import math
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", f"{name}.json")
+    with open(path) as fh:
+        rows = json.load(fh)["rows"]
+    bmi = ("infonce", "nwj", "mine")
+    with_bmi = all("infonce" in r for r in rows)
+    head = ["task (bmi v1)", "true MI", "estimate_mi", "abs. error", "s"]
+    if with_bmi:
+        head += ["bmi InfoNCE", "bmi NWJ", "bmi MINE", "best bmi error", "s"]
+    lines = [".. list-table::", "   :header-rows: 1", ""]
+    lines += [("   * - " if i == 0 else "     - ") + h for i, h in enumerate(head)]
+
+    def err(r: dict, k: str) -> float:
+        return abs(r[k] - r["truth"]) if math.isfinite(r[k]) else math.inf
+
+    for r in rows:
+        ours = err(r, "ours")
+        cells = [f"``{r['task']}``", f"{r['truth']:.3f}", f"{r['ours']:.3f}"]
+        if with_bmi:
+            best_name = min(bmi, key=lambda k: err(r, k))
+            best = err(r, best_name)
+            cells += [f"**{ours:.3f}**" if ours < best else f"{ours:.3f}", f"{r['ours_s']:.0f}"]
+            cells += [f"{r[k]:.3f}" if math.isfinite(r[k]) else "failed" for k in bmi]
+            cells += [f"**{best:.3f}**" if best <= ours else f"{best:.3f}"]
+            cells += [f"{r[best_name + '_s']:.0f}"]
+        else:
+            cells += [f"{ours:.3f}", f"{r['ours_s']:.0f}"]
+        lines += [("   * - " if i == 0 else "     - ") + c for i, c in enumerate(cells)]
+    return "\n".join(lines) + "\n"
+
+
+for _name in ("estimate_mi", "estimate_mi_others"):
+    with open(os.path.join(_GEN, f"{_name}_table.rst"), "w") as _fh:
+        _fh.write(_estimate_table(_name))

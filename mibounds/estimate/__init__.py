@@ -1,7 +1,7 @@
 r"""Train a critic on samples and report an MI estimate with an interval; the staircase protocol.
 
-* :func:`estimate_mi` trains an estimator on a fixed set of samples and evaluates it on held-out
-  batches.
+* :func:`estimate_mi` trains an estimator on a fixed set of samples (cross-fitted folds, early
+  stopping) and evaluates it on the held-out folds.
 * :func:`run_staircase` trains several estimators side by side on fresh samples from a
   :class:`~mibounds.tasks.Staircase` (Poole et al. 2019); :func:`staircase_table` and
   :func:`plot_staircase` summarise it. ``mibounds validate`` is built on these.
@@ -18,7 +18,13 @@ The pieces live in one module each: :mod:`~mibounds.estimate.factory` (critics),
 
 from __future__ import annotations
 
-from mibounds.estimate.factory import make_critic
+from mibounds.estimate.factory import (
+    StackedConcatCritic,
+    StackedLinear,
+    StackedMLP,
+    StackedSeparableCritic,
+    make_critic,
+)
 from mibounds.estimate.fit import MIEstimate, estimate_mi
 from mibounds.estimate.oracle import oracle_bound
 from mibounds.estimate.plotting import plot_staircase
@@ -36,6 +42,10 @@ __all__ = [
     "CriticEstimator",
     "EstimatorSpec",
     "MIEstimate",
+    "StackedConcatCritic",
+    "StackedLinear",
+    "StackedMLP",
+    "StackedSeparableCritic",
     "StairRow",
     "StaircaseResult",
     "VariationalUpperEstimator",

@@ -133,6 +133,11 @@ def _lower(name: str, make_loss: Callable[[], nn.Module], description: str) -> N
 
 
 _lower("infonce", losses.InfoNCE, "InfoNCE / CPC (saturates at log N)")
+_lower(
+    "infonce-sym",
+    lambda: losses.InfoNCE(symmetric=True),
+    "symmetric InfoNCE, mean of both directions (saturates at log N)",
+)
 _lower("nwj", losses.NWJ, "Nguyen-Wainwright-Jordan (unbiased, high variance)")
 _lower("tuba", losses.TUBA, "TUBA without baseline")
 _lower("dv", losses.DV, "Donsker-Varadhan")
