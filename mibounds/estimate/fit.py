@@ -205,14 +205,16 @@ def estimate_mi(
         )
     _checks.check_positive_int("folds", folds)
     _checks.check_positive_int("steps", steps)
-    if batch_size is not None:
-        _checks.check_positive_int("batch_size", batch_size, minimum=2)
-    if lr is not None:
-        _checks.check_positive("lr", lr)
-    if patience is not None:
-        _checks.check_positive_int("patience", patience)
     _checks.check_positive_int("check_every", check_every)
     _checks.check_open_unit("val_fraction", val_fraction)
+    if lr is not None:
+        _checks.check_positive("lr", lr)
+    optional_ints = {"batch_size": (batch_size, 2), "patience": (patience, 1),
+                     "eval_batch_size": (eval_batch_size, 2), "hidden": (hidden, 1),
+                     "embed": (embed, 1)}  # fmt: skip
+    for name, (value, minimum) in optional_ints.items():
+        if value is not None:
+            _checks.check_positive_int(name, value, minimum=minimum)
     if eval_fraction is not None:
         _checks.check_open_unit("eval_fraction", eval_fraction)
         if folds != 1:
@@ -220,12 +222,6 @@ def estimate_mi(
                 f"eval_fraction applies to folds=1 only (with folds={folds} each fold holds "
                 f"out 1/{folds} of the samples), got eval_fraction={eval_fraction}"
             )
-    if eval_batch_size is not None:
-        _checks.check_positive_int("eval_batch_size", eval_batch_size, minimum=2)
-    if hidden is not None:
-        _checks.check_positive_int("hidden", hidden)
-    if embed is not None:
-        _checks.check_positive_int("embed", embed)
     _checks.check_bool("standardize", standardize)
     _checks.check_seed("seed", seed)
     if progress is not None:
