@@ -122,7 +122,7 @@ class StackedMLP(nn.Sequential):
     """M independent :class:`~mibounds.nn.MLP` s in one module: ``(M, N, in) -> (M, N, out)``.
 
     Example:
-        >>> StackedMLP(2, 3, 4, (8, 8))(torch.randn(2, 5, 3)).shape
+        >>> StackedMLP(2, 3, 4, (8, 8), nn.SiLU)(torch.randn(2, 5, 3)).shape
         torch.Size([2, 5, 4])
     """
 

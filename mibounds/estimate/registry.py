@@ -90,10 +90,10 @@ def register_estimator(spec: EstimatorSpec, *, overwrite: bool = False) -> Estim
 
     Example:
         >>> spec = EstimatorSpec(
-        ...     "infonce-sym", "lower",
+        ...     "my-infonce", "lower",
         ...     lambda dx, dy, critic: CriticEstimator(critic, losses.InfoNCE(symmetric=True)))
         >>> register_estimator(spec).name
-        'infonce-sym'
+        'my-infonce'
     """
     if not isinstance(spec, EstimatorSpec):
         raise TypeError(f"spec must be an EstimatorSpec, got {type(spec).__name__}")
