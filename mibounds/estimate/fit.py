@@ -396,6 +396,11 @@ class _Single(nn.Module):
         return loss.reshape(1), est.reshape(1)
 
 
+def _unstacked(model: nn.Module) -> nn.Module:
+    """The estimator inside a :class:`_Single` wrapper, or ``model`` itself."""
+    return model.model if isinstance(model, _Single) else model
+
+
 def _fit_each(
     build: Any,
     xs: Tensor,
@@ -446,8 +451,8 @@ def _fit(
     first: bool,
 ) -> tuple[list[float], list[float], list[int]] | None:
     """Train the M members of ``model`` (member k on ``fit_idx[k]``, in epochs of disjoint
-    batches) with Adam, keep each
-    member's best critic on ``val_idx[k]``, and evaluate it on ``held_idx[k]``.
+    batches) with Adam, keep each member's best critic on ``val_idx[k]``, and evaluate it on
+    ``held_idx[k]``.
 
     Returns the mean training estimate per step, the held-out values and the step at which
     each member's kept critic was reached; ``None`` if training diverged (a non-finite loss, or
@@ -464,9 +469,10 @@ def _fit(
     kept = _snapshot(model)
     # validation: the whole split as one batch for a separable critic (cheap), batches of 256
     # for anything else (a concat critic costs a network evaluation per pair)
-    inner = model.model if isinstance(model, _Single) else model
-    separable = isinstance(getattr(inner, "critic", None), SeparableCritic)
+    separable = isinstance(getattr(_unstacked(model), "critic", None), SeparableCritic)
     val_size = val_idx.shape[1] if separable else min(val_idx.shape[1], max(batch_size, 256))
+    # higher is better for a lower bound, lower for an upper bound
+    sign = 1.0 if spec.kind == "lower" else -1.0
     order, cursor = fit_idx, n_fit  # no order yet: the first step starts an epoch
     model.train()
     for step in _progress(range(1, steps + 1), progress, f"estimate_mi[{spec.name}]"):
@@ -492,8 +498,6 @@ def _fit(
         val = _held_out(model, xs, ys, val_idx, val_size, batch_size)
         if val is None:
             return None
-        # higher is better for a lower bound, lower for an upper bound
-        sign = 1.0 if spec.kind == "lower" else -1.0
         score = sign * torch.tensor([sum(v) / len(v) for v in val])
         better = score > best + _MIN_IMPROVEMENT
         if bool(better.any()):
@@ -507,7 +511,7 @@ def _fit(
     if patience is None:
         best_step = [len(history)] * members
     else:
-        _restore(model, kept)
+        model.load_state_dict(kept)
     held = _held_out(model, xs, ys, held_idx, eval_batch_size, batch_size)
     if held is None:
         return None
@@ -526,7 +530,7 @@ def _held_out(
     critic-based bound (unless ``eval_batch_size``), else disjoint batches; ``None`` if a value
     is not finite."""
     model.eval()
-    inner = model.model if isinstance(model, _Single) else model
+    inner = _unstacked(model)
     size = eval_batch_size
     if size is None:
         size = idx.shape[1] if isinstance(inner, CriticEstimator) else min(batch_size, idx.shape[1])
@@ -536,7 +540,10 @@ def _held_out(
             for start in range(0, idx.shape[1] - size + 1, size):
                 part = idx[:, start : start + size]
                 if isinstance(inner, CriticEstimator):
-                    scores = _scores(inner.critic, xs[part], ys[part], isinstance(model, _Single))
+                    x_part, y_part = xs[part], ys[part]
+                    if inner is not model:  # a single member: its own (N, d) inputs
+                        x_part, y_part = x_part[0], y_part[0]
+                    scores = _scores(inner.critic, x_part, y_part)
                     est = -inner.loss(scores).reshape(-1)
                 else:
                     _, est = model(xs[part], ys[part])
@@ -555,16 +562,17 @@ def _held_out(
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def _scores(critic: nn.Module, x: Tensor, y: Tensor, single: bool) -> Any:
-    """The critic's scores on ``(M, N, d)`` inputs. A lazy separable result is returned as it
-    is; a dense critic is evaluated on row chunks (each score depends on its pair only, so this
-    is exact) to bound the memory of its hidden activations."""
-    if single:
-        x, y = x[0], y[0]
+def _scores(critic: nn.Module, x: Tensor, y: Tensor) -> Any:
+    """The critic's scores on ``(N, d)`` or stacked ``(M, N, d)`` inputs. A lazy separable
+    result is returned as it is; a dense critic is evaluated on row chunks (each score depends
+    on its pair only, so this is exact) to bound the memory of its hidden activations."""
+    if not isinstance(critic, (ConcatCritic, StackedConcatCritic)):
+        return critic(x, y)
     n = x.shape[-2]
+    members = x.shape[0] if x.dim() == 3 else 1
     width = max((p.shape[-1] for p in critic.parameters() if p.dim() >= 2), default=1)
-    rows = max(1, _CHUNK_ELEMENTS // max(1, n * width * x.shape[0] if not single else n * width))
-    if not isinstance(critic, (ConcatCritic, StackedConcatCritic)) or rows >= n:
+    rows = max(1, _CHUNK_ELEMENTS // (members * n * width))
+    if rows >= n:
         return critic(x, y)
     chunks = [critic(x[..., i : i + rows, :], y) for i in range(0, n, rows)]
     return torch.cat(chunks, dim=-2)
@@ -581,12 +589,8 @@ def _keep(kept: dict[str, Tensor], model: nn.Module, better: Tensor) -> None:
     for name, value in model.state_dict().items():
         if members > 1 and value.dim() > 0 and value.shape[0] == members:
             kept[name][better.to(value.device)] = value.detach()[better.to(value.device)]
-        elif bool(better.all()) or members == 1:
+        elif bool(better.all()):  # (called only when some member improved)
             kept[name] = value.detach().clone()
-
-
-def _restore(model: nn.Module, kept: dict[str, Tensor]) -> None:
-    model.load_state_dict(kept)
 
 
 def _standardize(name: str, train: Tensor, dtype: torch.dtype) -> tuple[Tensor, list[int]]:
