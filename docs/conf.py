@@ -313,6 +313,42 @@ with open(os.path.join(_GEN, "validate_table.rst"), "w") as _fh:
     _fh.write(_validate_table())
 
 
+def _infonce_batches_table() -> str:
+    """InfoNCE at batch 64 (validate_default.json) beside batch 4096
+    (validate_infonce_4096.json): trained estimate and oracle per stair, with log N."""
+    import json
+    import math
+
+    runs = []
+    for name in ("validate_default.json", "validate_infonce_4096.json"):
+        with open(os.path.join(os.path.dirname(__file__), "_static", "results", name)) as fh:
+            record = json.load(fh)
+        rows = {r["true_mi"]: r for r in record["rows"] if r["estimator"] == "infonce"}
+        runs.append((record["batch_size"], rows))
+    header = ["true MI"]
+    for n, _ in runs:
+        header += [f"N = {n}: trained (std)", f"N = {n}: oracle (std)"]
+    lines = [
+        ".. list-table:: InfoNCE at two batch sizes, in nats "
+        f"(log {runs[0][0]} = {math.log(runs[0][0]):.2f}, "
+        f"log {runs[1][0]} = {math.log(runs[1][0]):.2f})",
+        "   :header-rows: 1",
+        "",
+        *[("   * - " if i == 0 else "     - ") + h for i, h in enumerate(header)],
+    ]
+    for level in sorted(runs[0][1]):
+        lines.append(f"   * - {level:g}")
+        for _, rows in runs:
+            r = rows[level]
+            lines.append(f"     - {r['estimate']:.2f} ({r['std']:.2f})")
+            lines.append(f"     - {r['oracle']:.2f} ({r['oracle_std']:.2f})")
+    return "\n".join(lines) + "\n"
+
+
+with open(os.path.join(_GEN, "infonce_batches_table.rst"), "w") as _fh:
+    _fh.write(_infonce_batches_table())
+
+
 def _estimate_table(name: str) -> str:
     """benchmarks/<name>.json (``python benchmarks/estimate_mi.py``) as an RST table: per task,
     the true MI, estimate_mi's estimate, absolute error and seconds, and, where the run had

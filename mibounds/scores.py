@@ -110,7 +110,9 @@ def _check_bias(bias: Any) -> Tensor | None:
             )
         _checks.check_values("bias", bias)
         return bias.reshape(())
-    return torch.tensor(_checks.check_real("bias", bias))
+    # float64 keeps every digit of a Python float; as a 0-d tensor it does not promote the
+    # scores it is added to (float32 scores stay float32)
+    return torch.tensor(_checks.check_real("bias", bias), dtype=torch.float64)
 
 
 @dataclass(frozen=True, eq=False)

@@ -327,6 +327,30 @@ def test_oracle_matches_the_bounds_with_the_exact_critic():
     assert oracle_bound("my-estimator", task, 64, 5, gen) is None
 
 
+def test_oracle_above_the_dense_limit_is_streamed_where_the_task_allows_it():
+    from mibounds.estimate import oracle_bound
+    from mibounds.tasks import CorrelatedGaussian, MultivariateStudentT
+
+    task = CorrelatedGaussian(3, mi=1.5)
+    streamed = oracle_bound(
+        "infonce", task, 16, 3, torch.Generator().manual_seed(5), max_dense_batch=8
+    )
+    gen = torch.Generator().manual_seed(5)
+    dense = [
+        float(mibounds.infonce(task.score_matrix(*task.sample(16, gen, dtype=torch.float64))))
+        for _ in range(3)
+    ]
+    assert streamed is not None
+    assert streamed[0] == pytest.approx(sum(dense) / 3, rel=1e-12)
+    nwj = oracle_bound("nwj", task, 16, 3, torch.Generator().manual_seed(5), max_dense_batch=8)
+    assert nwj is not None and math.isfinite(nwj[0])
+    student = MultivariateStudentT(2, 2, df=4, rho=0.5)
+    gen = torch.Generator()
+    assert oracle_bound("infonce", student, 16, 3, gen, max_dense_batch=8) is None
+    assert oracle_bound("l1out", task, 16, 3, gen, max_dense_batch=8) is None
+    assert oracle_bound("club", task, 16, 3, gen, max_dense_batch=8) is not None
+
+
 def test_staircase_table_has_oracle_columns():
     from mibounds.tasks import staircase
 

@@ -283,3 +283,13 @@ def test_compiled_panel_backend_matches_eager():
         streaming.set_backend("eager")
     with pytest.raises(ValueError, match="backend must be 'eager' or 'compiled'"):
         streaming.set_backend("triton")
+
+
+def test_float_bias_keeps_float64_precision_and_float32_scores():
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    s = mibounds.SeparableScores(x, y, bias=0.1)
+    torch.testing.assert_close(s.dense(), x @ y.T + 0.1, rtol=0, atol=1e-15)
+    lazy = mibounds.infonce(s)
+    torch.testing.assert_close(lazy, mibounds.infonce(x @ y.T + 0.1), rtol=1e-14, atol=0)
+    s32 = mibounds.SeparableScores(x.float(), y.float(), bias=0.1)
+    assert s32.dense().dtype == torch.float32 and mibounds.infonce(s32).dtype == torch.float32

@@ -62,6 +62,33 @@ def test_oracle_ratio_normalised():
     assert abs(r.mean().item() - 1) < 4 * r.std().item() / math.sqrt(len(r))
 
 
+@pytest.mark.parametrize(
+    "task",
+    [
+        CorrelatedGaussian(4, mi=2.5),
+        CorrelatedGaussian(3, rho=-0.7),
+        Transformed(CorrelatedGaussian(2, mi=1.0), "asinh", on="y"),
+    ],
+    ids=["gaussian", "negative-rho", "transformed"],
+)
+def test_separable_oracle_is_the_pairwise_ratio(task):
+    x, y = task.sample(7, _gen(4), dtype=torch.float64)
+    lazy = task.oracle_scores(x, y)
+    assert task.separable_oracle and isinstance(lazy, mibounds.SeparableScores)
+    pairwise = task.log_density_ratio(x[:, None, :], y[None, :, :])
+    torch.testing.assert_close(lazy.dense(), pairwise, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(mibounds.infonce(lazy), mibounds.infonce(pairwise))
+
+
+def test_dense_oracle_where_the_ratio_is_not_separable():
+    task = MultivariateStudentT(2, 2, df=4, rho=0.3)
+    x, y = task.sample(5, _gen(), dtype=torch.float64)
+    assert not task.separable_oracle
+    torch.testing.assert_close(task.oracle_scores(x, y), task.score_matrix(x, y))
+    with pytest.raises(ValueError, match="y"):
+        CorrelatedGaussian(2, mi=1.0).oracle_scores(x, y[:, :1])
+
+
 def test_score_matrix_is_pairwise_ratio():
     task = MultivariateStudentT(2, 2, df=4, rho=0.3)
     x, y = task.sample(5, _gen(), dtype=torch.float64)

@@ -36,7 +36,13 @@ from mibounds.estimate.registry import (
     list_estimators,
     register_estimator,
 )
-from mibounds.estimate.staircase import StaircaseResult, StairRow, run_staircase, staircase_table
+from mibounds.estimate.staircase import (
+    StaircaseResult,
+    StairRow,
+    default_oracle_batches,
+    run_staircase,
+    staircase_table,
+)
 
 __all__ = [
     "CriticEstimator",
@@ -49,6 +55,7 @@ __all__ = [
     "StairRow",
     "StaircaseResult",
     "VariationalUpperEstimator",
+    "default_oracle_batches",
     "estimate_mi",
     "get_estimator",
     "list_estimators",

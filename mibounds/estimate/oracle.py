@@ -10,6 +10,7 @@ instance), which no critic can remove.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -17,13 +18,20 @@ import torch
 from torch import Tensor
 
 from mibounds.bounds import lower, upper
+from mibounds.scores import SeparableScores
 from mibounds.tasks.base import Task
 
 __all__ = ["oracle_bound", "ORACLE_BOUNDS"]
 
 
-def _scores(task: Task, x: Tensor, y: Tensor) -> Tensor:
-    return task.score_matrix(x, y)
+def _scores(task: Task, x: Tensor, y: Tensor, shift: float = 0.0) -> Tensor | SeparableScores:
+    """The exact critic of every pair plus ``shift``, lazy where the task allows it."""
+    scores = task.oracle_scores(x, y)
+    if not shift:
+        return scores
+    if isinstance(scores, SeparableScores):
+        return dataclasses.replace(scores, bias=float(scores.bias or 0.0) + shift)
+    return scores + shift
 
 
 def _gaussian_conditional(task: Task, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -43,7 +51,7 @@ def _log_q(task: Task, x: Tensor, y: Tensor) -> Tensor:
 #: ``log r`` for every lower bound but NWJ, whose optimum is ``1 + log r``.
 ORACLE_BOUNDS: dict[str, Callable[[Task, Tensor, Tensor], Tensor]] = {
     "infonce": lambda t, x, y: lower.infonce(_scores(t, x, y)),
-    "nwj": lambda t, x, y: lower.nwj(_scores(t, x, y) + 1.0),
+    "nwj": lambda t, x, y: lower.nwj(_scores(t, x, y, shift=1.0)),
     "tuba": lambda t, x, y: lower.tuba(_scores(t, x, y)),
     "dv": lambda t, x, y: lower.dv(_scores(t, x, y)),
     "mine": lambda t, x, y: lower.dv(_scores(t, x, y)),
@@ -62,11 +70,18 @@ def oracle_bound(
     batch_size: int,
     n_batches: int,
     generator: torch.Generator,
+    *,
+    max_dense_batch: int = 1024,
 ) -> tuple[float, float] | None:
     """Mean and standard deviation over ``n_batches`` fresh batches of the bound of
     ``estimator`` with the exact critic of ``task``, or ``None`` where there is none (a task
     without a closed-form density ratio, an upper bound that needs the exact conditional of a
     task that has none, or an estimator this module does not know).
+
+    Where the task's oracle is separable (:attr:`~mibounds.tasks.Task.separable_oracle`, the
+    correlated Gaussian and its transforms) the bounds stream it, at any batch size. Otherwise
+    the ``(N, N)`` oracle scores are formed, and batches above ``max_dense_batch`` give
+    ``None``; so does L1Out above it, whose exact conditional is evaluated for every pair.
 
     Example:
         >>> from mibounds.tasks import CorrelatedGaussian
@@ -79,6 +94,9 @@ def oracle_bound(
     if fn is None or not task.has_oracle:
         return None
     if estimator in ("club", "l1out") and not hasattr(task, "conditional"):
+        return None
+    streamed = estimator == "club" or (task.separable_oracle and estimator != "l1out")
+    if batch_size > max_dense_batch and not streamed:
         return None
     values = []
     with torch.no_grad():

@@ -17,7 +17,13 @@ from mibounds.estimate.oracle import oracle_bound
 from mibounds.estimate.registry import EstimatorSpec, get_estimator
 from mibounds.tasks.staircase import Staircase
 
-__all__ = ["StairRow", "StaircaseResult", "run_staircase", "staircase_table"]
+__all__ = [
+    "StairRow",
+    "StaircaseResult",
+    "default_oracle_batches",
+    "run_staircase",
+    "staircase_table",
+]
 
 
 @dataclass
@@ -153,10 +159,27 @@ class StairRow:
     #: :func:`~mibounds.estimate.oracle.oracle_bound`)
     oracle: float = math.nan
     oracle_std: float = math.nan
+    #: the number of fresh batches behind ``oracle`` (0 where there is none)
+    oracle_batches: int = 0
+
+
+def default_oracle_batches(batch_size: int) -> int:
+    """The oracle batches :func:`staircase_table` draws by default: 200 up to batch 1024, then
+    fewer so that the oracle sees at most about 200 000 pairs' worth of rows (at least 20
+    batches; the spread of a bound over batches shrinks as the batch grows).
+
+    Example:
+        >>> default_oracle_batches(64), default_oracle_batches(4096)
+        (200, 50)
+    """
+    return max(20, min(200, 204_800 // batch_size))
 
 
 def staircase_table(
-    result: StaircaseResult, tail: float = 0.5, oracle_batches: int = 200, seed: int = 0
+    result: StaircaseResult,
+    tail: float = 0.5,
+    oracle_batches: int | None = None,
+    seed: int = 0,
 ) -> list[StairRow]:
     r"""Summarise each stair by the last ``tail`` share of its steps.
 
@@ -164,12 +187,14 @@ def staircase_table(
     over the steps, and mean squared error (:math:`\mathrm{bias}^2 + \mathrm{var}`); beside
     them the oracle: the same bound with the task's exact critic at the same batch size, mean
     and standard deviation over ``oracle_batches`` fresh batches (NaN where the task or the
-    bound has no oracle, and for batches above 1024, whose dense oracle scores would not fit).
+    bound has no oracle, and above batch 1024 where the oracle is not streamed, see
+    :func:`~mibounds.estimate.oracle.oracle_bound`).
 
     Args:
         result: a :class:`StaircaseResult`.
         tail: share of each stair's steps used, in (0, 1].
-        oracle_batches: batches for the oracle; 0 skips it.
+        oracle_batches: batches for the oracle; 0 skips it; ``None`` (default):
+            :func:`default_oracle_batches` of the batch size.
         seed: seed of the oracle's batches.
 
     Returns:
@@ -184,17 +209,18 @@ def staircase_table(
     """
     if not 0 < tail <= 1:
         raise ValueError(f"tail must lie in (0, 1], got {tail!r}")
+    if oracle_batches is None:
+        oracle_batches = default_oracle_batches(result.batch_size)
     _checks.check_positive_int("oracle_batches", oracle_batches, minimum=0)
     sched = result.staircase
     k = max(1, round(sched.steps_per_level * tail))
     tasks = sched.tasks()
-    use_oracle = oracle_batches > 0 and result.batch_size <= _ORACLE_MAX_BATCH
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for name, values in result.estimates.items():
         for level, mi in enumerate(sched.levels):
             found = None
-            if use_oracle:
+            if oracle_batches > 0:
                 found = oracle_bound(name, tasks[level], result.batch_size, oracle_batches, gen)
             oracle, oracle_std = found if found is not None else (math.nan, math.nan)
             end = (level + 1) * sched.steps_per_level
@@ -211,10 +237,7 @@ def staircase_table(
                     float(((seg - mi) ** 2).mean()),
                     oracle,
                     oracle_std,
+                    oracle_batches if found is not None else 0,
                 )
             )
     return rows
-
-
-#: the largest batch whose dense oracle scores the table evaluates
-_ORACLE_MAX_BATCH = 1024

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from mibounds import _checks
 from mibounds._registry import Registry
+from mibounds.scores import SeparableScores
 
 __all__ = [
     "Task",
@@ -91,12 +92,38 @@ class Task(ABC):
         r"""The oracle critic :math:`\log p(y|x) / p(y)` for matched pairs, shape ``(..., N)``."""
         raise TypeError(f"{type(self).__name__} has no closed-form density ratio")
 
-    def score_matrix(self, x: Tensor, y: Tensor) -> Tensor:
-        r"""Oracle scores ``S[..., i, j] = log p(y_j | x_i) / p(y_j)``, shape ``(..., N, N)``."""
+    def _check_batch(self, x: Tensor, y: Tensor) -> None:
         _checks.check_pair("x", x, "y", y)
         _checks.check_features("x", x, self.dim_x, repr(self))
         _checks.check_features("y", y, self.dim_y, repr(self))
+
+    def score_matrix(self, x: Tensor, y: Tensor) -> Tensor:
+        r"""Oracle scores ``S[..., i, j] = log p(y_j | x_i) / p(y_j)``, shape ``(..., N, N)``."""
+        self._check_batch(x, y)
         return self.log_density_ratio(x[..., :, None, :], y[..., None, :, :])
+
+    @property
+    def separable_oracle(self) -> bool:
+        """Whether :meth:`oracle_scores` is a lazy :class:`~mibounds.scores.SeparableScores`
+        (the bounds then stream the oracle in O(N d) memory, at any batch size)."""
+        return False
+
+    def oracle_scores(self, x: Tensor, y: Tensor) -> Tensor | SeparableScores:
+        r"""The oracle scores of all pairs in the cheapest form the bounds take.
+
+        Where the log density ratio is a dot product of a feature of x and a feature of y
+        (:attr:`separable_oracle`), a :class:`~mibounds.scores.SeparableScores` that the
+        bounds stream without the ``N x N`` matrix; otherwise :meth:`score_matrix`.
+
+        Example:
+            >>> from mibounds.tasks import CorrelatedGaussian, MultivariateStudentT
+            >>> x, y = CorrelatedGaussian(3, mi=1.0).sample(4, dtype=torch.float64)
+            >>> type(CorrelatedGaussian(3, mi=1.0).oracle_scores(x, y)).__name__
+            'SeparableScores'
+            >>> MultivariateStudentT(3, 3, df=5.0, rho=0.5).oracle_scores(x, y).shape
+            torch.Size([4, 4])
+        """
+        return self.score_matrix(x, y)
 
     def __repr__(self) -> str:
         return (
@@ -238,11 +265,22 @@ class Transformed(Task):
 
     def log_density_ratio(self, x: Tensor, y: Tensor) -> Tensor:
         # The density ratio is invariant under invertible maps of x and y separately.
+        return self.task.log_density_ratio(*self._untransform(x, y))
+
+    def _untransform(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if self.on in ("both", "x"):
             x = self.transform.inverse(x)
         if self.on in ("both", "y"):
             y = self.transform.inverse(y)
-        return self.task.log_density_ratio(x, y)
+        return x, y
+
+    @property
+    def separable_oracle(self) -> bool:
+        return self.task.separable_oracle
+
+    def oracle_scores(self, x: Tensor, y: Tensor) -> Tensor | SeparableScores:
+        self._check_batch(x, y)
+        return self.task.oracle_scores(*self._untransform(x, y))
 
     def __repr__(self) -> str:
         return f"Transformed({self.task!r}, {self.transform.name!r}, on={self.on!r})"
