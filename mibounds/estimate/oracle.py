@@ -29,8 +29,13 @@ def _scores(task: Task, x: Tensor, y: Tensor, shift: float = 0.0) -> Tensor | Se
     scores = task.oracle_scores(x, y)
     if not shift:
         return scores
-    if isinstance(scores, SeparableScores):
-        return dataclasses.replace(scores, bias=float(scores.bias or 0.0) + shift)
+    if isinstance(scores, SeparableScores):  # one more feature pair: shift * 1
+        x, y = scores.x, scores.y
+        return dataclasses.replace(
+            scores,
+            x=torch.cat([x, x.new_full((*x.shape[:-1], 1), shift)], dim=-1),
+            y=torch.cat([y, y.new_ones((*y.shape[:-1], 1))], dim=-1),
+        )
     return scores + shift
 
 

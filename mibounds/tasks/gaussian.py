@@ -112,8 +112,8 @@ class CorrelatedGaussian(Task):
 
         :math:`\log r(x, y) = c + k\, x^\top y + a(x) + a(y)` with :math:`k = \rho/(1-\rho^2)`,
         :math:`a(v) = -\rho^2 \lVert v\rVert^2 / (2(1-\rho^2))` and
-        :math:`c = -\frac d2 \log(1-\rho^2)`: a dot product of ``[k x, a(x), 1]`` and
-        ``[y, 1, a(y)]`` plus the constant ``c``, so the bounds stream it in O(N d) memory.
+        :math:`c = -\frac d2 \log(1-\rho^2)`: the dot product of ``[k x, a(x) + c, 1]`` and
+        ``[y, 1, a(y)]``, so the bounds stream it in O(N d) memory.
 
         Example:
             >>> task = CorrelatedGaussian(3, mi=1.0)
@@ -126,9 +126,10 @@ class CorrelatedGaussian(Task):
         k = self.rho / one_m
         ax = -(self.rho**2) * (x * x).sum(-1, keepdim=True) / (2 * one_m)
         ay = -(self.rho**2) * (y * y).sum(-1, keepdim=True) / (2 * one_m)
-        fx = torch.cat([k * x, ax, torch.ones_like(ax)], dim=-1)
+        c = -0.5 * self.dim * math.log(one_m)
+        fx = torch.cat([k * x, ax + c, torch.ones_like(ax)], dim=-1)
         fy = torch.cat([y, torch.ones_like(ay), ay], dim=-1)
-        return SeparableScores(fx, fy, bias=-0.5 * self.dim * math.log(one_m))
+        return SeparableScores(fx, fy)
 
     # -- f-mutual information ------------------------------------------------------------------
 
