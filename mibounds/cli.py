@@ -92,14 +92,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         for r in table
     ]
     n_oracle = max(r.oracle_batches for r in table)
+    oracle_text = (
+        f"oracle: the same bound with the exact critic at batch {args.batch_size} "
+        f"(mean +- std over {n_oracle} batches; - where there is none):"
+        if n_oracle
+        else "no oracle for this task at this batch size:"
+    )
     print(
         "Mean, bias, standard deviation and MSE over the last half of each stair "
-        "(training-batch estimates on fresh samples); oracle: the same bound with the exact "
-        f"critic at batch {args.batch_size} (mean +- std over {n_oracle} batches; - where "
-        "there is none):"
-        if n_oracle
-        else "Mean, bias, standard deviation and MSE over the last half of each stair "
-        "(training-batch estimates on fresh samples); no oracle for this task at this batch size:"
+        f"(training-batch estimates on fresh samples); {oracle_text}"
     )
     header = ("estimator", "bound", "true MI", "estimate", "bias", "std", "MSE", "oracle")
     print(_table(header, rows))

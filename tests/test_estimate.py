@@ -12,6 +12,7 @@ import mibounds
 from mibounds.cli import main
 from mibounds.estimate import (
     EstimatorSpec,
+    default_oracle_batches,
     estimate_mi,
     get_estimator,
     list_estimators,
@@ -206,6 +207,19 @@ def test_validate_cli(tmp_path, capsys):
     assert all(math.isfinite(r["oracle"]) for r in record["rows"])
 
 
+def test_validate_cli_oracle_above_batch_1024(capsys):
+    """The Gaussian's oracle is streamed at any batch size (fewer batches above 1024);
+    Student-t's dense oracle is not formed there, and the header says so."""
+    common = ["validate", "--estimators", "infonce", "--steps", "2", "--levels", "1"]
+    common += ["--dim", "2", "--batch-size", "1100", "--no-progress"]
+    assert main(common) == 0
+    text = capsys.readouterr().out
+    assert f"over {default_oracle_batches(1100)} batches" in text and "+-" in text
+    assert default_oracle_batches(1100) == 186
+    assert main([*common, "--task", "student-t"]) == 0
+    assert "no oracle for this task at this batch size" in capsys.readouterr().out
+
+
 def test_validate_cli_errors(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["validate", "--estimators", "nope", "--no-progress"])
@@ -363,6 +377,7 @@ def test_staircase_table_has_oracle_columns():
 
     schedule = staircase((1.0, 2.0), steps_per_level=6, dim=3)
     res = run_staircase(["infonce", "club"], schedule, progress=False)
+    assert {r.oracle_batches for r in staircase_table(res, oracle_batches=3)} == {3}
     rows = staircase_table(res, oracle_batches=20)
     assert all(math.isfinite(r.oracle) and r.oracle_std > 0 for r in rows)
     club = [r for r in rows if r.estimator == "club"]
