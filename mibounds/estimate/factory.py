@@ -80,8 +80,7 @@ def make_critic(
         _checks.check_positive_int("members", members)
     if activation is not None:
         _checks.check_module_class("activation", activation)
-    if kind == "auto":
-        kind = "concat" if dim_x + dim_y <= AUTO_CONCAT_MAX_FEATURES else "separable"
+    kind = resolve_auto(kind, dim_x, dim_y)
     sizes = (hidden, hidden)
     if kind == "separable":
         act = activation or nn.SiLU
@@ -95,6 +94,18 @@ def make_critic(
     if members is None:
         return ConcatCritic(dim_x, dim_y, sizes, act)
     return StackedConcatCritic(members, dim_x, dim_y, sizes, act)
+
+
+def resolve_auto(kind: str, dim_x: int, dim_y: int) -> str:
+    """The critic kind ``"auto"`` stands for at these dimensions (any other kind unchanged).
+
+    Example:
+        >>> resolve_auto("auto", 1, 1), resolve_auto("auto", 5, 5), resolve_auto("concat", 5, 5)
+        ('concat', 'separable', 'concat')
+    """
+    if kind != "auto":
+        return kind
+    return "concat" if dim_x + dim_y <= AUTO_CONCAT_MAX_FEATURES else "separable"
 
 
 class StackedLinear(nn.Module):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mibounds import _checks
-from mibounds.estimate.factory import AUTO_CONCAT_MAX_FEATURES, StackedConcatCritic, make_critic
+from mibounds.estimate.factory import StackedConcatCritic, make_critic, resolve_auto
 from mibounds.estimate.registry import CriticEstimator, EstimatorSpec, get_estimator
 from mibounds.nn.critics import ConcatCritic, SeparableCritic
 
@@ -258,8 +260,7 @@ def estimate_mi(
         y64, dropped["y"] = _standardize("y", y64, y_dtype)
     xs, ys = x64.float(), y64.float()
     dx, dy = xs.shape[1], ys.shape[1]
-    if kind == "auto":
-        kind = "concat" if dx + dy <= AUTO_CONCAT_MAX_FEATURES else "separable"
+    kind = resolve_auto(kind, dx, dy)
     width = hidden if hidden is not None else (32 if kind == "concat" else 64)
     embed = embed if embed is not None else max(16, min(dx, dy))
     bs = batch_size if batch_size is not None else min(64 if kind == "concat" else 256, n_fit)
@@ -286,20 +287,25 @@ def estimate_mi(
             module = make_critic(kind, dx, dy, hidden=width, embed=embed, members=members)
         return spec.build(dx, dy, module).to(dev)
 
+    def _described() -> dict[str, Any]:  # what the result says of the run, in every outcome
+        return dict(
+            estimator=spec.name, kind=spec.kind, n_train=n_train, n_eval=n_held * len(splits),
+            folds=len(splits), restarts=restarts, dropped_columns=dropped,
+        )  # fmt: skip
+
+    # MINE, the upper bounds and user modules cannot be stacked: one fold after the other
+    stacked = kind != "module" and _stackable(build(len(splits)))
     restarts, step_lr = 0, base_lr
     while True:
-        model = build(len(splits)) if kind != "module" else None
-        if model is not None and not _stackable(model):
-            model = None
-        run_gen = torch.Generator().manual_seed(seed + 1)
-        if model is not None:  # all folds at once
-            fitted = _fit(model, xs, ys, fit_idx, val_idx, held_idx, bs, step_lr, steps,
-                          patience, check_every, eval_batch_size, run_gen, progress, spec,
-                          restarts == 0)  # fmt: skip
-        else:  # one fold after the other
-            fitted = _fit_each(build, xs, ys, fit_idx, val_idx, held_idx, bs, step_lr, steps,
-                               patience, check_every, eval_batch_size, run_gen, progress, spec,
-                               restarts == 0)  # fmt: skip
+        fit = functools.partial(
+            _fit, xs=xs, ys=ys, batch_size=bs, lr=step_lr, steps=steps, patience=patience,
+            check_every=check_every, eval_batch_size=eval_batch_size,
+            gen=torch.Generator().manual_seed(seed + 1), progress=progress, spec=spec,
+        )  # fmt: skip
+        if stacked:  # all folds at once
+            fitted = fit(build(len(splits)), fit_idx, val_idx, held_idx, first=restarts == 0)
+        else:
+            fitted = _fit_each(build, fit, fit_idx, val_idx, held_idx, first=restarts == 0)
         if fitted is not None:
             break
         if restarts == _MAX_RESTARTS:
@@ -311,10 +317,9 @@ def estimate_mi(
             )
             return MIEstimate(
                 estimate=math.nan, stderr=math.nan, interval=(math.nan, math.nan),
-                estimator=spec.name, kind=spec.kind, history=[], eval_values=[],
-                n_train=n_train, n_eval=n_held * len(splits), folds=len(splits),
-                diverged=True, restarts=restarts, dropped_columns=dropped,
+                history=[], eval_values=[], diverged=True,
                 note=f"training diverged at every learning rate down to {step_lr:g}",
+                **_described(),
             )  # fmt: skip
         restarts += 1
         step_lr = step_lr / 10
@@ -334,17 +339,11 @@ def estimate_mi(
         estimate=mean,
         stderr=se,
         interval=(mean - 1.96 * se, mean + 1.96 * se),
-        estimator=spec.name,
-        kind=spec.kind,
         history=history,
         eval_values=values,
-        n_train=n_train,
-        n_eval=n_held * len(splits),
-        folds=len(splits),
         steps_run=stopped,
-        restarts=restarts,
-        dropped_columns=dropped,
         note=note,
+        **_described(),
     )
 
 
@@ -354,6 +353,11 @@ _MAX_RESTARTS = 2
 #: nats by which a validation check must beat the best so far to count as an improvement
 #: (smaller gains are within the noise of a validation split of a few hundred samples)
 _MIN_IMPROVEMENT = 2e-3
+
+
+#: what :func:`_fit` returns: the mean training estimate per step, the held-out values, and
+#: the step of each member's kept critic
+_Fitted = tuple[list[float], list[float], list[int]]
 
 
 def _splits(
@@ -402,24 +406,22 @@ def _unstacked(model: nn.Module) -> nn.Module:
 
 
 def _fit_each(
-    build: Any,
-    xs: Tensor,
-    ys: Tensor,
+    build: Callable[[int | None], nn.Module],
+    fit: Callable[..., _Fitted | None],
     fit_idx: Tensor,
     val_idx: Tensor,
     held_idx: Tensor,
-    *args: Any,
-) -> tuple[list[float], list[float], list[int]] | None:
-    """:func:`_fit` one fold at a time (critics that cannot be stacked)."""
+    first: bool,
+) -> _Fitted | None:
+    """``fit`` (:func:`_fit` with its settings bound) one fold at a time, each on a fresh
+    single critic from ``build(None)`` (critics that cannot be stacked)."""
     runs: list[list[float]] = []
     values: list[float] = []
     stopped: list[int] = []
     for k in range(fit_idx.shape[0]):
         fold = slice(k, k + 1)
-        first = args[-1] and k == 0
-        fit_args = (*args[:-1], first)
-        out = _fit(_Single(build(None)), xs, ys, fit_idx[fold], val_idx[fold], held_idx[fold],
-                   *fit_args)  # fmt: skip
+        out = fit(_Single(build(None)), fit_idx[fold], val_idx[fold], held_idx[fold],
+                  first=first and k == 0)  # fmt: skip
         if out is None:
             return None
         runs.append(out[0])
@@ -434,11 +436,13 @@ def _fit_each(
 
 def _fit(
     model: nn.Module,
-    xs: Tensor,
-    ys: Tensor,
     fit_idx: Tensor,
     val_idx: Tensor,
     held_idx: Tensor,
+    *,
+    first: bool,
+    xs: Tensor,
+    ys: Tensor,
     batch_size: int,
     lr: float,
     steps: int,
@@ -448,8 +452,7 @@ def _fit(
     gen: torch.Generator,
     progress: bool | None,
     spec: EstimatorSpec,
-    first: bool,
-) -> tuple[list[float], list[float], list[int]] | None:
+) -> _Fitted | None:
     """Train the M members of ``model`` (member k on ``fit_idx[k]``, in epochs of disjoint
     batches) with Adam, keep each member's best critic on ``val_idx[k]``, and evaluate it on
     ``held_idx[k]``.
@@ -593,19 +596,19 @@ def _keep(kept: dict[str, Tensor], model: nn.Module, better: Tensor) -> None:
             kept[name] = value.detach().clone()
 
 
-def _standardize(name: str, train: Tensor, dtype: torch.dtype) -> tuple[Tensor, list[int]]:
+def _standardize(name: str, values: Tensor, dtype: torch.dtype) -> tuple[Tensor, list[int]]:
     """Centre and scale each column by its mean and standard deviation (float64), leaving out
     columns that are constant up to the rounding of ``dtype`` (with a warning; they carry no
     information) and passing heavy-tailed columns through ``asinh`` after a robust scaling
     (median and inter-quartile range). Both maps are invertible per column, so the MI is
     unchanged."""
-    mean, std = train.mean(0), train.std(0)
+    mean, std = values.mean(0), values.std(0)
     # constant: no spread beyond the rounding of the values themselves in their own dtype
     eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float32).eps
     tol = 4 * eps * mean.abs().clamp_min(torch.finfo(torch.float64).tiny)
     constant = ~(std > tol)
     dropped = [int(i) for i in torch.nonzero(constant).flatten()]
-    if len(dropped) == train.shape[1]:
+    if len(dropped) == values.shape[1]:
         raise ValueError(
             f"every column of {name} is constant (standard deviation {std.tolist()}): it "
             "carries no information; the MI with a constant is 0"
@@ -618,21 +621,18 @@ def _standardize(name: str, train: Tensor, dtype: torch.dtype) -> tuple[Tensor, 
             stacklevel=3,
         )
         keep = ~constant
-        train, mean, std = train[:, keep], mean[keep], std[keep]
-    z = (train - mean) / std
+        values, mean, std = values[:, keep], mean[keep], std[keep]
+    z = (values - mean) / std
     # heavy tails (Student-t with few degrees of freedom): a few points far out would dominate
     # the critic's inputs; asinh of a robust z-score keeps them in range
-    q = torch.quantile(train, torch.tensor([0.25, 0.5, 0.75], dtype=train.dtype), dim=0)
+    q = torch.quantile(values, torch.tensor([0.25, 0.5, 0.75], dtype=values.dtype), dim=0)
     iqr = (q[2] - q[0]).clamp_min(1e-12 * std)
     heavy = (z**4).mean(0) - 3.0 > _HEAVY_TAIL_KURTOSIS
     if bool(heavy.any()):
-        z = torch.where(heavy, torch.asinh((train - q[1]) / (iqr / 1.349)), z)
+        z = torch.where(heavy, torch.asinh((values - q[1]) / (iqr / 1.349)), z)
     return z, dropped
 
 
 #: excess kurtosis above which a column counts as heavy-tailed (a Gaussian has 0, Student-t
 #: with 5 degrees of freedom 6, and with 4 or fewer it is infinite)
 _HEAVY_TAIL_KURTOSIS = 6.0
-
-
-# --- the staircase protocol -----------------------------------------------------------------
