@@ -142,6 +142,9 @@ def unit_temperature(scores: SeparableScores) -> SeparableScores:
     before the one division by ``tau``. Scores that overflow the accumulation dtype raise a
     ``ValueError`` naming the temperature (while values are validated)."""
     t = scores.temperature
+    half = _fused_dtype(scores)
+    if half is not None:
+        return _half_features(scores, half)
     x, y = upcast(scores.x), upcast(scores.y)
     unchanged = x is scores.x and y is scores.y
     if unchanged and scores.similarity != "cosine" and not isinstance(t, Tensor) and t == 1.0:
@@ -157,6 +160,46 @@ def unit_temperature(scores: SeparableScores) -> SeparableScores:
     out = SeparableScores._trusted(scores, x=x, y=y, similarity=sim, temperature=1.0)
     if _checks.validating():
         _check_no_overflow(out, t)
+    return out
+
+
+def _fused_dtype(scores: SeparableScores) -> torch.dtype | None:
+    """The half-precision dtype in which the fused kernels will multiply these features
+    (bfloat16 or float16 features, or float32 ones under CUDA autocast), or ``None`` where the
+    features are upcast and the temperature folded into them."""
+    x, y = scores.x, scores.y
+    if scores.similarity not in ("dot", "cosine") or not streaming.triton_on(x.device):
+        return None
+    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        dt = torch.get_autocast_dtype("cuda")
+        if x.dtype in (torch.float32, dt) and y.dtype in (torch.float32, dt):
+            return dt
+    if x.dtype == y.dtype and x.dtype in (torch.float16, torch.bfloat16):
+        return x.dtype
+    return None
+
+
+def _half_features(scores: SeparableScores, half: torch.dtype) -> SeparableScores:
+    """Dot scores of half-precision features with the temperature kept apart (the fused
+    kernels multiply the features on tensor cores and divide the float32 products by it, so
+    the features are rounded once, as given); cosine features are normalised in float32."""
+    x, y = scores.x, scores.y
+    if scores.similarity == "cosine":
+        x = F.normalize(x.float(), dim=-1)
+        y = F.normalize(y.float(), dim=-1)
+    x, y = x.to(half), y.to(half)
+    out = SeparableScores._trusted(scores, x=x, y=y, similarity="dot")
+    if _checks.validating():
+        t = scores.temperature
+        tau = float(t.detach()) if isinstance(t, Tensor) else float(t)
+        nx = float(x.detach().float().norm(dim=-1).amax())
+        ny = float(y.detach().float().norm(dim=-1).amax())
+        if not nx * ny / tau < 0.5 * torch.finfo(torch.float32).max:
+            raise ValueError(
+                f"temperature={tau:g} makes the scores sim(x, y) / temperature overflow "
+                f"float32 (the largest |x_i| |y_j| / temperature is about {nx * ny / tau:.3g}); "
+                "use a larger temperature or smaller features"
+            )
     return out
 
 

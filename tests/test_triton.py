@@ -14,165 +14,129 @@ pytest.importorskip("triton")
 
 SCRIPT = textwrap.dedent(
     """
+    import sys, warnings
     import torch
+    import torch.nn.functional as F
     import mibounds
-    from mibounds.divergences import streaming_name
-    from mibounds.kernels import streaming, triton_kernels as tk
+    from mibounds import contrastive as C
+    from mibounds.kernels import selfcheck, streaming
+    from mibounds.pairing import PairLayout
 
-    E = streaming.ELEMENTWISE
+    # a kernel that fails its check fails here (numpy's overflow notes of the interpreter do not)
+    warnings.filterwarnings("error", message="mibounds: ", category=RuntimeWarning)
     torch.manual_seed(0)
+    DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+    TOL = {torch.float32: (2e-4, 2e-5), torch.bfloat16: (3e-2, 3e-3), torch.float16: (1e-2, 1e-3)}
+    failures = []
 
 
-    def check(got, want, tag):
-        for g, w in zip(got, want, strict=True):
-            torch.testing.assert_close(g, w, rtol=2e-4, atol=2e-5, msg=tag)
+    def grads_of(fn, tensors):
+        tensors = [t.detach().clone().requires_grad_(True) for t in tensors]
+        v = fn(*tensors)
+        gs = torch.autograd.grad(v.float().sum(), tensors, allow_unused=True)
+        return [v.detach().float(), *[g.float() for g in gs if g is not None]]
 
 
-    for n, d in ((37, 5), (40, 16), (70, 33)):
-        x = torch.nn.functional.normalize(torch.randn(2, n, d), dim=-1)
-        y = torch.nn.functional.normalize(x + 0.5 * torch.randn(2, n, d), dim=-1)
-        tau = torch.tensor(0.3)
-        ops = torch.ops.mibounds
-        # each Triton entry point, batched as the CUDA registrations do, against the sweep
-        plain = (None, 0, None, None, 0, 0, n)  # bias, sim, labels, offset, exclude, n_paired
-        for fn, op, extra, k in (
-            (tk.row_lse_mean_triton, ops.row_lse_mean, (None,), 1),
-            (tk.symmetric_lse_mean_triton, ops.sym_lse_mean, (None, None), 1),
-            (tk.offdiag_lme_triton, ops.offdiag_lme, (None,), 1),
-        ):
-            want = op(x, y, tau, *plain, *extra, True)
-            check(streaming._per_batch(fn, x, y, tau, True, k), want, op.__name__)
-        cases = (
-            (None, "exp", -1.0, 0.0, True),
-            ("exp", "softplus", 0.0, 0.0, False),
-            ("exp-clip", "softplus", 0.0, 2.0, False),
-        )
-        for vf, gf, shift, param, gv in cases:
-            vid = -1 if vf is None else E[vf]
-            want = ops.offdiag_means(
-                x, y, tau, *plain, None, vid, E[gf], shift, param, False, True, gv
-            )
+    def compare(tag, fn, tensors, dtype):
+        # the same call through the real dispatch: the fused kernel, then the sweep
+        before = sum(selfcheck.triton_usage().values())
+        selfcheck.set_triton(True)
+        got = grads_of(fn, tensors)
+        used = sum(selfcheck.triton_usage().values()) - before
+        selfcheck.set_triton(False)
+        want = grads_of(fn, tensors)
+        selfcheck.set_triton(True)
+        if used == 0:
+            failures.append(f"{tag}: the fused kernel was not used")
+            return
+        rtol, atol = TOL[dtype]
+        for k, (g, w) in enumerate(zip(got, want, strict=True)):
+            fin = torch.isfinite(w)
+            if not torch.equal(torch.isfinite(g), fin) or not torch.equal(g[~fin], w[~fin]):
+                failures.append(f"{tag}: output {k} is not finite where the sweep is")
+                continue
+            g, w = g[fin], w[fin]
+            scale = float(w.abs().max()) if w.numel() else 0.0
+            err = float((g - w).abs().max()) if w.numel() else 0.0
+            if err > atol + rtol * scale:
+                failures.append(f"{tag}: output {k} differs by {err:.3g} (scale {scale:.3g})")
 
-            def run(xb, yb, t, ng):
-                return tk.offdiag_means_triton(xb, yb, t, vf, gf, shift, param, ng, gv, block=16)
 
-            got = streaming._per_batch(run, x, y, tau, True, 2)
-            if vf is None:  # the value mean is not computed: 0 on both sides' terms
-                got = (want[0], *got[1:])
-            check(got, want, f"offdiag_means {vf} {gf}")
-        # f*(g_f(S)) of every built-in divergence (the fmi bound), named as the CUDA
-        # registration names them
-        for div in mibounds.list_divergences():
-            fid = E[streaming_name(div)]
-            tname, param = streaming._triton_of(fid)
-            assert tname in tk.TRITON_FUNCTIONS, tname
-            want = ops.offdiag_means(
-                x, y, tau, *plain, None, -1, fid, 0.0, 0.0, False, True, True
-            )
+    def unit(*shape, dtype=torch.float32):
+        return F.normalize(torch.randn(*shape), dim=-1).to(dtype)
 
-            def run(xb, yb, t, ng):
-                return tk.offdiag_means_triton(xb, yb, t, None, tname, 0.0, param, ng, block=16)
 
-            got = streaming._per_batch(run, x, y, tau, True, 2)
-            check((want[0], *got[1:]), want, tname)
-        # statistics only
-        v, dx, dy, dt = tk.offdiag_lme_triton(x[0], y[0], 0.3, False)
-        assert dx.numel() == 0 and dy.numel() == 0
-    # small temperatures against a float64 reference (float32 products would be off by the
-    # TF32 truncation otherwise)
-    for n, d in ((45, 64), (33, 7)):
-        x = torch.nn.functional.normalize(torch.randn(1, n, d), dim=-1)
-        y = torch.nn.functional.normalize(x + 0.3 * torch.randn(1, n, d), dim=-1)
-        for tau in (0.1, 0.02):
-            t = torch.tensor(tau)
-            got = streaming._per_batch(tk.row_lse_mean_triton, x, y, t, True, 1)
-            want = ops.row_lse_mean(x.double(), y.double(), t.double(), None, 0, None, None, 0,
-                                    0, n, None, True)
-            check(got[:3], [w.float() for w in want[:3]], f"tau {tau} d {d}")
-    # pairings: labels with the self-pair excluded, a queue of extra columns, MoCo's own key
-    # plus queue, a bias and per-row weights, against the sweep with the same arguments
-    P = tk.Pairs
-    n, m, d = 21, 30, 7
-    x = torch.nn.functional.normalize(torch.randn(2, n, d), dim=-1)
-    y = torch.nn.functional.normalize(torch.randn(2, m, d), dim=-1)
-    y[:, :n] = torch.nn.functional.normalize(x + 0.4 * torch.randn(2, n, d), dim=-1)
-    tau, bias = torch.tensor(0.3), torch.tensor(-0.7)
-    labels = torch.arange(m) % 4
-    w = torch.rand(n)
-    configs = {
-        "labels-self": (labels[:n], labels, 0, 1, n),
-        "queue": (None, None, 0, 0, n),
-        "own-key": (None, None, 0, 2, n),
-    }
-    for tag, (rl, cl, off, exc, npd) in configs.items():
-        pairs = P(rl, cl, off, exc, npd)
-        base = (x, y, tau, bias, 0, rl, cl, off, exc, npd)
-        want = ops.row_lse_mean(*base, w, True)
-        got = streaming._per_batch(
-            lambda a, b, t, ng: tk.lse_triton(a, b, t, ng, pairs=pairs, weight=w,
-                                              bias=bias.reshape(1), block=16),
-            x, y, tau, True, 1)
-        check(got, want, f"lse {tag}")
-        want = ops.offdiag_lme(*base, torch.log(w), True)
-        got = streaming._per_batch(
-            lambda a, b, t, ng: tk.neg_lme_triton(a, b, t, ng, pairs=pairs, log_weight=torch.log(w),
-                                                  bias=bias.reshape(1), block=16),
-            x, y, tau, True, 1)
-        check(got, want, f"lme {tag}")
-        for positives in (False, True):
-            want = ops.offdiag_means(*base, w, E["exp"], E["softplus"], -1.0, 0.0, positives,
-                                     True, True)
-            got = streaming._per_batch(
-                lambda a, b, t, ng: tk.means_triton(
-                    a, b, t, "exp", "softplus", -1.0, 0.0, ng, True, pairs=pairs, weight=w,
-                    positives=positives, bias=bias.reshape(1), block=16),
-                x, y, tau, True, 2)
-            check(got, want, f"means {tag} positives={positives}")
-    # the symmetric terms with labels on a square batch
-    z = torch.nn.functional.normalize(torch.randn(1, 24, 5), dim=-1)
-    lab = torch.arange(24) % 5
-    v = torch.rand(24)
-    u = torch.full((24,), 0.02)
-    want = ops.sym_lse_mean(z, z, tau, bias, 0, lab, lab, 0, 1, 24, u, v, True)
-    got = streaming._per_batch(
-        lambda a, b, t, ng: tk.symmetric_lse_triton(a, b, t, ng, pairs=P(lab, lab, 0, 1, 24),
-                                                    row_weight=torch.full((24,), 0.02),
-                                                    col_weight=v, bias=bias.reshape(1), block=16),
-        z, z, tau, True, 1)
-    check(got, want, "symmetric labels")
-    # leading batches of 0, 1 and 3 and half-precision inputs, against the sweep (which
-    # accumulates half inputs in float32, as the kernels load them)
-    n, d = 19, 6
-    plain19 = (None, 0, None, None, 0, 0, n)
-    for b in (0, 1, 3):
-        for dt in (torch.float32, torch.float16, torch.bfloat16):
-            x = torch.nn.functional.normalize(torch.randn(b, n, d), dim=-1)
-            y = torch.nn.functional.normalize(x + 0.5 * torch.randn(b, n, d), dim=-1)
-            x, y = x.to(dt), y.to(dt)
-            tau = torch.tensor(0.2)
-            want = ops.row_lse_mean(x, y, tau, *plain19, None, True)
-            got = streaming._per_batch(tk.row_lse_mean_triton, x, y, tau, True, 1)
-            assert [g.dtype for g in got] == [w.dtype for w in want], (b, dt)
-            # half-precision gradients are rounded to the input dtype on both sides
-            full = dt == torch.float32
-            tol = {"rtol": 2e-4, "atol": 2e-5} if full else {"rtol": 1e-2, "atol": 1e-3}
-            for g, w in zip(got, want, strict=True):
-                torch.testing.assert_close(g.float(), w.float(), **tol, msg=f"B={b} {dt}")
+    for dtype in DTYPES:
+        for n, m, d in ((37, 37, 5), (45, 70, 70), (21, 21, 150)):
+            x, y = unit(2, n, d, dtype=dtype), unit(2, m, d, dtype=dtype)
+            tau = torch.tensor(0.3)
+            bias = torch.tensor(-0.7)
+            labels = torch.arange(m) % 4
+            w = torch.rand(n) / n
+            v = torch.rand(m) / n
+            layouts = {
+                "plain": None,
+                "labels-self": PairLayout(labels[:n], labels, 0, 1, n),
+                "queue": PairLayout(None, None, 0, 0, n),
+                "own-key": PairLayout(None, None, 0, 2, n),
+                "other-rank": PairLayout(None, None, m - n, 0, n),
+            }
+            for name, lay in layouts.items():
+                tag = f"{dtype} n={n} m={m} d={d} {name}"
+                for b in (None, bias):
+                    t = f"{tag} bias={b is not None}"
+                    compare(f"row_lse {t}", lambda a, c: streaming.row_logsumexp_mean(
+                        a, c, tau, "dot", layout=lay, weight=w, bias=b), (x, y), dtype)
+                    compare(f"lme {t}", lambda a, c: streaming.offdiag_logmeanexp(
+                        a, c, tau, "dot", layout=lay, log_weight=torch.log(w), bias=b),
+                        (x, y), dtype)
+                    for pos in (False, True):
+                        compare(f"means {t} positives={pos}", lambda a, c: streaming.offdiag_means(
+                            a, c, tau, "dot", "softplus", "exp", -1.0, layout=lay, weight=w,
+                            positives=pos, bias=b)[1], (x, y), dtype)
+                    if name not in ("own-key", "other-rank"):
+                        compare(f"sym_lse {t}", lambda a, c: streaming.symmetric_logsumexp_mean(
+                            a, c, tau, "dot", layout=lay, row_weight=w, col_weight=v, bias=b),
+                            (x, y), dtype)
+        # every bound of the library, plain pairing, through the public API
+        x, y = unit(40, 24, dtype=dtype), unit(40, 24, dtype=dtype)
+        bounds = {
+            "infonce": mibounds.infonce,
+            "infonce-sym": lambda s: mibounds.infonce(s, symmetric=True),
+            "nwj": mibounds.nwj, "dv": mibounds.dv, "js": mibounds.js, "smile": mibounds.smile,
+            "tuba": mibounds.tuba,
+            **{f"fmi-{k}": (lambda k: lambda s: mibounds.fmi(s, k))(k)
+               for k in mibounds.list_divergences()},
+        }
+        for name, bound in bounds.items():
+            compare(f"{name} {dtype}",
+                    lambda a, c: bound(mibounds.SeparableScores(a, c, "dot", 0.2)), (x, y), dtype)
+        # the drop-in losses (their own pairings: labels, excluded self-pairs, a queue, a bias)
+        lab = torch.arange(40) % 6
+        queue = unit(50, 24, dtype=dtype)
+        losses = {
+            "clip": lambda a, c: C.CLIPLoss()(a, c, 10.0),
+            "siglip": lambda a, c: C.SigLIPLoss()(a, c, 10.0, -10.0),
+            "ntxent": lambda a, c: C.NTXentLoss(0.5)(a, c),
+            "supcon": lambda a, c: C.SupConLoss(0.1)(a, lab),
+            "moco": lambda a, c: C.MoCoLoss(0.07)(a, c, queue),
+        }
+        for name, loss in losses.items():
+            compare(f"{name} {dtype}", loss, (x, y), dtype)
     # the overflow rule: a derivative of e^S that overflows is 0 in the kernel as in the sweep
-    # (one-hot features: every score is 0 or 1 / tau = 1000, nothing in between)
     eye = torch.eye(4)
     x = eye[torch.arange(17) % 4][None]
     y = eye[(torch.arange(17) * 3) % 4][None]
-    tau = torch.tensor(1e-3)
-    want = ops.offdiag_means(x, y, tau, *((None, 0, None, None, 0, 0, 17)), None, -1, E["exp"],
-                             0.0, 0.0, False, True, True)
-    got = streaming._per_batch(
-        lambda a, b, t, ng: tk.offdiag_means_triton(a, b, t, None, "exp", 0.0, 0.0, ng, block=16),
-        x, y, tau, True, 2)
-    assert bool(torch.isinf(want[1]).all()) and bool(torch.isinf(got[1]).all())
-    for g, w in zip(got[2:], want[2:], strict=True):
-        assert not bool(torch.isnan(g).any()), "NaN in a Triton gradient"
-        torch.testing.assert_close(g, w, rtol=2e-4, atol=2e-5, msg="overflow rule")
+    got = streaming.offdiag_means(x.requires_grad_(), y, 1e-3, "dot", "exp")[1]
+    assert bool(torch.isinf(got).all()), got
+    (g,) = torch.autograd.grad(got.sum(), x)
+    assert not bool(torch.isnan(g).any()), "NaN in a fused-kernel gradient"
+    status = selfcheck.triton_status()
+    assert status and all(status.values()), [k for k, ok in status.items() if not ok]
+    if failures:
+        print("\\n".join(failures))
+        sys.exit(1)
+    print("kernels used:", len(status))
     print("triton-interpreter-ok")
     """
 )
@@ -180,7 +144,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_triton_kernels_in_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "MIBOUNDS_TRITON": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600
     )
@@ -197,9 +161,9 @@ def test_every_kernel_variant_compiles_for_the_target(arch):
     if not tk.HAS_TRITON:
         pytest.skip("needs triton")
     failures = []
-    for kernel, consts in tk.kernel_variants():
+    for kernel, consts, launch in tk.kernel_variants():
         try:
-            r = tk.compile_ahead(kernel, consts, arch)
+            r = tk.compile_ahead(kernel, consts, arch, launch)
         except Exception as err:  # a compile error fails the test with the variant named
             failures.append((kernel, consts, repr(err)))
             continue

@@ -1,28 +1,36 @@
-r"""Triton kernels for the streaming reductions of dot scores (CUDA; optional).
+r"""Fused Triton kernels for the streaming reductions of dot scores (GPU; optional).
 
-Imported only when Triton is installed. Every kernel recomputes blocks of ``S = X Y^T / tau``
-instead of storing them (FlashAttention-style), so memory is O(N d):
+Imported only when Triton is installed. The kernels follow the FlashAttention pattern: a tile of
+``S = X Y^T / tau + b`` lives in registers, never in global memory; the forward keeps an online
+log-sum-exp (or the sums of elementwise functions) per row; the backward recomputes each tile.
+Extra memory is O((N + M) d) whatever N, M and d are:
 
-* a row-statistics kernel: per row, the log-sum-exp (online maximum and sum over blocks of
-  columns), optionally without the diagonal, or the sums of up to two elementwise functions of
-  ``S + shift`` over the off-diagonal entries;
-* two gradient kernels: ``dX = G Y / tau`` over blocks of columns for each block of rows, and
-  ``dY = G^T X / tau`` over blocks of rows for each block of columns, where the gradient of the
-  scores ``G`` is a softmax-like ``exp(S - c_i)`` or the derivative of an elementwise function.
+* ``_stats_kernel``: per row, the log-sum-exp over a set of columns (candidates, negatives or
+  positives), or the sums of up to two elementwise functions of ``S + shift`` over it;
+* ``_grad_kernel``: ``dX = G Y / tau`` (one block of rows at a time) or ``dY = G^T X / tau``
+  (one block of columns), where the gradient of the scores ``G`` is a softmax-like
+  :math:`w_i e^{S_{ij} - c_i}`, the symmetric :math:`w_i e^{S_{ij} - c_i} + v_j e^{S_{ij} -
+  c_j}` (both directions of CLIP's loss in one pass), or :math:`w_i f'(S_{ij} + \mathrm{shift})`.
 
-On top of them: :func:`row_lse_mean_triton` (one-way InfoNCE), :func:`symmetric_lse_mean_triton`
-(the column log-sum-exp is the row log-sum-exp of ``Y X^T``), :func:`offdiag_lme_triton` (DV,
-MINE, SMILE without clipping) and :func:`offdiag_means_triton` for the elementwise functions in
-:data:`TRITON_FUNCTIONS` (NWJ, TUBA, JS, SMILE, and ``fmi`` for every built-in divergence).
-On a CUDA device they implement the matching ``mibounds::`` custom ops for dot scores (cosine
-scores are dot scores of normalised features) with ``d <= 256``; everything else uses the
-generic sweep. On the CPU they run only in Triton's interpreter (``TRITON_INTERPRET=1``), which
-the tests use with small sizes.
+Feature sizes are tiled: the products run over chunks of ``BK`` features, and the gradient
+kernels write their output in chunks of ``BDO`` features (a second grid axis), so any ``d``
+works. The leading batch dimension is the third grid axis.
+
+Precision follows torch: bfloat16 and float16 features are multiplied as they are (tensor
+cores, float32 accumulation); float32 features follow :func:`torch.get_float32_matmul_precision`
+(``"highest"``: IEEE float32, otherwise TF32), like ``torch.matmul``. All statistics are float32.
+The gradient's second product takes ``G`` in bfloat16 for bfloat16 features (as FlashAttention
+does) and in float32 with TF32 for float16 features (whose range cannot hold every ``G``).
+
+On the CPU the kernels run only in Triton's interpreter (``TRITON_INTERPRET=1``), which the
+tests use with small sizes; :func:`compile_ahead` compiles every variant for sm_80 and sm_90
+without a GPU and reports its shared memory and register spills.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import NamedTuple
 
 import torch
@@ -37,35 +45,31 @@ except ImportError:  # pragma: no cover
     HAS_TRITON = False
 
 __all__ = [
-    "BLOCK",
     "HAS_TRITON",
-    "MAX_DIM",
-    "NUM_STAGES",
-    "NUM_WARPS",
     "PLAIN",
-    "PRECISION",
-    "Pairs",
     "SHARED_MEMORY_LIMIT",
     "TRITON_FUNCTIONS",
+    "Config",
+    "Pairs",
     "compile_ahead",
+    "config",
     "kernel_variants",
-    "lse_triton",
-    "means_triton",
-    "neg_lme_triton",
-    "offdiag_lme_triton",
-    "offdiag_means_triton",
-    "row_lse_mean_triton",
-    "symmetric_lse_mean_triton",
-    "symmetric_lse_triton",
+    "lse",
+    "means",
+    "neg_lme",
+    "precision",
+    "symmetric_lse",
 ]
 
-#: Elementwise functions the Triton kernels implement: name -> code. The ``fmi:`` entries are
+#: Elementwise functions the kernels implement: name -> code. The ``fmi:`` entries are
 #: :math:`f^*(g_f(v))` of the built-in divergences (``fmi:tsallis`` takes its alpha as the
 #: parameter).
 TRITON_FUNCTIONS = {
     "exp": 1,
     "softplus": 2,
     "exp-clip": 3,
+    "softplus-neg": 4,
+    "identity": 5,
     "fmi:kl": 10,
     "fmi:reverse-kl": 11,
     "fmi:pearson": 12,
@@ -78,22 +82,77 @@ TRITON_FUNCTIONS = {
     "fmi:tsallis": 19,
 }
 
-#: ``tl.dot``'s precision for float32 operands: three TF32 products (about float32 accuracy at
-#: tensor-core speed) rather than the TF32 default, whose 10-bit mantissa gives log-sum-exp
-#: errors of 1e-3 and more at small temperatures.
-PRECISION = "tf32x3"
-#: The largest feature size the kernels take; larger ones use the PyTorch sweep (a 256-wide
-#: tile needs more shared memory than an H100 has, and at 128 the gradient kernel spills).
-MAX_DIM = 64
-#: Rows and columns per tile, warps and pipeline stages of every launch: compiled ahead of time
-#: for sm_80 and sm_90, every kernel variant fits the shared memory and spills no register at
-#: d <= 64 (the test suite checks this).
-BLOCK = 32
-NUM_WARPS = 4
-NUM_STAGES = 2
+
+class Config(NamedTuple):
+    """Tile sizes of one launch: ``bm`` rows (or columns) per program, ``bn`` of the other
+    side per step, ``bk`` features per product step, ``bdo`` output features per program
+    (gradient kernels), and the warps and pipeline stages."""
+
+    bm: int
+    bn: int
+    bk: int
+    bdo: int
+    num_warps: int
+    num_stages: int
+
+
+def _pow2(d: int, low: int = 16) -> int:
+    return max(low, 1 << (max(d, 1) - 1).bit_length())
+
+
+def config(kernel: str, dtype: torch.dtype, d: int, prec: str | None = None) -> Config:
+    """The tile sizes of ``kernel`` (``"stats"`` or ``"grad"``) for features of ``dtype`` and
+    size ``d`` multiplied at precision ``prec`` (default: :func:`precision`). One table serves
+    sm_80 and sm_90: every entry compiles for both without a spilled register and within the
+    shared memory (the test suite checks it ahead of time).
+
+    The statistics kernel takes 64 x 64 tiles of scores, in feature steps of 64 (half
+    precision), 32 (TF32) or 16 (IEEE float32, whose products run without tensor cores). The
+    gradient kernels hold a ``bm x bdo`` float32 accumulator beside the tile of scores:
+    ``bdo`` is ``d`` rounded up to a power of two, at most 128 (64 for TF32), so a feature size
+    up to ``bdo`` computes each tile of scores once per gradient and a larger one
+    ``ceil(d / bdo)`` times (the price of O((N + M) d) memory).
+
+    Example:
+        >>> config("stats", torch.bfloat16, 512)
+        Config(bm=64, bn=64, bk=64, bdo=0, num_warps=8, num_stages=2)
+        >>> config("grad", torch.bfloat16, 1024).bdo
+        128
+    """
+    prec = precision(dtype) if prec is None else prec
+    half = dtype in (torch.float16, torch.bfloat16)
+    p2 = _pow2(d)
+    if kernel == "stats":
+        if half:
+            return Config(64, 64, min(64, p2), 0, 8, 2)
+        return Config(64, 64, min(32 if prec == "tf32" else 16, p2), 0, 4, 2)
+    if half:
+        return Config(64, 32, min(32, p2), min(128, p2), 8, 2)
+    if prec == "tf32":
+        bdo = min(64, p2)
+        return Config(64, 32, min(32, p2), bdo, 8 if bdo == 32 else 4, 2)
+    bdo = min(128, p2)
+    return Config(64, 32, min(16, p2), bdo, 8 if bdo >= 64 else 4, 2)
+
+
+def precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s input precision for features of ``dtype``: float32 follows
+    :func:`torch.get_float32_matmul_precision` (``"highest"`` -> ``"ieee"``, else
+    ``"tf32"``); half precision multiplies as it is (``"ieee"`` is the exact product).
+
+    Example:
+        >>> precision(torch.bfloat16)
+        'ieee'
+    """
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee"
+
 
 if HAS_TRITON:
-    _PRECISION: tl.constexpr = tl.constexpr(PRECISION)
+    #: The largest finite bfloat16: a gradient entry is clamped to it before the bfloat16
+    #: product (beyond it the product would be infinite, and infinity times 0 is NaN).
+    _BF16_MAX = tl.constexpr(3.3895313892515355e38)
 
     @triton.jit
     def _softplus(t):
@@ -115,6 +174,10 @@ if HAS_TRITON:
             out = _softplus(t)
         elif FN == 3:
             out = tl.exp(tl.minimum(tl.maximum(t, -param), param) - param)
+        elif FN == 4:
+            out = _softplus(-t)
+        elif FN == 5:
+            out = t
         elif FN == 10:
             out = tl.exp(t - 1.0)
         elif FN == 11:
@@ -148,6 +211,10 @@ if HAS_TRITON:
         elif FN == 3:
             inside = tl.abs(t) < param
             out = tl.where(inside, tl.exp(tl.minimum(tl.maximum(t, -param), param) - param), 0.0)
+        elif FN == 4:
+            out = -_sigmoid(-t)
+        elif FN == 5:
+            out = t * 0.0 + 1.0
         elif FN == 10:
             out = tl.exp(t - 1.0)
         elif FN == 11:
@@ -173,12 +240,37 @@ if HAS_TRITON:
         return tl.where(tl.abs(out) <= 3.4028234663852886e38, out, 0.0)
 
     @triton.jit
-    def _load_rows(ptr, rows, dims, n, d):
-        return tl.load(
-            ptr + rows[:, None].to(tl.int64) * d + dims[None, :],
-            mask=(rows[:, None] < n) & (dims[None, :] < d),
-            other=0.0,
-        ).to(tl.float32)
+    def _col_term(s, c2, w2):
+        # the column direction's share of the symmetric gradient, w2_j e^{S_ij - c2_j}
+        return tl.where(w2[None, :] != 0.0, w2[None, :] * tl.exp(s - c2[None, :]), 0.0)
+
+    @triton.jit
+    def _mma(a, b, acc, PREC: tl.constexpr, EMU: tl.constexpr):
+        # acc + a b; EMU: half-precision operands widened first (Triton's CPU interpreter
+        # multiplies bfloat16 operands wrongly; the values are the same, the speed is not)
+        if EMU:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(a, b, acc, input_precision=PREC)
+
+    @triton.jit
+    def _tile_scores(
+        x_ptr, y_ptr, rows, cols, n, m, d,
+        PREC: tl.constexpr, EMU: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
+        BK: tl.constexpr,
+    ):  # fmt: skip
+        # X[rows] Y[cols]^T over chunks of BK features, float32 accumulation: (BR, BC)
+        acc = tl.zeros((BR, BC), tl.float32)
+        xrow = x_ptr + rows[:, None].to(tl.int64) * d
+        ycol = y_ptr + cols[:, None].to(tl.int64) * d
+        rin = rows[:, None] < n
+        cin = cols[:, None] < m
+        for k0 in range(0, d, BK):
+            dims = k0 + tl.arange(0, BK)
+            din = dims[None, :] < d
+            a = tl.load(xrow + dims[None, :], mask=rin & din, other=0.0)
+            b = tl.load(ycol + dims[None, :], mask=cin & din, other=0.0)
+            acc = _mma(a, tl.trans(b), acc, PREC, EMU)
+        return acc
 
     @triton.jit
     def _keep(
@@ -213,27 +305,30 @@ if HAS_TRITON:
         x_ptr, y_ptr, out1_ptr, out2_ptr, n, m, d, tau_ptr, bias_ptr, shift, param,
         rl_ptr, cl_ptr, offset, n_paired,
         MODE: tl.constexpr, FN1: tl.constexpr, FN2: tl.constexpr, BIAS: tl.constexpr,
-        LABELS: tl.constexpr, EXCLUDE: tl.constexpr, SET: tl.constexpr,
-        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+        LABELS: tl.constexpr, EXCLUDE: tl.constexpr, SET: tl.constexpr, PREC: tl.constexpr,
+        EMU: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     ):  # fmt: skip
-        # Per row i, over the columns j of the set: MODE 0, out1[i] = log sum_j e^{S_ij}
-        # (-inf for an empty set); MODE 1, out1[i], out2[i] = sum_j FN1, FN2 of S_ij + shift.
+        # Per row i of batch index program_id(1), over the columns j of the set: MODE 0,
+        # out1[i] = log sum_j e^{S_ij} (-inf for an empty set); MODE 1, out1[i], out2[i] =
+        # sum_j FN1, FN2 of S_ij + shift.
+        batch = tl.program_id(1).to(tl.int64)
+        x_ptr += batch * n * d
+        y_ptr += batch * m * d
+        out1_ptr += batch * n
+        out2_ptr += batch * n
         inv_tau = 1.0 / tl.load(tau_ptr)
         b = 0.0
         if BIAS:
             b = tl.load(bias_ptr)
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
-        dims = tl.arange(0, BD)
         rmask = rows < n
-        x = _load_rows(x_ptr, rows, dims, n, d)
         mx = tl.full((BM,), float("-inf"), tl.float32)
         z = tl.zeros((BM,), tl.float32)
         z2 = tl.zeros((BM,), tl.float32)
         for c0 in range(0, m, BN):
             cols = c0 + tl.arange(0, BN)
+            s = _tile_scores(x_ptr, y_ptr, rows, cols, n, m, d, PREC, EMU, BM, BN, BK) * inv_tau + b
             keep = _keep(rows, cols, n, m, rl_ptr, cl_ptr, offset, n_paired, LABELS, EXCLUDE, SET)
-            y = _load_rows(y_ptr, cols, dims, m, d)
-            s = tl.dot(x, tl.trans(y), input_precision=_PRECISION) * inv_tau + b
             if MODE == 0:
                 s = tl.where(keep, s, float("-inf"))
                 m_new = tl.maximum(mx, tl.max(s, axis=1))
@@ -253,68 +348,118 @@ if HAS_TRITON:
 
     @triton.jit
     def _grad_kernel(
-        x_ptr, y_ptr, c_ptr, w_ptr, out_ptr, rowsum_ptr, n, m, d, tau_ptr, bias_ptr, shift,
-        param, rl_ptr, cl_ptr, offset, n_paired,
+        x_ptr, y_ptr, c_ptr, w_ptr, c2_ptr, w2_ptr, out_ptr, rowsum_ptr, xdx_ptr,
+        n, m, d, tau_ptr, bias_ptr, shift, param, rl_ptr, cl_ptr, offset, n_paired,
         MODE: tl.constexpr, FN: tl.constexpr, BIAS: tl.constexpr, LABELS: tl.constexpr,
-        EXCLUDE: tl.constexpr, SET: tl.constexpr, COLS: tl.constexpr,
-        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+        EXCLUDE: tl.constexpr, SET: tl.constexpr, COLS: tl.constexpr, PREC: tl.constexpr,
+        GPREC: tl.constexpr, HALF_G: tl.constexpr, EMU: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BDO: tl.constexpr,
     ):  # fmt: skip
-        # G_ij = w_i e^{S_ij - c_i} (MODE 0) or w_i FN'(S_ij + shift) (MODE 1) on the set, 0
-        # elsewhere. COLS = 0: out = G Y / tau for a block of rows, and rowsum = G's row sums;
-        # COLS = 1: out = G^T X / tau for a block of columns.
+        # G_ij on the set, 0 elsewhere: MODE 0, w_i e^{S_ij - c_i}; MODE 1, w_i FN'(S_ij +
+        # shift); MODE 2, w_i e^{S_ij - c_i} + w2_j e^{S_ij - c2_j}. COLS = 0: out = G Y / tau
+        # for a block of rows and output features program_id(1), rowsum = G's row sums and
+        # xdx = the rows' x . out (for the temperature's gradient); COLS = 1: out = G^T X / tau
+        # for a block of columns.
+        batch = tl.program_id(2).to(tl.int64)
+        x_ptr += batch * n * d
+        y_ptr += batch * m * d
+        out_ptr += batch * (m if COLS else n) * d
+        c_ptr += batch * n
+        c2_ptr += batch * m
+        rowsum_ptr += batch * n
+        xdx_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * n
         inv_tau = 1.0 / tl.load(tau_ptr)
         b = 0.0
         if BIAS:
             b = tl.load(bias_ptr)
         own = tl.program_id(0) * BM + tl.arange(0, BM)
-        dims = tl.arange(0, BD)
-        if COLS:
-            omask = own < m
-            mine = _load_rows(y_ptr, own, dims, m, d)
-        else:
-            omask = own < n
-            mine = _load_rows(x_ptr, own, dims, n, d)
-        acc = tl.zeros((BM, BD), tl.float32)
+        dout = tl.program_id(1) * BDO + tl.arange(0, BDO)
+        acc = tl.zeros((BM, BDO), tl.float32)
         gs = tl.zeros((BM,), tl.float32)
         if COLS:
+            omask = own < m
+            if MODE == 2:
+                c2 = tl.load(c2_ptr + own, mask=omask, other=0.0)
+                w2 = tl.load(w2_ptr + own, mask=omask, other=0.0)
             for o0 in range(0, n, BN):
                 rows = o0 + tl.arange(0, BN)
-                xs = _load_rows(x_ptr, rows, dims, n, d)
-                s = tl.dot(xs, tl.trans(mine), input_precision=_PRECISION) * inv_tau + b
+                rin = rows < n
+                s = _tile_scores(x_ptr, y_ptr, rows, own, n, m, d, PREC, EMU, BN, BM, BK)
+                s = s * inv_tau + b
                 keep = _keep(
                     rows, own, n, m, rl_ptr, cl_ptr, offset, n_paired, LABELS, EXCLUDE, SET
                 )
-                w = tl.load(w_ptr + rows, mask=rows < n, other=0.0)
-                if MODE == 0:
-                    c = tl.load(c_ptr + rows, mask=rows < n, other=0.0)
-                    g = tl.exp(s - c[:, None])
+                w = tl.load(w_ptr + rows, mask=rin, other=0.0)
+                if MODE == 1:
+                    g = _dfn(s + shift, param, FN) * w[:, None]
                 else:
-                    g = _dfn(s + shift, param, FN)
-                g = tl.where(keep, g * w[:, None], 0.0)
-                acc += tl.dot(tl.trans(g), xs, input_precision=_PRECISION)
+                    c = tl.load(c_ptr + rows, mask=rin, other=0.0)
+                    g = tl.exp(s - c[:, None]) * w[:, None]
+                    if MODE == 2:
+                        g += tl.where(
+                            w2[None, :] != 0.0, w2[None, :] * tl.exp(s - c2[None, :]), 0.0
+                        )
+                g = tl.where(keep, g, 0.0)
+                xs = tl.load(
+                    x_ptr + rows[:, None].to(tl.int64) * d + dout[None, :],
+                    mask=rin[:, None] & (dout[None, :] < d),
+                    other=0.0,
+                )
+                if HALF_G:
+                    g = tl.minimum(tl.maximum(g, -_BF16_MAX), _BF16_MAX)
+                    acc = _mma(tl.trans(g.to(xs.dtype)), xs, acc, PREC, EMU)
+                else:
+                    xs = xs.to(tl.float32)
+                    acc = tl.dot(tl.trans(g), xs, acc, input_precision=GPREC)
         else:
+            omask = own < n
             w = tl.load(w_ptr + own, mask=omask, other=0.0)
-            if MODE == 0:
+            if MODE != 1:
                 c = tl.load(c_ptr + own, mask=omask, other=0.0)
             for o0 in range(0, m, BN):
                 cols = o0 + tl.arange(0, BN)
-                ys = _load_rows(y_ptr, cols, dims, m, d)
-                s = tl.dot(mine, tl.trans(ys), input_precision=_PRECISION) * inv_tau + b
+                cin = cols < m
+                s = _tile_scores(x_ptr, y_ptr, own, cols, n, m, d, PREC, EMU, BM, BN, BK)
+                s = s * inv_tau + b
                 keep = _keep(
                     own, cols, n, m, rl_ptr, cl_ptr, offset, n_paired, LABELS, EXCLUDE, SET
                 )
-                if MODE == 0:
-                    g = tl.exp(s - c[:, None])
+                if MODE == 1:
+                    g = _dfn(s + shift, param, FN) * w[:, None]
                 else:
-                    g = _dfn(s + shift, param, FN)
-                g = tl.where(keep, g * w[:, None], 0.0)
+                    g = tl.exp(s - c[:, None]) * w[:, None]
+                    if MODE == 2:
+                        c2 = tl.load(c2_ptr + cols, mask=cin, other=0.0)
+                        w2 = tl.load(w2_ptr + cols, mask=cin, other=0.0)
+                        g += tl.where(
+                            w2[None, :] != 0.0, w2[None, :] * tl.exp(s - c2[None, :]), 0.0
+                        )
+                g = tl.where(keep, g, 0.0)
                 gs += tl.sum(g, axis=1)
-                acc += tl.dot(g, ys, input_precision=_PRECISION)
-            tl.store(rowsum_ptr + own, gs, mask=omask)
+                ys = tl.load(
+                    y_ptr + cols[:, None].to(tl.int64) * d + dout[None, :],
+                    mask=cin[:, None] & (dout[None, :] < d),
+                    other=0.0,
+                )
+                if HALF_G:
+                    g = tl.minimum(tl.maximum(g, -_BF16_MAX), _BF16_MAX)
+                    acc = _mma(g.to(ys.dtype), ys, acc, PREC, EMU)
+                else:
+                    ys = ys.to(tl.float32)
+                    acc = tl.dot(g, ys, acc, input_precision=GPREC)
+            if tl.program_id(1) == 0:
+                tl.store(rowsum_ptr + own, gs, mask=omask)
+        acc = acc * inv_tau
+        omask2 = omask[:, None] & (dout[None, :] < d)
+        if COLS == 0:
+            mine = tl.load(
+                x_ptr + own[:, None].to(tl.int64) * d + dout[None, :], mask=omask2, other=0.0
+            )
+            tl.store(xdx_ptr + own, tl.sum(mine.to(tl.float32) * acc, axis=1), mask=omask)
         tl.store(
-            out_ptr + own[:, None].to(tl.int64) * d + dims[None, :],
-            acc * inv_tau,
-            mask=omask[:, None] & (dims[None, :] < d),
+            out_ptr + own[:, None].to(tl.int64) * d + dout[None, :],
+            acc.to(out_ptr.dtype.element_ty),
+            mask=omask2,
         )
 
 
@@ -343,186 +488,183 @@ class Pairs(NamedTuple):
 PLAIN = Pairs()
 
 
-def _launch_args(x: Tensor, y: Tensor, pairs: Pairs, bias: Tensor | None):
-    """The pointer and size arguments every kernel takes after its own outputs."""
-    n, d = x.shape
-    m = y.shape[0]
-    dummy = x.new_zeros(1)
+class _Launch(NamedTuple):
+    """What every launch of one call shares: sizes, the temperature and bias pointers, the
+    pairing pointers and flags."""
+
+    b: int
+    n: int
+    m: int
+    d: int
+    tau: Tensor
+    bias: Tensor
+    rl: Tensor
+    cl: Tensor
+    offset: int
+    n_paired: int
+    flags: dict
+
+
+def _launch(x: Tensor, y: Tensor, tau: Tensor, pairs: Pairs, bias: Tensor | None) -> _Launch:
+    b, n, d = x.shape
+    m = y.shape[1]
+    dummy = torch.zeros(1, dtype=torch.int64, device=x.device)
     rl = dummy if pairs.row_labels is None else pairs.row_labels
     cl = dummy if pairs.col_labels is None else pairs.col_labels
     n_paired = n if pairs.n_paired < 0 else pairs.n_paired
-    flags = dict(BIAS=bias is not None, LABELS=pairs.row_labels is not None, EXCLUDE=pairs.exclude)
-    return n, m, d, (dummy if bias is None else bias), rl, cl, n_paired, flags
-
-
-def _tile(d: int) -> int:
-    return max(16, 1 << (d - 1).bit_length())
+    flags = dict(
+        BIAS=bias is not None,
+        LABELS=pairs.row_labels is not None,
+        EXCLUDE=pairs.exclude,
+        PREC=precision(x.dtype),
+        EMU=os.environ.get("TRITON_INTERPRET", "0") == "1",
+    )
+    bias_t = tau if bias is None else bias
+    return _Launch(b, n, m, d, tau, bias_t, rl, cl, pairs.offset, n_paired, flags)
 
 
 def _row_stats(
-    x: Tensor, y: Tensor, tau: Tensor, bias: Tensor | None, pairs: Pairs, which: int,
-    mode: int, fn1: int = 0, fn2: int = 0, shift: float = 0.0, param: float = 0.0,
-    block: int = BLOCK,
+    x: Tensor, y: Tensor, la: _Launch, which: int, mode: int, fn1: int = 0, fn2: int = 0,
+    shift: float = 0.0, param: float = 0.0,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Per row over the set ``which``: the log-sum-exp (mode 0), or the sums of two
+    """Per row over the set ``which`` ``(B, n)``: the log-sum-exp (mode 0), or the sums of two
     functions (mode 1)."""
-    n, m, d, bias_t, rl, cl, n_paired, flags = _launch_args(x, y, pairs, bias)
-    out1 = torch.empty(n, dtype=torch.float32, device=x.device)
-    out2 = torch.empty(n, dtype=torch.float32, device=x.device)
-    _stats_kernel[(triton.cdiv(n, block),)](
-        x, y, out1, out2, n, m, d, tau, bias_t, shift, param, rl, cl, pairs.offset, n_paired,
-        MODE=mode, FN1=fn1, FN2=fn2, SET=which, BM=block, BN=block, BD=_tile(d),
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES, **flags,
+    cfg = config("stats", x.dtype, la.d)
+    out1 = torch.empty(la.b, la.n, dtype=torch.float32, device=x.device)
+    out2 = torch.empty_like(out1) if mode == 1 else out1
+    _stats_kernel[(triton.cdiv(la.n, cfg.bm), la.b)](
+        x, y, out1, out2, la.n, la.m, la.d, la.tau, la.bias, shift, param, la.rl, la.cl,
+        la.offset, la.n_paired,
+        MODE=mode, FN1=fn1, FN2=fn2, SET=which, BM=cfg.bm, BN=cfg.bn, BK=cfg.bk,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **la.flags,
     )  # fmt: skip
     return out1, out2
 
 
 def _grads(
-    x: Tensor, y: Tensor, tau: Tensor, bias: Tensor | None, pairs: Pairs, which: int,
-    mode: int, c: Tensor, w: Tensor, fn: int = 0, shift: float = 0.0, param: float = 0.0,
-    block: int = BLOCK,
+    x: Tensor, y: Tensor, la: _Launch, which: int, mode: int, c: Tensor, w: Tensor,
+    c2: Tensor | None = None, w2: Tensor | None = None, fn: int = 0, shift: float = 0.0,
+    param: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """``(dx, dy, dtau, dbias)`` for the gradient ``G`` of the scores described by ``mode``,
-    the per-row shifts ``c`` (mode 0) and the per-row weights ``w``."""
-    n, m, d, bias_t, rl, cl, n_paired, flags = _launch_args(x, y, pairs, bias)
-    dx = torch.empty_like(x, dtype=torch.float32)
-    dy = torch.empty_like(y, dtype=torch.float32)
-    rowsum = torch.empty(n, dtype=torch.float32, device=x.device)
-    for out, cols, size in ((dx, 0, n), (dy, 1, m)):
-        _grad_kernel[(triton.cdiv(size, block),)](
-            x, y, c, w, out, rowsum, n, m, d, tau, bias_t, shift, param, rl, cl,
-            pairs.offset, n_paired,
-            MODE=mode, FN=fn, SET=which, COLS=cols, BM=block, BN=block, BD=_tile(d),
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES, **flags,
+    """``(dx, dy, dtau, dbias)`` (the last two ``(B,)``) for the gradient ``G`` of the scores
+    described by ``mode``: per-row shifts ``c`` ``(B, n)`` and weights ``w`` ``(n,)``, and
+    for the symmetric mode the per-column ``c2`` ``(B, m)`` and ``w2`` ``(m,)``."""
+    cfg = config("grad", x.dtype, la.d)
+    dx = torch.empty_like(x)
+    dy = torch.empty_like(y)
+    rowsum = torch.empty(la.b, la.n, dtype=torch.float32, device=x.device)
+    chunks = triton.cdiv(la.d, cfg.bdo)
+    xdx = torch.empty(la.b, chunks, la.n, dtype=torch.float32, device=x.device)
+    c2 = c if c2 is None else c2
+    w2 = w if w2 is None else w2
+    half_g = x.dtype == torch.bfloat16
+    gprec = "tf32" if x.dtype == torch.float16 else la.flags["PREC"]
+    for out, cols, size in ((dx, 0, la.n), (dy, 1, la.m)):
+        _grad_kernel[(triton.cdiv(size, cfg.bm), chunks, la.b)](
+            x, y, c, w, c2, w2, out, rowsum, xdx, la.n, la.m, la.d, la.tau, la.bias, shift,
+            param, la.rl, la.cl, la.offset, la.n_paired,
+            MODE=mode, FN=fn, SET=which, COLS=cols, GPREC=gprec, HALF_G=half_g,
+            BM=cfg.bm, BN=cfg.bn, BK=cfg.bk, BDO=cfg.bdo,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **la.flags,
         )  # fmt: skip
     # d/dtau = -sum_ij G_ij (S_ij - b) / tau = -sum_i x_i . dx_i / tau; d/db = sum_ij G_ij
-    return dx, dy, -(x.float() * dx).sum() / tau[0], rowsum.sum()
+    dtau = -xdx.sum((1, 2)) / la.tau.reshape(())
+    return dx, dy, dtau, rowsum.sum(-1)
 
 
-def _tau_tensor(tau: float | Tensor, like: Tensor) -> Tensor:
-    """``tau`` as a one-element float32 tensor on ``like``'s device (never read back)."""
-    return torch.as_tensor(tau, dtype=torch.float32, device=like.device).reshape(1)
+def _empty(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    b = x.shape[0]
+    zeros = torch.zeros(b, dtype=torch.float32, device=x.device)
+    return x.new_empty(0), y.new_empty(0), zeros, zeros.clone()
 
 
-def _empty(x: Tensor, y: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return x.new_empty(0), y.new_empty(0), value.new_zeros(()), value.new_zeros(())
+def _row_weights(w: Tensor | None, n: int, default: float, like: Tensor) -> Tensor:
+    if w is None:
+        return torch.full((n,), default, dtype=torch.float32, device=like.device)
+    return w.to(device=like.device, dtype=torch.float32).contiguous()
 
 
-def lse_triton(
-    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, *, pairs: Pairs = PLAIN,
-    weight: Tensor | None = None, bias: Tensor | None = None, block: int = BLOCK,
+def lse(
+    x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, *, pairs: Pairs = PLAIN,
+    weight: Tensor | None = None, bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     r"""``(value, dx, dy, dtau, dbias)`` of :math:`\sum_i w_i \log\sum_{j \in C_i} e^{S_{ij}}`
-    over each row's candidates (``weight=None``: the mean over rows). ``x`` ``(n, d)``, ``y``
-    ``(m, d)`` contiguous float32.
+    over each row's candidates (``weight=None``: the mean over rows), per leading batch index.
+    ``x`` ``(B, n, d)``, ``y`` ``(B, m, d)`` contiguous, of one dtype (float32, float16 or
+    bfloat16); ``tau`` and ``bias`` one-element float32 tensors on the device (never read
+    back). The value and ``dtau``, ``dbias`` are float32 ``(B,)``; ``dx``, ``dy`` have the
+    features' dtype (empty without ``need_grad``).
 
     Example:
         >>> HAS_TRITON in (True, False)
         True
     """
     _require()
-    n = x.shape[0]
-    t = _tau_tensor(tau, x)
-    w = torch.full((n,), 1.0 / n, device=x.device) if weight is None else weight.float()
-    lse, _ = _row_stats(x, y, t, bias, pairs, 0, 0, block=block)
-    value = torch.where(w > 0, w * lse, 0.0).sum()
+    la = _launch(x, y, tau, pairs, bias)
+    w = _row_weights(weight, la.n, 1.0 / la.n, x)
+    row_lse, _ = _row_stats(x, y, la, 0, 0)
+    value = torch.where(w > 0, w * row_lse, 0.0).sum(-1)
     if not need_grad:
-        return (value, *_empty(x, y, value))
-    return (value, *_grads(x, y, t, bias, pairs, 0, 0, lse, w, block=block))
+        return (value, *_empty(x, y))
+    return (value, *_grads(x, y, la, 0, 0, row_lse, w))
 
 
-def row_lse_mean_triton(
-    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, block: int = BLOCK
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""``(value, dx, dy, dtau)`` for one ``(N, d)`` pair: the value is
-    :math:`\frac1N\sum_i \mathrm{lse}_i`; the gradients are those of the value (empty tensors
-    and 0 without ``need_grad``). ``x``, ``y`` contiguous float32.
-
-    Example:
-        >>> HAS_TRITON in (True, False)
-        True
-    """
-    return lse_triton(x, y, tau, need_grad, block=block)[:4]
-
-
-def symmetric_lse_triton(
-    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, *, pairs: Pairs = PLAIN,
+def symmetric_lse(
+    x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, *, pairs: Pairs = PLAIN,
     row_weight: Tensor | None = None, col_weight: Tensor | None = None,
-    bias: Tensor | None = None, block: int = BLOCK,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     r"""``(value, dx, dy, dtau, dbias)`` of the weighted row plus column log-sum-exp over the
-    candidates (without weights, the average of the two means): the column statistics are the
-    row statistics of ``Y X^T`` with the pairing seen from the columns.
+    candidates (without weights, the average of the two means). The column statistics are the
+    row statistics of ``Y X^T`` with the pairing seen from the columns; the gradient of both
+    directions is formed in one pass (two launches, one per side): four products in all, the
+    bare count of the symmetric loss plus the two statistics passes.
 
     Example:
         >>> TRITON_FUNCTIONS["exp"], TRITON_FUNCTIONS["fmi:js"]
         (1, 15)
     """
-    n, m = x.shape[0], y.shape[0]
-    u = torch.full((n,), 0.5 / n, device=x.device) if row_weight is None else row_weight
-    v = torch.full((m,), 0.5 / n, device=x.device) if col_weight is None else col_weight
-    r = lse_triton(x, y, tau, need_grad, pairs=pairs, weight=u, bias=bias, block=block)
-    c = lse_triton(y, x, tau, need_grad, pairs=pairs.swapped(), weight=v, bias=bias, block=block)
-    value = r[0] + c[0]
+    _require()
+    la = _launch(x, y, tau, pairs, bias)
+    u = _row_weights(row_weight, la.n, 0.5 / la.n, x)
+    v = _row_weights(col_weight, la.m, 0.5 / la.n, x)
+    row_lse, _ = _row_stats(x, y, la, 0, 0)
+    col_lse, _ = _row_stats(y, x, _launch(y, x, tau, pairs.swapped(), bias), 0, 0)
+    value = torch.where(u > 0, u * row_lse, 0.0).sum(-1) + torch.where(v > 0, v * col_lse, 0.0).sum(
+        -1
+    )
     if not need_grad:
-        return (value, *_empty(x, y, value))
-    return value, r[1] + c[2], r[2] + c[1], r[3] + c[3], r[4] + c[4]
+        return (value, *_empty(x, y))
+    return (value, *_grads(x, y, la, 0, 2, row_lse, u, col_lse.contiguous(), v))
 
 
-def symmetric_lse_mean_triton(
-    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, block: int = BLOCK
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""``(value, dx, dy, dtau)`` of the average of the row and the column mean log-sum-exp.
-
-    Example:
-        >>> callable(symmetric_lse_mean_triton)
-        True
-    """
-    return symmetric_lse_triton(x, y, tau, need_grad, block=block)[:4]
-
-
-def neg_lme_triton(
-    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, *, pairs: Pairs = PLAIN,
-    log_weight: Tensor | None = None, bias: Tensor | None = None, block: int = BLOCK,
+def neg_lme(
+    x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, *, pairs: Pairs = PLAIN,
+    log_weight: Tensor | None = None, bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     r"""``(value, dx, dy, dtau, dbias)`` of :math:`\log\sum_i w_i\sum_{j\in N_i} e^{S_{ij}}` over
     each row's negatives (``log_weight=None``: the mean over the ``n (m-1)`` off-diagonal pairs).
 
     Example:
-        >>> callable(neg_lme_triton)
+        >>> callable(neg_lme)
         True
     """
     _require()
-    n, m = x.shape[0], y.shape[0]
-    t = _tau_tensor(tau, x)
-    if log_weight is None:
-        log_weight = torch.full((n,), -math.log(n * (m - 1)), device=x.device)
-    lse, _ = _row_stats(x, y, t, bias, pairs, 1, 0, block=block)
-    value = torch.logsumexp(lse + log_weight.float(), 0)
+    la = _launch(x, y, tau, pairs, bias)
+    lw = _row_weights(log_weight, la.n, -math.log(la.n * (la.m - 1)), x)
+    row_lse, _ = _row_stats(x, y, la, 1, 0)
+    value = torch.logsumexp(row_lse + lw, -1)
     if not need_grad:
-        return (value, *_empty(x, y, value))
-    c = (value - log_weight.float()).contiguous()  # G_ij = e^{S_ij + log w_i - value}
-    ones = torch.ones(n, device=x.device)
-    return (value, *_grads(x, y, t, bias, pairs, 1, 0, c, ones, block=block))
+        return (value, *_empty(x, y))
+    c = (value[:, None] - lw).contiguous()  # G_ij = e^{S_ij + log w_i - value}
+    ones = torch.ones(la.n, dtype=torch.float32, device=x.device)
+    return (value, *_grads(x, y, la, 1, 0, c, ones))
 
 
-def offdiag_lme_triton(
-    x: Tensor, y: Tensor, tau: float | Tensor, need_grad: bool, block: int = BLOCK
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""``(value, dx, dy, dtau)`` of :math:`\log\frac{1}{N(N-1)}\sum_{i\ne j} e^{S_{ij}}`.
-
-    Example:
-        >>> callable(offdiag_lme_triton)
-        True
-    """
-    return neg_lme_triton(x, y, tau, need_grad, block=block)[:4]
-
-
-def means_triton(
-    x: Tensor, y: Tensor, tau: float | Tensor, value_fn: str | None, grad_fn: str,
-    shift: float, param: float, need_grad: bool, grad_value: bool = True, *,
-    pairs: Pairs = PLAIN, weight: Tensor | None = None, positives: bool = False,
-    bias: Tensor | None = None, block: int = BLOCK,
+def means(
+    x: Tensor, y: Tensor, tau: Tensor, value_fn: str | None, grad_fn: str, shift: float,
+    param: float, need_grad: bool, grad_value: bool = True, *, pairs: Pairs = PLAIN,
+    weight: Tensor | None = None, positives: bool = False, bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     r"""``(value_sum, grad_sum, dx, dy, dtau, dbias)``: the sums
     :math:`\sum_i w_i \sum_j \mathrm{fn}(S_{ij} + \mathrm{shift})` over each row's negatives (or
@@ -535,37 +677,18 @@ def means_triton(
         2
     """
     _require()
-    n, m = x.shape[0], y.shape[0]
-    t = _tau_tensor(tau, x)
-    w = torch.full((n,), 1.0 / (n * (m - 1)), device=x.device) if weight is None else weight
-    w = w.float().contiguous()
+    la = _launch(x, y, tau, pairs, bias)
+    w = _row_weights(weight, la.n, 1.0 / (la.n * (la.m - 1)), x)
     f1 = 0 if value_fn is None else TRITON_FUNCTIONS[value_fn]
     f2 = TRITON_FUNCTIONS[grad_fn] if grad_value else 0
     which = 2 if positives else 1
-    s1, s2 = _row_stats(x, y, t, bias, pairs, which, 1, f1, f2, shift, param, block=block)
-    vsum, gsum = (s1 * w).sum(), (s2 * w).sum()
+    s1, s2 = _row_stats(x, y, la, which, 1, f1, f2, shift, param)
+    vsum, gsum = (s1 * w).sum(-1), (s2 * w).sum(-1)
     if not need_grad:
-        return (vsum, gsum, *_empty(x, y, gsum))
+        return (vsum, gsum, *_empty(x, y))
     fn = TRITON_FUNCTIONS[grad_fn]
-    grads = _grads(x, y, t, bias, pairs, which, 1, w, w, fn, shift, param, block=block)
+    grads = _grads(x, y, la, which, 1, w, w, fn=fn, shift=shift, param=param)
     return (vsum, gsum, *grads)
-
-
-def offdiag_means_triton(
-    x: Tensor, y: Tensor, tau: float | Tensor, value_fn: str | None, grad_fn: str,
-    shift: float, param: float, need_grad: bool, grad_value: bool = True, block: int = BLOCK,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    r"""``(value_mean, grad_mean, dx, dy, dtau)``: the off-diagonal means of ``value_fn`` and
-    ``grad_fn`` of ``S + shift`` (see :func:`means_triton`).
-
-    Example:
-        >>> TRITON_FUNCTIONS["softplus"]
-        2
-    """
-    out = means_triton(
-        x, y, tau, value_fn, grad_fn, shift, param, need_grad, grad_value, block=block
-    )
-    return out[:5]
 
 
 # --- ahead-of-time compilation (no GPU needed) ------------------------------------------------
@@ -573,50 +696,75 @@ def offdiag_means_triton(
 #: Shared memory a block may use (opt-in maximum), in bytes, per compute capability.
 SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}
 
+#: The feature sizes whose tiles the ahead-of-time test compiles: every distinct tile shape of
+#: :func:`config` from d = 16 to d = 2048 (the kernels loop over larger ones in the same tiles).
+AOT_DIMS = (16, 32, 64, 2048)
 
-def kernel_variants() -> list[tuple[str, dict[str, int]]]:
-    """The ``(kernel, constexprs)`` the dispatcher can launch: the log-sum-exp kernels at every
-    tile width, and every elementwise function at the largest (``BD = 64``), each with the
-    plain pairing and with every pairing feature on (labels, an exclusion, a bias).
+
+def kernel_variants() -> list[tuple[str, dict[str, object], tuple[int, int]]]:
+    """``(kernel, constexprs, (num_warps, num_stages))`` of every launch the dispatcher can
+    make: each kernel for each feature dtype (float32 at both precisions), each tile shape of
+    :func:`config` (:data:`AOT_DIMS`), each set of columns, each pairing (plain; labels, the
+    self-pair excluded and a bias; the own key plus a queue) and every elementwise function.
 
     Example:
         >>> len(kernel_variants()) > 100
         True
     """
     fns = sorted(set(TRITON_FUNCTIONS.values()))
-    tile = {"BM": BLOCK, "BN": BLOCK}
     plain = {"BIAS": 0, "LABELS": 0, "EXCLUDE": 0}
-    flags = [plain, {"BIAS": 1, "LABELS": 1, "EXCLUDE": 1}, {"BIAS": 1, "LABELS": 0, "EXCLUDE": 2}]
-    out: list[tuple[str, dict[str, int]]] = []
-    for bd in (16, 32, 64):
-        for which in (0, 1):
-            for f in flags:
-                out.append(
-                    ("_stats_kernel", dict(MODE=0, FN1=0, FN2=0, SET=which, BD=bd, **f, **tile))
-                )
-                for cols in (0, 1):
-                    if bd == 64 or f is plain:
-                        consts = dict(MODE=0, FN=0, SET=which, COLS=cols, BD=bd, **f, **tile)
-                        out.append(("_grad_kernel", consts))
-    full = flags[1]
-    for f1 in (0, TRITON_FUNCTIONS["exp"], TRITON_FUNCTIONS["exp-clip"]):
-        for f2 in (0, *fns):
-            if f1 or f2:
-                consts = dict(MODE=1, FN1=f1, FN2=f2, SET=1, BD=64, **full, **tile)
-                out.append(("_stats_kernel", consts))
+    full = {"BIAS": 1, "LABELS": 1, "EXCLUDE": 1}
+    flags = [plain, full, {"BIAS": 1, "LABELS": 0, "EXCLUDE": 2}]
+    dtypes = ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.bfloat16, "ieee"),
+              (torch.float16, "ieee"))  # fmt: skip
+    out: list[tuple[str, dict[str, object], tuple[int, int]]] = []
+
+    def stats(dt, prec, d, consts):
+        cfg = config("stats", dt, d, prec)
+        tile = {"BM": cfg.bm, "BN": cfg.bn, "BK": cfg.bk, "PREC": prec, "EMU": 0, "_dtype": dt}
+        out.append(("_stats_kernel", {**consts, **tile}, (cfg.num_warps, cfg.num_stages)))
+
+    def grad(dt, prec, d, consts):
+        cfg = config("grad", dt, d, prec)
+        half_g = dt == torch.bfloat16
+        gprec = "tf32" if dt == torch.float16 else prec
+        tile = {"BM": cfg.bm, "BN": cfg.bn, "BK": cfg.bk, "BDO": cfg.bdo, "PREC": prec,
+                "GPREC": gprec, "HALF_G": half_g, "EMU": 0, "_dtype": dt}  # fmt: skip
+        for cols in (0, 1):
+            c = {**consts, "COLS": cols, **tile}
+            out.append(("_grad_kernel", c, (cfg.num_warps, cfg.num_stages)))
+
+    # every tile shape and dtype with every pairing feature on (the most registers)
+    for dt, prec in dtypes:
+        for d in AOT_DIMS:
+            for which in (0, 1):
+                stats(dt, prec, d, dict(MODE=0, FN1=0, FN2=0, SET=which, **full))
+            grad(dt, prec, d, dict(MODE=0, FN=0, SET=1, **full))
+            grad(dt, prec, d, dict(MODE=2, FN=0, SET=0, **full))
+            grad(dt, prec, d, dict(MODE=1, FN=1, SET=1, **full))
+    # the other pairings at the widest tile
+    big = AOT_DIMS[-1]
+    for f in (plain, flags[2]):
+        stats(torch.bfloat16, "ieee", big, dict(MODE=0, FN1=0, FN2=0, SET=0, **f))
+        grad(torch.bfloat16, "ieee", big, dict(MODE=0, FN=0, SET=0, **f))
+        grad(torch.bfloat16, "ieee", big, dict(MODE=2, FN=0, SET=0, **f))
+    # every elementwise function, for its value and its gradient, negatives and positives
     for fn in fns:
-        out.append(("_stats_kernel", dict(MODE=1, FN1=0, FN2=fn, SET=2, BD=64, **full, **tile)))
-        for which in (1, 2):
-            for cols in (0, 1):
-                consts = dict(MODE=1, FN=fn, SET=which, COLS=cols, BD=64, **full, **tile)
-                out.append(("_grad_kernel", consts))
+        stats(torch.bfloat16, "ieee", big, dict(MODE=1, FN1=0, FN2=fn, SET=1, **full))
+        grad(torch.bfloat16, "ieee", big, dict(MODE=1, FN=fn, SET=2, **full))
+    for f1 in (TRITON_FUNCTIONS["exp"], TRITON_FUNCTIONS["exp-clip"]):
+        for f2 in (0, TRITON_FUNCTIONS["softplus"]):
+            stats(torch.bfloat16, "ieee", big, dict(MODE=1, FN1=f1, FN2=f2, SET=1, **full))
     return out
 
 
-def compile_ahead(kernel: str, constexprs: dict[str, int], arch: int) -> dict[str, int]:
+def compile_ahead(
+    kernel: str, constexprs: dict[str, object], arch: int, launch: tuple[int, int] = (4, 2)
+) -> dict[str, int]:
     """Compile one kernel variant for ``sm_<arch>`` on this machine (Triton's bundled ptxas; no
     GPU needed) and report its resources: ``shared`` bytes, ``registers`` and ``stack`` bytes
-    per thread (a stack frame means spilled registers).
+    per thread (a stack frame means spilled registers). ``constexprs`` may name the features'
+    dtype as ``_dtype``; ``launch`` is ``(num_warps, num_stages)``.
 
     Raises:
         RuntimeError: without Triton, or if the compilation fails.
@@ -629,19 +777,28 @@ def compile_ahead(kernel: str, constexprs: dict[str, int], arch: int) -> dict[st
     from triton.compiler import ASTSource
 
     _require()
+    consts = dict(constexprs)
+    dt = consts.pop("_dtype", torch.float32)
+    if not isinstance(dt, torch.dtype):
+        raise TypeError(f"_dtype must be a torch.dtype, got {dt!r}")
+    feat = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}[dt]
     fn = {"_stats_kernel": _stats_kernel, "_grad_kernel": _grad_kernel}[kernel]
     ints = ("n", "m", "d", "offset", "n_paired")
-    sig = {
-        a: ("*i64" if a in ("rl_ptr", "cl_ptr") else "*fp32")
-        if a.endswith("_ptr")
-        else ("i32" if a in ints else "fp32")
-        for a in fn.arg_names
-    }
-    sig.update({k: "constexpr" for k in constexprs})
+    sig: dict[str, str] = {}
+    for a in fn.arg_names:
+        if a in ("x_ptr", "y_ptr") or (a == "out_ptr" and kernel == "_grad_kernel"):
+            sig[a] = feat
+        elif a in ("rl_ptr", "cl_ptr"):
+            sig[a] = "*i64"
+        elif a.endswith("_ptr"):
+            sig[a] = "*fp32"
+        else:
+            sig[a] = "i32" if a in ints else "fp32"
+    sig.update({k: "constexpr" for k in consts})
     compiled = triton.compile(
-        ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+        ASTSource(fn=fn, signature=sig, constexprs=consts),
         target=GPUTarget("cuda", arch, 32),
-        options={"num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+        options={"num_warps": launch[0], "num_stages": launch[1]},
     )
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,572 @@
+r"""The streamed reductions as custom ops, and where each call runs.
+
+Every reduction is a ``torch.library.custom_op`` with a fake (meta) implementation and an
+autograd registration, so an outer ``torch.compile`` treats it as one node. Each op returns a
+**scalar per leading batch index** and, when a gradient is needed, the gradients with respect
+to ``x``, ``y``, ``tau`` and the bias, computed in the forward pass; the backward only scales
+them by the incoming gradient.
+
+Where a call runs is decided here and nowhere else: the fused Triton kernels
+(:mod:`mibounds.kernels.triton_kernels`) for dot scores of float32, float16 or bfloat16
+features on a CUDA device (after their self-check, :mod:`mibounds.kernels.selfcheck`), the
+PyTorch panel sweep (:mod:`mibounds.kernels.sweep`) for everything else. Under CUDA autocast
+the features are multiplied in the autocast dtype, as ``torch.matmul`` would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor
+
+from mibounds._dtypes import accumulation_dtype as _acc
+from mibounds._dtypes import finite_derivatives_
+from mibounds.kernels import selfcheck, sweep
+from mibounds.kernels import triton_kernels as tk
+from mibounds.kernels.elementwise import _FNS, _TRITON_OF, ELEMENTWISE, _triton_of
+from mibounds.kernels.panels import _SIMS
+from mibounds.pairing import PairLayout
+
+__all__ = [
+    "interpolated_terms",
+    "offdiag_logmeanexp",
+    "offdiag_means",
+    "row_logsumexp_mean",
+    "symmetric_logsumexp_mean",
+]
+
+# --- the fused kernels: which calls they cover, and how they are called ----------------------
+
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _triton_ok(x: Tensor, y: Tensor, sim: int) -> bool:
+    """Whether the fused kernels cover this call: enabled on its device, dot scores, float32
+    or half features of one dtype, ``B > 0`` (any feature size, pairing, bias and weights)."""
+    return (
+        sim == 0
+        and x.dtype in _TRITON_DTYPES
+        and y.dtype == x.dtype
+        and x.shape[0] > 0
+        and x.shape[-1] > 0
+        and selfcheck.triton_on(x.device)
+    )
+
+
+def _pairs(rl, cl, offset: int, exclude: int, n_paired: int, device) -> tk.Pairs:
+    """The op's pairing arguments for the kernels (labels as int64 on the device)."""
+
+    def on(t):
+        return None if t is None else t.to(device=device, dtype=torch.int64).contiguous()
+
+    return tk.Pairs(on(rl), on(cl), offset, exclude, n_paired)
+
+
+def _operands(x: Tensor, y: Tensor, tau: Tensor, bias: Tensor | None):
+    """Contiguous features in their own dtype, and the temperature and bias as one-element
+    float32 tensors (passed by pointer: never read back)."""
+    b = None if bias is None else bias.detach().float().reshape(1)
+    return x.contiguous(), y.contiguous(), tau.detach().float().reshape(1), b
+
+
+def _like(out: tuple, x: Tensor, y: Tensor, n_values: int) -> tuple:
+    """The kernels' outputs with the gradients in the layout of ``x`` and ``y`` (as the fake
+    kernel promises) and the temperature and bias gradients finite (the overflow rule)."""
+    values, (dx, dy, dtau, dbias) = out[:n_values], out[n_values:]
+    if dx.numel() and dx.stride() != x.stride():
+        dx = torch.empty_like(x).copy_(dx)
+    if dy.numel() and dy.stride() != y.stride():
+        dy = torch.empty_like(y).copy_(dy)
+    return (*values, dx, dy, finite_derivatives_(dtau), finite_derivatives_(dbias))
+
+
+def _key(op: str, x: Tensor, rl, exclude: int, bias, *extra) -> tuple:
+    """The self-check key of a call: each combination is a different kernel variant."""
+    pairing = f"labels={rl is not None} exclude={exclude} bias={bias is not None}"
+    return (op, x.dtype, tk.precision(x.dtype), "dot", x.shape[-1], pairing, *extra)
+
+
+def _row_lse_mean_triton(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, ng):
+    xc, yc, t, b = _operands(x, y, tau, bias)
+    pairs = _pairs(rl, cl, offset, exclude, n_paired, x.device)
+    return _like(tk.lse(xc, yc, t, ng, pairs=pairs, weight=row_w, bias=b), x, y, 1)
+
+
+def _row_lse_mean(
+    x: Tensor,
+    y: Tensor,
+    tau: Tensor,
+    bias: Tensor | None,
+    sim: int,
+    rl: Tensor | None,
+    cl: Tensor | None,
+    offset: int,
+    exclude: int,
+    n_paired: int,
+    row_w: Tensor | None,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    args = (x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, need_grad)
+    if not _triton_ok(x, y, sim):
+        return sweep.row_lse_mean_sweep(*args)
+    key = _key("row_lse_mean", x, rl, exclude, bias)
+    return selfcheck.checked(
+        "row_lse_mean", key, _row_lse_mean_triton, sweep.row_lse_mean_sweep, args
+    )
+
+
+def _sym_lse_mean_triton(
+    x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, col_w, ng
+):  # fmt: skip
+    xc, yc, t, b = _operands(x, y, tau, bias)
+    pairs = _pairs(rl, cl, offset, exclude, n_paired, x.device)
+    out = tk.symmetric_lse(xc, yc, t, ng, pairs=pairs, row_weight=row_w, col_weight=col_w, bias=b)
+    return _like(out, x, y, 1)
+
+
+def _sym_lse_mean(
+    x: Tensor, y: Tensor, tau: Tensor, bias: Tensor | None, sim: int, rl: Tensor | None,
+    cl: Tensor | None, offset: int, exclude: int, n_paired: int, row_w: Tensor | None,
+    col_w: Tensor | None, need_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    args = (x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, col_w, need_grad)
+    # the own-key-plus-queue exclusion is one-way (MoCo): the sweep takes it
+    if not _triton_ok(x, y, sim) or exclude == 2:
+        return sweep.sym_lse_mean_sweep(*args)
+    key = _key("sym_lse_mean", x, rl, exclude, bias)
+    return selfcheck.checked(
+        "sym_lse_mean", key, _sym_lse_mean_triton, sweep.sym_lse_mean_sweep, args
+    )
+
+
+def _offdiag_lme_triton(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, log_w, ng):
+    xc, yc, t, b = _operands(x, y, tau, bias)
+    pairs = _pairs(rl, cl, offset, exclude, n_paired, x.device)
+    return _like(tk.neg_lme(xc, yc, t, ng, pairs=pairs, log_weight=log_w, bias=b), x, y, 1)
+
+
+def _offdiag_lme(
+    x: Tensor,
+    y: Tensor,
+    tau: Tensor,
+    bias: Tensor | None,
+    sim: int,
+    rl: Tensor | None,
+    cl: Tensor | None,
+    offset: int,
+    exclude: int,
+    n_paired: int,
+    log_w: Tensor | None,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    args = (x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, log_w, need_grad)
+    if not _triton_ok(x, y, sim):
+        return sweep.offdiag_lme_sweep(*args)
+    key = _key("offdiag_lme", x, rl, exclude, bias)
+    return selfcheck.checked("offdiag_lme", key, _offdiag_lme_triton, sweep.offdiag_lme_sweep, args)
+
+
+def _means_names(value_fn: int, grad_fn: int, param: float) -> tuple[str | None, str, float]:
+    """The kernel names of the value and gradient functions, and the parameter (a function
+    marked with :func:`~mibounds.kernels.elementwise.mark_triton` brings its own)."""
+    grad_name, grad_param = _triton_of(grad_fn)
+    value_name = None if value_fn < 0 else _FNS[value_fn][0]
+    return value_name, grad_name, grad_param if grad_fn in _TRITON_OF else param
+
+
+def _offdiag_means(
+    x: Tensor, y: Tensor, tau: Tensor, bias: Tensor | None, sim: int, rl: Tensor | None,
+    cl: Tensor | None, offset: int, exclude: int, n_paired: int, weight: Tensor | None,
+    value_fn: int, grad_fn: int, shift: float, param: float, positives: bool, need_grad: bool,
+    grad_value: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    args = (x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, weight, value_fn, grad_fn,
+            shift, param, positives, need_grad, grad_value)  # fmt: skip
+    vname, gname, kparam = _means_names(value_fn, grad_fn, param)
+    covered = all(n is None or n in tk.TRITON_FUNCTIONS for n in (vname, gname))
+    if not (covered and _triton_ok(x, y, sim)):
+        return sweep.offdiag_means_sweep(*args)
+
+    def run(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, weight, *rest):
+        xc, yc, t, b = _operands(x, y, tau, bias)
+        pairs = _pairs(rl, cl, offset, exclude, n_paired, x.device)
+        out = tk.means(
+            xc, yc, t, vname, gname, shift, kparam, need_grad, grad_value, pairs=pairs,
+            weight=weight, positives=positives, bias=b,
+        )  # fmt: skip
+        return _like(out, x, y, 2)
+
+    key = _key("offdiag_means", x, rl, exclude, bias, vname, gname, shift, kparam, grad_value,
+               positives)  # fmt: skip
+    return selfcheck.checked("offdiag_means", key, run, sweep.offdiag_means_sweep, args)
+
+
+# --- the custom ops ---------------------------------------------------------------------------
+
+_row_lse_mean_op = torch.library.custom_op("mibounds::row_lse_mean", mutates_args=())(_row_lse_mean)
+_sym_lse_mean_op = torch.library.custom_op("mibounds::sym_lse_mean", mutates_args=())(_sym_lse_mean)
+_offdiag_lme_op = torch.library.custom_op("mibounds::offdiag_lme", mutates_args=())(_offdiag_lme)
+_offdiag_means_op = torch.library.custom_op("mibounds::offdiag_means", mutates_args=())(
+    _offdiag_means
+)
+_interpolated_terms = torch.library.custom_op("mibounds::interpolated_terms", mutates_args=())(
+    sweep.interpolated_terms_sweep
+)
+
+
+@_row_lse_mean_op.register_fake
+def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, need_grad):
+    return _fake_outputs(x, y, need_grad, 1)
+
+
+@_sym_lse_mean_op.register_fake
+def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, col_w, need_grad):
+    return _fake_outputs(x, y, need_grad, 1)
+
+
+@_offdiag_lme_op.register_fake
+def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, log_w, need_grad):
+    return _fake_outputs(x, y, need_grad, 1)
+
+
+@_offdiag_means_op.register_fake
+def _(
+    x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, weight, value_fn, grad_fn, shift,
+    param, positives, need_grad, grad_value,
+):  # fmt: skip
+    return _fake_outputs(x, y, need_grad, 2)
+
+
+def _fake_outputs(x: Tensor, y: Tensor, need_grad: bool, n_values: int):
+    b = x.shape[0]
+    acc = _acc(torch.promote_types(x.dtype, y.dtype))
+    dx = torch.empty_like(x) if need_grad else x.new_empty(0)
+    dy = torch.empty_like(y) if need_grad else y.new_empty(0)
+    values = [x.new_empty(b, dtype=acc) for _ in range(n_values)]
+    return (*values, dx, dy, x.new_empty(b, dtype=acc), x.new_empty(b, dtype=acc))
+
+
+@_interpolated_terms.register_fake
+def _(x, y, tau, log_baseline, sim, alpha, need_grad):
+    value, dx, dy, dtau, _ = _fake_outputs(x, y, need_grad, 1)
+    db = torch.empty_like(log_baseline) if need_grad else log_baseline.new_empty(0)
+    return value, dx, dy, dtau, db
+
+
+def _setup_interpolated(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*output[1:])
+    ctx.tau_shape, ctx.tau_dtype = inputs[2].shape, inputs[2].dtype
+
+
+def _backward_interpolated(ctx, grad_value, *_):
+    gx, gy, gt = _backward_scalar(ctx, grad_value)
+    db = ctx.saved_tensors[3]
+    gb = (db.to(grad_value.dtype) * grad_value[:, None]).to(db.dtype)
+    return gx, gy, gt, gb, None, None, None
+
+
+_interpolated_terms.register_autograd(_backward_interpolated, setup_context=_setup_interpolated)
+
+
+def interpolated_terms(
+    x: Tensor,
+    y: Tensor,
+    tau: float | Tensor,
+    sim: str,
+    log_baseline: Tensor,
+    alpha: float,
+) -> Tensor:
+    r"""The terms of :func:`mibounds.interpolated` beyond :math:`1 + \frac1N\sum_j S_{jj}`,
+    streamed: :math:`-\frac{1}{N(N-1)}\sum_{i\ne j} A_{ij} - \frac1N\sum_j e^{L_{jj}-A_{jj}}`,
+    shape ``(...)``; ``log_baseline`` is ``(..., N)`` and receives a gradient too.
+
+    Example:
+        >>> import mibounds
+        >>> x, y = torch.randn(6, 3), torch.randn(6, 3)
+        >>> rest = interpolated_terms(x, y, 1.0, "dot", torch.zeros(6), 0.5)
+        >>> value = 1 + (x * y).sum(-1).mean() + rest
+        >>> torch.allclose(value, mibounds.interpolated(x @ y.T, alpha=0.5), atol=1e-5)
+        True
+    """
+    xf, yf, lead = _flatten(x, y)
+    t = _tau(tau, x)
+    bf = log_baseline.reshape(-1, log_baseline.shape[-1])
+    value, *_ = _interpolated_terms(
+        xf, yf, t, bf, _SIMS[sim], float(alpha), _need_grad(x, y, t, log_baseline)
+    )
+    return value.reshape(lead)
+
+
+# --- autograd: backward scales the gradients stored by the forward sweep --------------------
+
+
+def _setup_scalar(ctx, inputs, output) -> None:
+    tau, bias = inputs[2], inputs[3]
+    ctx.save_for_backward(*output[-4:])
+    ctx.tau_shape, ctx.tau_dtype = tau.shape, tau.dtype
+    ctx.bias_shape = None if bias is None else bias.shape
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.n_inputs = len(inputs)
+
+
+def _backward_scalar(ctx, grad_value):
+    """The stored ``(dx, dy, dtau)`` (the first three saved tensors) times the incoming
+    per-batch gradient."""
+    dx, dy, dtau = ctx.saved_tensors[:3]
+    if dx.numel() == 0:
+        raise RuntimeError(
+            "mibounds streaming op: no gradient was computed in the forward pass "
+            "(it ran with need_grad=False); call it with gradients enabled"
+        )
+    g = grad_value.to(dtau.dtype)
+    gx = _times(dx.to(g.dtype), g[:, None, None]).to(dx.dtype)
+    gy = _times(dy.to(g.dtype), g[:, None, None]).to(dy.dtype)
+    gt = _times(dtau, g).sum().reshape(ctx.tau_shape).to(ctx.tau_dtype)
+    return gx, gy, gt
+
+
+def _times(stored: Tensor, g: Tensor) -> Tensor:
+    """``stored * g`` with the overflow rule: a product beyond the dtype's range is 0, and a
+    zero incoming gradient gives 0 (an output that does not reach the loss adds nothing)."""
+    return finite_derivatives_(torch.where(g == 0, 0.0, stored * g))
+
+
+def _backward_op(ctx, grad_value):
+    """Gradients of every input of an op whose inputs start ``(x, y, tau, bias)`` and whose
+    outputs end with the stored ``(dx, dy, dtau, dbias)``."""
+    gx, gy, gt = _backward_scalar(ctx, grad_value)
+    gb = None
+    if ctx.bias_shape is not None:
+        dbias = ctx.saved_tensors[3]
+        gb = _times(dbias, grad_value.to(dbias.dtype)).sum().reshape(ctx.bias_shape)
+        gb = gb.to(ctx.bias_dtype)
+    return (gx, gy, gt, gb, *([None] * (ctx.n_inputs - 4)))
+
+
+def _backward_one(ctx, grad_value, *_):
+    return _backward_op(ctx, grad_value)
+
+
+def _backward_means(ctx, grad_vvalue, grad_gvalue, *_):
+    return _backward_op(ctx, grad_gvalue)
+
+
+_row_lse_mean_op.register_autograd(_backward_one, setup_context=_setup_scalar)
+_sym_lse_mean_op.register_autograd(_backward_one, setup_context=_setup_scalar)
+_offdiag_lme_op.register_autograd(_backward_one, setup_context=_setup_scalar)
+_offdiag_means_op.register_autograd(_backward_means, setup_context=_setup_scalar)
+
+# Under CPU autocast (and for the interpolated bound, which only sweeps, on every device) the
+# ops run with autocast off and their inputs in float32: the sweep accumulates in float32 and
+# its panel products must not be recast to half. Under CUDA autocast the entry points below
+# cast the features to the autocast dtype themselves, so the fused kernels multiply them on
+# tensor cores, as torch.matmul would.
+for _op in (
+    "mibounds::row_lse_mean",
+    "mibounds::sym_lse_mean",
+    "mibounds::offdiag_lme",
+    "mibounds::offdiag_means",
+):
+    torch.library.register_autocast(_op, "cpu", torch.float32)
+for _device in ("cpu", "cuda"):
+    torch.library.register_autocast("mibounds::interpolated_terms", _device, torch.float32)
+del _op, _device
+
+
+# --- public entry points (flatten leading dims, choose panels, decide need_grad) -------------
+
+
+def _autocast_features(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Under CUDA autocast, float32 features cast to the autocast dtype (differentiably), as
+    ``torch.matmul`` would multiply them; otherwise unchanged."""
+    if x.device.type != "cuda" or not torch.is_autocast_enabled("cuda"):
+        return x, y
+    dt = torch.get_autocast_dtype("cuda")
+    return tuple(t.to(dt) if t.dtype == torch.float32 else t for t in (x, y))  # type: ignore[return-value]
+
+
+def _autocast_off(x: Tensor):
+    """CUDA autocast off around an op call (its features are cast already); a no-op elsewhere."""
+    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        return torch.autocast("cuda", enabled=False)
+    return contextlib.nullcontext()
+
+
+def _flatten(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
+    lead = x.shape[:-2]
+    return x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:]), lead
+
+
+def _need_grad(*ts: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def _tau(tau: float | Tensor, like: Tensor) -> Tensor:
+    if isinstance(tau, Tensor):
+        return tau.reshape(())
+    return torch.tensor(float(tau), dtype=_acc(like.dtype), device=like.device)
+
+
+def _bias(bias: Tensor | None) -> Tensor | None:
+    return None if bias is None else bias.reshape(())
+
+
+def _pair_args(layout: PairLayout | None, x: Tensor, offset: int = 0) -> tuple:
+    """The pairing arguments of the ops: ``(row labels, column labels, offset, exclude,
+    n_paired)``; without a layout, the plain pairing with the own columns from ``offset``."""
+    if layout is None:
+        return (None, None, offset, 0, x.shape[-2])
+    return tuple(layout)
+
+
+def row_logsumexp_mean(
+    x: Tensor,
+    y: Tensor,
+    tau: float | Tensor,
+    sim: str,
+    *,
+    layout: PairLayout | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> Tensor:
+    r""":math:`\sum_i w_i \log\sum_{j\in C_i} e^{S_{ij}}` for ``S = sim(x, y) / tau + bias``,
+    shape ``(...)``: without ``weight`` the mean over rows; without ``layout`` every column is
+    a candidate (:math:`C_i` are the candidates of :class:`~mibounds.pairing.PairLayout`).
+
+    The column version is ``row_logsumexp_mean(y, x, ...)`` (the similarities are symmetric).
+
+    Example:
+        >>> x, y = torch.randn(5, 3), torch.randn(5, 3)
+        >>> dense = torch.logsumexp(x @ y.T / 0.5, dim=-1).mean()
+        >>> torch.allclose(row_logsumexp_mean(x, y, 0.5, "dot"), dense)
+        True
+    """
+    xf, yf, lead = _flatten(*_autocast_features(x, y))
+    t, b = _tau(tau, x), _bias(bias)
+    with _autocast_off(x):
+        value, *_ = _row_lse_mean_op(
+            xf, yf, t, b, _SIMS[sim], *_pair_args(layout, x), weight, _need_grad(x, y, t, b)
+        )
+    return value.reshape(lead)
+
+
+def symmetric_logsumexp_mean(
+    x: Tensor,
+    y: Tensor,
+    tau: float | Tensor,
+    sim: str,
+    *,
+    layout: PairLayout | None = None,
+    row_weight: Tensor | None = None,
+    col_weight: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> Tensor:
+    r"""Weighted row plus column log-sum-exp over the candidates, ``(...)``: two sweeps, four
+    matrix products (the symmetric InfoNCE partition terms). Without weights, the average of
+    the row and the column :math:`\frac1N\sum \log\sum e^{S}`.
+
+    Example:
+        >>> x, y = torch.randn(5, 3), torch.randn(5, 3)
+        >>> s = x @ y.T
+        >>> dense = 0.5 * (torch.logsumexp(s, -1).mean() + torch.logsumexp(s, -2).mean())
+        >>> torch.allclose(symmetric_logsumexp_mean(x, y, 1.0, "dot"), dense)
+        True
+    """
+    xf, yf, lead = _flatten(*_autocast_features(x, y))
+    t, b = _tau(tau, x), _bias(bias)
+    args = _pair_args(layout, x)
+    with _autocast_off(x):
+        value, *_ = _sym_lse_mean_op(
+            xf, yf, t, b, _SIMS[sim], *args, row_weight, col_weight, _need_grad(x, y, t, b)
+        )
+    return value.reshape(lead)
+
+
+def offdiag_logmeanexp(
+    x: Tensor,
+    y: Tensor,
+    tau: float | Tensor,
+    sim: str,
+    offset: int = 0,
+    *,
+    layout: PairLayout | None = None,
+    log_weight: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> Tensor:
+    r""":math:`\log\frac1{N(N-1)}\sum_{i\ne j} e^{S_{ij}}`, shape ``(...)``.
+
+    With ``n`` rows of ``x`` against ``m`` columns of ``y`` (one rank's rows against the global
+    batch), the positive of row ``i`` is column ``offset + i`` and the mean is over the
+    ``n (m - 1)`` other pairs. With a ``layout`` the sum is over each row's negatives, weighted
+    by ``exp(log_weight)`` per row.
+
+    Example:
+        >>> x, y = torch.randn(6, 3), torch.randn(6, 3)
+        >>> s = x @ y.T
+        >>> dense = torch.logsumexp(s[~torch.eye(6, dtype=torch.bool)], 0) - math.log(30)
+        >>> torch.allclose(offdiag_logmeanexp(x, y, 1.0, "dot"), dense)
+        True
+    """
+    xf, yf, lead = _flatten(*_autocast_features(x, y))
+    t, b = _tau(tau, x), _bias(bias)
+    args = _pair_args(layout, x, offset)
+    with _autocast_off(x):
+        value, *_ = _offdiag_lme_op(
+            xf, yf, t, b, _SIMS[sim], *args, log_weight, _need_grad(x, y, t, b)
+        )
+    return value.reshape(lead)
+
+
+def offdiag_means(
+    x: Tensor,
+    y: Tensor,
+    tau: float | Tensor,
+    sim: str,
+    grad_fn: str,
+    value_fn: str | None = None,
+    shift: float = 0.0,
+    param: float = 0.0,
+    grad_value: bool = True,
+    offset: int = 0,
+    *,
+    layout: PairLayout | None = None,
+    weight: Tensor | None = None,
+    positives: bool = False,
+    bias: Tensor | None = None,
+) -> tuple[Tensor | None, Tensor]:
+    r"""Off-diagonal means of ``value_fn(S + shift)`` (no gradient) and ``grad_fn(S + shift)``
+    (differentiable), in one sweep; ``param`` is passed to both registered functions. ``offset``
+    places the positives as in :func:`offdiag_logmeanexp`. With a ``layout``, sums over each
+    row's negatives (or its positives) weighted by ``weight`` per row.
+    Returns ``(value_mean or None, grad_mean)``, each ``(...)``; with ``grad_value=False`` the
+    second is 0 with the right gradient (for an objective whose value cancels).
+
+    Example:
+        >>> x, y = torch.randn(6, 3), torch.randn(6, 3)
+        >>> off = (x @ y.T)[~torch.eye(6, dtype=torch.bool)]
+        >>> _, mean_exp = offdiag_means(x, y, 1.0, "dot", "exp")
+        >>> torch.allclose(mean_exp, off.exp().mean())
+        True
+    """
+    xf, yf, lead = _flatten(*_autocast_features(x, y))
+    t, b = _tau(tau, x), _bias(bias)
+    vid = -1 if value_fn is None else ELEMENTWISE[value_fn]
+    with _autocast_off(x):
+        vmean, gmean, *_ = _offdiag_means_op(
+            xf,
+            yf,
+            t,
+            b,
+            _SIMS[sim],
+            *_pair_args(layout, x, int(offset)),
+            weight,
+            vid,
+            ELEMENTWISE[grad_fn],
+            float(shift),
+            float(param),
+            positives,
+            _need_grad(x, y, t, b),
+            grad_value,
+        )
+    return (None if value_fn is None else vmean.reshape(lead)), gmean.reshape(lead)
