@@ -161,7 +161,7 @@ def test_every_kernel_variant_compiles_for_the_target(arch):
     if not tk.HAS_TRITON:
         pytest.skip("needs triton")
     failures = []
-    for kernel, consts, launch in tk.kernel_variants():
+    for kernel, consts, launch in tk.kernel_variants(arch):
         try:
             r = tk.compile_ahead(kernel, consts, arch, launch)
         except Exception as err:  # a compile error fails the test with the variant named
@@ -174,10 +174,13 @@ def test_every_kernel_variant_compiles_for_the_target(arch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_triton_on_cuda_matches_cpu():  # pragma: no cover - GPU only
-    import mibounds
+    """Every bound on CUDA through the fused kernels, float32 and bfloat16, d = 64 and 512,
+    against the CPU sweep; fails if a kernel fell back (warning) or was not used."""
+    import warnings
 
-    x = torch.nn.functional.normalize(torch.randn(2, 1000, 64), dim=-1)
-    y = torch.nn.functional.normalize(x + 0.5 * torch.randn(2, 1000, 64), dim=-1)
+    import mibounds
+    from mibounds.kernels import selfcheck
+
     bounds = (
         mibounds.infonce,
         lambda s: mibounds.infonce(s, symmetric=True),
@@ -187,12 +190,22 @@ def test_triton_on_cuda_matches_cpu():  # pragma: no cover - GPU only
         mibounds.smile,
         *[(lambda d: lambda s: mibounds.fmi(s, d))(d) for d in mibounds.list_divergences()],
     )
-    for bound in bounds:
-        for dev in ("cpu", "cuda"):
-            xs = x.to(dev).requires_grad_(True)
-            v = bound(mibounds.SeparableScores(xs, y.to(dev), "dot", 0.1))
-            (g,) = torch.autograd.grad(v.sum(), xs)
-            if dev == "cpu":
-                want, want_g = v, g
-        torch.testing.assert_close(v.cpu(), want, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(g.cpu(), want_g, rtol=1e-3, atol=1e-5)
+    for d in (64, 512):
+        x = torch.nn.functional.normalize(torch.randn(2, 1000, d), dim=-1)
+        y = torch.nn.functional.normalize(x + 0.5 * torch.randn(2, 1000, d), dim=-1)
+        for dtype, tol in ((torch.float32, (1e-4, 1e-4)), (torch.bfloat16, (3e-2, 3e-2))):
+            xq, yq = x.to(dtype), y.to(dtype)
+            for bound in bounds:
+                got = []
+                for dev in ("cpu", "cuda"):
+                    xs = xq.to(dev).requires_grad_(True)
+                    before = sum(selfcheck.triton_usage().values())
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("error", message="mibounds: ")
+                        v = bound(mibounds.SeparableScores(xs, yq.to(dev), "dot", 0.1))
+                        (g,) = torch.autograd.grad(v.float().sum(), xs)
+                    if dev == "cuda":
+                        assert sum(selfcheck.triton_usage().values()) > before, "not fused"
+                    got.append((v.float().cpu(), g.float().cpu()))
+                torch.testing.assert_close(got[1][0], got[0][0], rtol=tol[0], atol=tol[1])
+                torch.testing.assert_close(got[1][1], got[0][1], rtol=tol[0] * 10, atol=tol[1])

@@ -502,6 +502,7 @@ def offdiag_logmeanexp(
     by ``exp(log_weight)`` per row.
 
     Example:
+        >>> import math
         >>> x, y = torch.randn(6, 3), torch.randn(6, 3)
         >>> s = x @ y.T
         >>> dense = torch.logsumexp(s[~torch.eye(6, dtype=torch.bool)], 0) - math.log(30)

@@ -75,7 +75,12 @@ def triton_enabled() -> bool:
 
 def triton_on(device: torch.device) -> bool:
     """Whether the kernels run on ``device``: on CUDA when enabled; on the CPU only in Triton's
-    interpreter and when asked for explicitly (see :func:`set_triton`)."""
+    interpreter and when asked for explicitly (see :func:`set_triton`).
+
+    Example:
+        >>> triton_on(torch.device("meta"))
+        False
+    """
     if not triton_enabled():
         return False
     if device.type == "cuda":

@@ -20,9 +20,9 @@ scores are dot scores of normalised features, normalised by the caller with ordi
 
 from __future__ import annotations
 
-from mibounds.kernels import triton_kernels
+from mibounds.kernels import elementwise as _elementwise
+from mibounds.kernels import panels as _panels
 from mibounds.kernels.elementwise import (
-    ELEMENTWISE,
     elementwise,
     elementwise_function,
     forward_derivative,
@@ -36,7 +36,6 @@ from mibounds.kernels.ops import (
     symmetric_logsumexp_mean,
 )
 from mibounds.kernels.panels import (
-    DEFAULT_MEMORY_BUDGET,
     get_backend,
     get_memory_budget,
     panel_rows,
@@ -70,8 +69,14 @@ __all__ = [
     "set_triton",
     "symmetric_logsumexp_mean",
     "triton_enabled",
-    "triton_kernels",
     "triton_on",
     "triton_status",
     "triton_usage",
 ]
+
+#: Bytes of panel workspace per sweep on the CPU (about four ``P x N`` float32 buffers live at
+#: once); on a GPU the default is sized from the free memory (see :func:`get_memory_budget`).
+DEFAULT_MEMORY_BUDGET = _panels.DEFAULT_MEMORY_BUDGET
+#: Elementwise functions the streamed sums know: name -> id. Each has a value function and an
+#: explicit derivative (autograd is not available inside a custom op); see :func:`elementwise`.
+ELEMENTWISE = _elementwise.ELEMENTWISE

@@ -100,11 +100,13 @@ def _pow2(d: int, low: int = 16) -> int:
     return max(low, 1 << (max(d, 1) - 1).bit_length())
 
 
-def config(kernel: str, dtype: torch.dtype, d: int, prec: str | None = None) -> Config:
+def config(
+    kernel: str, dtype: torch.dtype, d: int, prec: str | None = None, arch: int = 90
+) -> Config:
     """The tile sizes of ``kernel`` (``"stats"`` or ``"grad"``) for features of ``dtype`` and
     size ``d`` multiplied at precision ``prec`` (default: :func:`precision`). One table serves
-    sm_80 and sm_90: every entry compiles for both without a spilled register and within the
-    shared memory (the test suite checks it ahead of time).
+    compute capability ``arch`` (sm_80 or sm_90 and later): every entry compiles without a
+    spilled register and within the shared memory (the test suite checks it ahead of time).
 
     The statistics kernel takes 64 x 64 tiles of scores, in feature steps of 64 (half
     precision), 32 (TF32) or 16 (IEEE float32, whose products run without tensor cores). The
@@ -125,14 +127,26 @@ def config(kernel: str, dtype: torch.dtype, d: int, prec: str | None = None) -> 
     if kernel == "stats":
         if half:
             return Config(64, 64, min(64, p2), 0, 8, 2)
-        return Config(64, 64, min(32 if prec == "tf32" else 16, p2), 0, 4, 2)
+        warps = 8 if arch < 90 else 4
+        return Config(64, 64, min(32 if prec == "tf32" else 16, p2), 0, warps, 2)
     if half:
         return Config(64, 32, min(32, p2), min(128, p2), 8, 2)
     if prec == "tf32":
         bdo = min(64, p2)
-        return Config(64, 32, min(32, p2), bdo, 8 if bdo == 32 else 4, 2)
+        return Config(64, 32, min(32, p2), bdo, 8 if bdo == 32 or arch < 90 else 4, 2)
     bdo = min(128, p2)
+    if arch < 90:
+        return Config(32, 32, min(16, p2), bdo, 8 if bdo <= 32 else 4, 2)
     return Config(64, 32, min(16, p2), bdo, 8 if bdo >= 64 else 4, 2)
+
+
+def _arch(device: torch.device) -> int:
+    """The compute capability of a CUDA device as ``10 * major + minor`` (90 elsewhere: the
+    interpreter ignores tile shapes' resources)."""
+    if device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def precision(dtype: torch.dtype) -> str:
@@ -529,7 +543,7 @@ def _row_stats(
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Per row over the set ``which`` ``(B, n)``: the log-sum-exp (mode 0), or the sums of two
     functions (mode 1)."""
-    cfg = config("stats", x.dtype, la.d)
+    cfg = config("stats", x.dtype, la.d, arch=_arch(x.device))
     out1 = torch.empty(la.b, la.n, dtype=torch.float32, device=x.device)
     out2 = torch.empty_like(out1) if mode == 1 else out1
     _stats_kernel[(triton.cdiv(la.n, cfg.bm), la.b)](
@@ -549,7 +563,7 @@ def _grads(
     """``(dx, dy, dtau, dbias)`` (the last two ``(B,)``) for the gradient ``G`` of the scores
     described by ``mode``: per-row shifts ``c`` ``(B, n)`` and weights ``w`` ``(n,)``, and
     for the symmetric mode the per-column ``c2`` ``(B, m)`` and ``w2`` ``(m,)``."""
-    cfg = config("grad", x.dtype, la.d)
+    cfg = config("grad", x.dtype, la.d, arch=_arch(x.device))
     dx = torch.empty_like(x)
     dy = torch.empty_like(y)
     rowsum = torch.empty(la.b, la.n, dtype=torch.float32, device=x.device)
@@ -701,11 +715,12 @@ SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}
 AOT_DIMS = (16, 32, 64, 2048)
 
 
-def kernel_variants() -> list[tuple[str, dict[str, object], tuple[int, int]]]:
+def kernel_variants(arch: int = 90) -> list[tuple[str, dict[str, object], tuple[int, int]]]:
     """``(kernel, constexprs, (num_warps, num_stages))`` of every launch the dispatcher can
-    make: each kernel for each feature dtype (float32 at both precisions), each tile shape of
-    :func:`config` (:data:`AOT_DIMS`), each set of columns, each pairing (plain; labels, the
-    self-pair excluded and a bias; the own key plus a queue) and every elementwise function.
+    make on ``sm_<arch>``: each kernel for each feature dtype (float32 at both precisions),
+    each tile shape of :func:`config` (:data:`AOT_DIMS`), each set of columns, each pairing
+    (plain; labels, the self-pair excluded and a bias; the own key plus a queue) and every
+    elementwise function.
 
     Example:
         >>> len(kernel_variants()) > 100
@@ -720,12 +735,12 @@ def kernel_variants() -> list[tuple[str, dict[str, object], tuple[int, int]]]:
     out: list[tuple[str, dict[str, object], tuple[int, int]]] = []
 
     def stats(dt, prec, d, consts):
-        cfg = config("stats", dt, d, prec)
+        cfg = config("stats", dt, d, prec, arch)
         tile = {"BM": cfg.bm, "BN": cfg.bn, "BK": cfg.bk, "PREC": prec, "EMU": 0, "_dtype": dt}
         out.append(("_stats_kernel", {**consts, **tile}, (cfg.num_warps, cfg.num_stages)))
 
     def grad(dt, prec, d, consts):
-        cfg = config("grad", dt, d, prec)
+        cfg = config("grad", dt, d, prec, arch)
         half_g = dt == torch.bfloat16
         gprec = "tf32" if dt == torch.float16 else prec
         tile = {"BM": cfg.bm, "BN": cfg.bn, "BK": cfg.bk, "BDO": cfg.bdo, "PREC": prec,
