@@ -56,6 +56,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as err:
         print(f"mibounds validate: error: {err}", file=sys.stderr)
         return 2
+    out = None if args.no_plot else (args.out or "staircase.png")
+    if out is not None and not os.access(os.path.dirname(os.path.abspath(out)), os.W_OK):
+        print(f"mibounds validate: error: cannot write the figure {out!r} here; pass --out "
+              "PATH or --no-plot", file=sys.stderr)  # fmt: skip
+        return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     task0 = schedule.tasks()[0]
@@ -63,7 +68,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         f"mibounds validate: {type(task0).__name__ if args.transform is None else repr(task0)} "
         f"staircase, dim {args.dim}, levels {', '.join(f'{v:g}' for v in levels)} nats, "
         f"{args.steps} steps per level, batch {args.batch_size}, seed {args.seed}, "
-        f"device {args.device}"
+        f"device {args.device}",
+        flush=True,
     )
     start = time.perf_counter()
     result = run_staircase(
@@ -122,9 +128,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         with open(args.json, "w") as fh:
             json.dump(record, fh, indent=1, allow_nan=True)
         print(f"wrote {args.json}")
-    if args.out:
-        plot_staircase(result, args.out, oracle=table)
-        print(f"wrote {args.out}")
+    if out is not None:
+        plot_staircase(result, out, oracle=table)
+        print(f"wrote {out}")
     return 0
 
 
@@ -452,16 +458,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_val.add_argument("--seed", type=int, default=0, help="random seed")
     p_val.add_argument("--threads", type=_int_min(1), default=None, help="torch CPU threads")
     p_val.add_argument(
-        "--out", type=_out_png, default=None, help="write the staircase figure to this PNG"
+        "--out",
+        type=_out_png,
+        default=None,
+        help="write the staircase figure to this PNG (default: staircase.png in the current "
+        "folder)",
     )
+    p_val.add_argument("--no-plot", action="store_true", help="write no figure")
     p_val.add_argument(
         "--json", default=None, help="write the table (one object per estimator and stair) here"
     )
+    p_val.add_argument("--no-progress", action="store_true", help="no progress output at all")
     p_val.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (even on a terminal)"
-    )
-    p_val.add_argument(
-        "--progress", action="store_true", help="a progress bar even when not on a terminal"
+        "--progress",
+        action="store_true",
+        help="a progress bar even when not on a terminal (default: a bar on a terminal, plain "
+        "progress lines elsewhere)",
     )
     p_val.set_defaults(func=_cmd_validate)
 

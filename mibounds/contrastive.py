@@ -121,7 +121,13 @@ class CLIPLoss(nn.Module):
         return torch.log(_global_rows(s))
 
     def mi(self, image_features: Tensor, text_features: Tensor, logit_scale: Any) -> Tensor:
-        r"""The symmetric InfoNCE estimate :math:`\log N - \mathcal{L}` in nats."""
+        r"""The symmetric InfoNCE estimate :math:`\log N - \mathcal{L}` in nats.
+
+        A lower bound on the MI between the two views' representations, for monitoring:
+        it is negative early in training (before the critic beats chance) and capped by the
+        log of the number of candidates; it carries a gradient, so ``.detach()`` (or
+        ``.item()``) it for logging.
+        """
         return infonce(self._scores(image_features, text_features, logit_scale), symmetric=True)
 
 
@@ -188,7 +194,13 @@ class SigLIPLoss(nn.Module):
     def mi(
         self, image_features: Tensor, text_features: Tensor, logit_scale: Any, logit_bias: Any
     ) -> Tensor:
-        r"""NWJ at :math:`T = z + \log(N-1) + 1`, in nats (see the class documentation)."""
+        r"""NWJ at :math:`T = z + \log(N-1) + 1`, in nats (see the class documentation).
+
+        A lower bound on the MI between the two views' representations, for monitoring:
+        it is negative early in training (before the critic beats chance) and capped by the
+        log of the number of candidates; it carries a gradient, so ``.detach()`` (or
+        ``.item()``) it for logging.
+        """
         s = self._scores(image_features, text_features, logit_scale, logit_bias)
         shift = math.log(float(_global_rows(s)) - 1) + 1
         return nwj(self._scores(image_features, text_features, logit_scale, logit_bias, shift))
@@ -266,7 +278,13 @@ class NTXentLoss(nn.Module):
         return torch.log(_global_rows(s) - 1) - infonce(s)
 
     def mi(self, out0: Tensor, out1: Tensor) -> Tensor:
-        r"""The InfoNCE estimate :math:`\log(2N-1) - \mathcal{L}` in nats."""
+        r"""The InfoNCE estimate :math:`\log(2N-1) - \mathcal{L}` in nats.
+
+        A lower bound on the MI between the two views' representations, for monitoring:
+        it is negative early in training (before the critic beats chance) and capped by the
+        log of the number of candidates; it carries a gradient, so ``.detach()`` (or
+        ``.item()``) it for logging.
+        """
         return infonce(self._scores(out0, out1))
 
 
@@ -306,6 +324,13 @@ class SupConLoss(nn.Module):
         self.gather = gather
 
     def _scores(self, embeddings: Any, labels: Any) -> SeparableScores:
+        if isinstance(embeddings, Tensor) and embeddings.dim() == 3:
+            b, v, d = embeddings.shape
+            raise ValueError(
+                f"embeddings must be (N, d) features, got shape {(b, v, d)}: for the SupCon "
+                f"paper's [batch, n_views, dim] features, pass torch.cat(embeddings.unbind(1)) "
+                f"(shape ({b * v}, {d})) and labels.repeat({v}) (shape ({b * v},))"
+            )
         z = _features("embeddings", embeddings)
         if not isinstance(labels, Tensor) or labels.shape != z.shape[:1]:
             got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
@@ -325,7 +350,13 @@ class SupConLoss(nn.Module):
         return torch.where(torch.as_tensor(counted), torch.log(_global_rows(s) - 1), 0.0) - value
 
     def mi(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        r"""The InfoNCE estimate :math:`\log(N-1) - \mathcal{L}` in nats."""
+        r"""The InfoNCE estimate :math:`\log(N-1) - \mathcal{L}` in nats.
+
+        A lower bound on the MI between the two views' representations, for monitoring:
+        it is negative early in training (before the critic beats chance) and capped by the
+        log of the number of candidates; it carries a gradient, so ``.detach()`` (or
+        ``.item()``) it for logging.
+        """
         return infonce(self._scores(embeddings, labels))
 
 
@@ -379,7 +410,13 @@ class MoCoLoss(nn.Module):
         return math.log(s.y.shape[-2] - s.x.shape[-2] + 1) - infonce(s)
 
     def mi(self, query: Tensor, key: Tensor, queue: Tensor) -> Tensor:
-        r"""The InfoNCE estimate :math:`\log(K+1) - \mathcal{L}` in nats."""
+        r"""The InfoNCE estimate :math:`\log(K+1) - \mathcal{L}` in nats.
+
+        A lower bound on the MI between the two views' representations, for monitoring:
+        it is negative early in training (before the critic beats chance) and capped by the
+        log of the number of candidates; it carries a gradient, so ``.detach()`` (or
+        ``.item()``) it for logging.
+        """
         return infonce(self._scores(query, key, queue))
 
 

@@ -259,3 +259,12 @@ def test_infonce_module_with_a_temperature_and_a_logit_scale_critic():
     torch.testing.assert_close(float(critic.temperature.detach()), 0.01, rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="a critic or a temperature, not both"):
         mibounds.nn.InfoNCE(critic, temperature=0.1)
+
+
+def test_supcon_multi_view_features_get_a_reshape_hint():
+    z = torch.randn(4, 2, 8)
+    labels = torch.arange(4)
+    with pytest.raises(
+        ValueError, match=r"torch\.cat\(embeddings\.unbind\(1\)\).*labels\.repeat\(2\)"
+    ):
+        SupConLoss()(z, labels)

@@ -211,13 +211,51 @@ def test_validate_cli_oracle_above_batch_1024(capsys):
     """The Gaussian's oracle is streamed at any batch size (fewer batches above 1024);
     Student-t's dense oracle is not formed there, and the header says so."""
     common = ["validate", "--estimators", "infonce", "--steps", "2", "--levels", "1"]
-    common += ["--dim", "2", "--batch-size", "1100", "--no-progress"]
+    common += ["--dim", "2", "--batch-size", "1100", "--no-progress", "--no-plot"]
     assert main(common) == 0
     text = capsys.readouterr().out
     assert f"over {default_oracle_batches(1100)} batches" in text and "+-" in text
     assert default_oracle_batches(1100) == 186
     assert main([*common, "--task", "student-t"]) == 0
     assert "no oracle for this task at this batch size" in capsys.readouterr().out
+
+
+def test_validate_into_a_log_speaks_while_it_runs_and_writes_its_figure(tmp_path):
+    """``mibounds validate > log``: the header first, plain progress lines while it trains
+    (no terminal, no bar), then the table; the figure lands in the current folder."""
+    import subprocess
+    import sys
+
+    code = "import sys; from mibounds.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = ["validate", "--steps", "10", "--levels", "1,2", "--dim", "2", "--batch-size", "8",
+            "--estimators", "nwj"]  # fmt: skip
+    log = tmp_path / "log"
+    with open(log, "w") as fh:
+        cmd = [sys.executable, "-c", code, *args]
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.PIPE, cwd=tmp_path, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("mibounds validate: CorrelatedGaussian staircase")
+    progress = [ln for ln in lines if ln.startswith("staircase: ")]
+    assert progress and progress[-1].startswith("staircase: 20/20 (100%)"), lines
+    assert lines.index(progress[-1]) < next(i for i, ln in enumerate(lines) if "true MI" in ln)
+    assert (tmp_path / "staircase.png").read_bytes()[:4] == b"\x89PNG"
+    assert "wrote staircase.png" in lines
+    # --no-plot writes none
+    (tmp_path / "staircase.png").unlink()
+    proc = subprocess.run([sys.executable, "-c", code, *args, "--no-plot", "--no-progress"],
+                          capture_output=True, cwd=tmp_path, text=True)  # fmt: skip
+    assert proc.returncode == 0 and not (tmp_path / "staircase.png").exists()
+    assert "staircase: " not in proc.stdout
+
+
+def test_plain_progress_lines(capsys):
+    from mibounds.estimate.fit import _plain_progress
+
+    assert list(_plain_progress(range(25), "job")) == list(range(25))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("job: 3/25 (12%)") and lines[-1].startswith("job: 25/25 (100%)")
+    assert len(lines) <= 11 and all("s left" in ln for ln in lines)
 
 
 def test_validate_cli_errors(capsys):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import sys
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,13 +99,41 @@ class MIEstimate:
 
 
 def _progress(iterable: Any, enabled: bool | None, desc: str) -> Any:
-    """A tqdm bar over ``iterable``: ``None`` shows it only on a terminal (never in a pipe or a
-    CI log), ``True`` always, ``False`` never."""
+    """Progress over ``iterable``: ``None`` shows a tqdm bar on a terminal and, elsewhere (a
+    log file, a pipe, CI), a plain line on standard output every tenth of the way or every
+    :data:`PLAIN_PROGRESS_SECONDS`, whichever comes first; ``True`` always a bar; ``False``
+    nothing."""
     if enabled is False:
         return iterable
+    if enabled is None and not sys.stderr.isatty():
+        return _plain_progress(iterable, desc)
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, leave=False, disable=None if enabled is None else False)
+
+
+#: Seconds between two plain progress lines at most (see :func:`_progress`).
+PLAIN_PROGRESS_SECONDS = 60.0
+
+
+def _plain_progress(iterable: Any, desc: str) -> Iterator[Any]:
+    """``iterable``, printing ``desc: k/total (p%), t s, about r s left`` lines (flushed)."""
+    total = len(iterable)
+    start = last = time.perf_counter()
+    next_share = 0.1
+    for k, item in enumerate(iterable, 1):
+        yield item
+        now = time.perf_counter()
+        if k / total >= next_share or now - last >= PLAIN_PROGRESS_SECONDS or k == total:
+            while next_share <= k / total:
+                next_share += 0.1
+            rate = (now - start) / k
+            print(
+                f"{desc}: {k}/{total} ({100 * k / total:.0f}%), {now - start:.0f} s, "
+                f"about {rate * (total - k):.0f} s left",
+                flush=True,
+            )
+            last = now
 
 
 def estimate_mi(

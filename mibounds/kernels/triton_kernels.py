@@ -130,14 +130,17 @@ def config(
         warps = 8 if arch < 90 else 4
         return Config(64, 64, min(32 if prec == "tf32" else 16, p2), 0, warps, 2)
     if half:
-        return Config(64, 32, min(32, p2), min(128, p2), 8, 2)
+        bdo = min(128, p2)
+        if arch < 90 and bdo < 128:
+            return Config(32, 32, min(32, p2), bdo, 4, 2)
+        return Config(64, 32, min(32, p2), bdo, 8, 2)
     if prec == "tf32":
         bdo = min(64, p2)
         return Config(64, 32, min(32, p2), bdo, 8 if bdo == 32 or arch < 90 else 4, 2)
     bdo = min(128, p2)
-    if arch < 90:
-        return Config(32, 32, min(16, p2), bdo, 8 if bdo <= 32 else 4, 2)
-    return Config(64, 32, min(16, p2), bdo, 8 if bdo >= 64 else 4, 2)
+    if arch < 90 and bdo < 128:
+        return Config(32, 32, min(16, p2), bdo, 8, 2)
+    return Config(32, 32, min(16, p2), bdo, 4, 2)
 
 
 def _arch(device: torch.device) -> int:
