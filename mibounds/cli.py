@@ -346,12 +346,45 @@ def _levels(text: str) -> str:
 
 
 def _device(text: str) -> str:
+    """A CPU or CUDA device this machine has (the device types every command supports)."""
     from mibounds import _checks
 
     try:
-        _checks.check_device("device", text)
+        dev = _checks.check_device("device", text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err).replace("device=", "")) from None
+    if dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:K, got {text!r}")
+    return text
+
+
+def _seed(text: str) -> int:
+    """A seed torch accepts: an integer from 0 to 2**63 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to 2**63 - 1, got {value}")
+    return value
+
+
+def _transform(text: str) -> str:
+    from mibounds.tasks import list_transforms
+
+    known = list_transforms()
+    if text.strip().lower() not in known:
+        raise argparse.ArgumentTypeError(f"unknown transform {text!r}; known: {known}")
+    return text
+
+
+def _out_file(text: str) -> str:
+    """A path whose folder exists and is writable (checked before any work)."""
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"the folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"the folder {folder!r} is not writable")
     return text
 
 
@@ -374,11 +407,15 @@ def _estimators(text: str) -> str:
 
 
 def _out_png(text: str) -> str:
-    folder = os.path.dirname(os.path.abspath(text))
-    if not os.path.isdir(folder):
-        raise argparse.ArgumentTypeError(f"the folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise argparse.ArgumentTypeError(f"the folder {folder!r} is not writable")
+    """A figure path in a writable folder, in a format matplotlib writes (by its suffix)."""
+    _out_file(text)
+    suffix = os.path.splitext(text)[1].lower().lstrip(".")
+    formats = ("png", "pdf", "svg", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp")
+    if suffix not in formats:
+        raise argparse.ArgumentTypeError(
+            f"expected a figure file ending in one of {', '.join('.' + f for f in formats)}, "
+            f"got {text!r}"
+        )
     return text
 
 
@@ -430,9 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_val.add_argument(
         "--task", default="gaussian", choices=("gaussian", "student-t"), help="ground truth"
     )
-    p_val.add_argument("--df", type=float, default=5.0, help="Student-t degrees of freedom")
+    p_val.add_argument(
+        "--df", type=_positive_float, default=5.0, help="Student-t degrees of freedom"
+    )
     p_val.add_argument(
         "--transform",
+        type=_transform,
         default=None,
         help="invertible map applied to x and y (cubic, half-cube, asinh, normal-cdf)",
     )
@@ -455,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_val.add_argument(
         "--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda"
     )
-    p_val.add_argument("--seed", type=int, default=0, help="random seed")
+    p_val.add_argument("--seed", type=_seed, default=0, help="random seed")
     p_val.add_argument("--threads", type=_int_min(1), default=None, help="torch CPU threads")
     p_val.add_argument(
         "--out",
@@ -466,7 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_val.add_argument("--no-plot", action="store_true", help="write no figure")
     p_val.add_argument(
-        "--json", default=None, help="write the table (one object per estimator and stair) here"
+        "--json",
+        type=_out_file,
+        default=None,
+        help="write the table (one object per estimator and stair) here",
     )
     p_val.add_argument("--no-progress", action="store_true", help="no progress output at all")
     p_val.add_argument(
@@ -503,8 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument(
         "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="dtype"
     )
-    p_bench.add_argument("--json", default=None, help="write the results as JSON")
-    p_bench.add_argument("--plot", default=None, help="write a PNG of time and memory vs N")
+    p_bench.add_argument("--json", type=_out_file, default=None, help="write the results as JSON")
+    p_bench.add_argument(
+        "--plot", type=_out_png, default=None, help="write a PNG of time and memory vs N"
+    )
     p_bench.add_argument("--quiet", action="store_true", help="no per-run lines")
     p_bench.set_defaults(func=_cmd_bench)
 

@@ -52,16 +52,66 @@ __all__ = ["CLIPLoss", "MemoryQueue", "MoCoLoss", "NTXentLoss", "SigLIPLoss", "S
 
 
 def _scale(name: str, logit_scale: Any) -> Tensor | float:
-    """A positive logit scale (float or scalar tensor), checked."""
-    _checks.check_temperature(name, logit_scale)
+    """A positive, finite logit scale (float or scalar tensor) whose inverse, the temperature,
+    is finite too; errors name the argument as the caller passed it."""
+    if isinstance(logit_scale, Tensor):
+        _checks.check_tensor(name, logit_scale)
+        if logit_scale.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got shape {tuple(logit_scale.shape)}")
+        if not _checks.validating():
+            return logit_scale
+        value = float(logit_scale.detach())
+        inverse = float((1 / logit_scale.detach()).float())
+    else:
+        if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)):
+            raise TypeError(
+                f"{name} must be a float or a scalar tensor, got {type(logit_scale).__name__}"
+            )
+        value = float(logit_scale)
+        inverse = 1.0 / value if value > 0 else math.inf
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    if not math.isfinite(inverse):
+        raise ValueError(
+            f"{name}={value:g} is too small: the temperature 1 / {name} overflows "
+            f"{logit_scale.dtype if isinstance(logit_scale, Tensor) else 'float'}"
+        )
     return logit_scale
 
 
-def _features(name: str, t: Any) -> Tensor:
+def _bias(name: str, logit_bias: Any) -> Tensor | float:
+    """A finite scalar bias (float or one-element tensor), named as the caller passed it."""
+    if isinstance(logit_bias, Tensor):
+        _checks.check_tensor(name, logit_bias)
+        if logit_bias.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got shape {tuple(logit_bias.shape)}")
+        _checks.check_values(name, logit_bias)
+        return logit_bias
+    if isinstance(logit_bias, bool) or not isinstance(logit_bias, (int, float)):
+        raise TypeError(
+            f"{name} must be a float or a scalar tensor, got {type(logit_bias).__name__}"
+        )
+    return _checks.check_real(name, logit_bias)
+
+
+def _features(name: str, t: Any, min_n: int = 2) -> Tensor:
+    """``(N, d)`` features with ``N >= min_n`` rows and finite values (checked while values
+    are validated), named as the caller passed them."""
     _checks.check_tensor(name, t, min_dim=2)
     if t.dim() != 2:
         raise ValueError(f"{name} must be (N, d) features, got shape {tuple(t.shape)}")
+    if t.shape[0] < min_n:
+        raise ValueError(
+            f"{name} needs at least {min_n} samples (rows) for a contrastive loss, got shape "
+            f"{tuple(t.shape)}"
+        )
+    _checks.check_values(name, t)
     return t
+
+
+def _min_rows(gather: Any) -> int:
+    """Rows a rank needs: one with negatives from other ranks, else two."""
+    return 1 if gather else 2
 
 
 def _same_shape(a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
@@ -106,8 +156,8 @@ class CLIPLoss(nn.Module):
         self.gather = gather
 
     def _scores(self, image_features: Tensor, text_features: Tensor, logit_scale: Any):
-        u = _features("image_features", image_features)
-        v = _features("text_features", text_features)
+        u = _features("image_features", image_features, _min_rows(self.gather))
+        v = _features("text_features", text_features, _min_rows(self.gather))
         _same_shape("image_features", u, "text_features", v)
         t = _scale("logit_scale", logit_scale)
         return SeparableScores(u, v, "dot", 1 / t, gather=self.gather)
@@ -170,15 +220,12 @@ class SigLIPLoss(nn.Module):
         self.gather = gather
 
     def _scores(self, u: Any, v: Any, logit_scale: Any, logit_bias: Any, shift: float = 0.0):
-        u = _features("image_features", u)
-        v = _features("text_features", v)
+        u = _features("image_features", u, _min_rows(self.gather))
+        v = _features("text_features", v, _min_rows(self.gather))
         _same_shape("image_features", u, "text_features", v)
         t = _scale("logit_scale", logit_scale)
-        if isinstance(logit_bias, bool) or not isinstance(logit_bias, (int, float, Tensor)):
-            raise TypeError(
-                f"logit_bias must be a float or a scalar tensor, got {type(logit_bias).__name__}"
-            )
-        return SeparableScores(u, v, "dot", 1 / t, bias=logit_bias + shift, gather=self.gather)
+        b = _bias("logit_bias", logit_bias)
+        return SeparableScores(u, v, "dot", 1 / t, bias=b + shift, gather=self.gather)
 
     def forward(
         self, image_features: Tensor, text_features: Tensor, logit_scale: Any, logit_bias: Any
@@ -214,9 +261,9 @@ def _global_rows(s: SeparableScores) -> Tensor:
     return torch.tensor(float(n), dtype=upcast(s.x).dtype, device=s.x.device)
 
 
-def _two_views(out0: Any, out1: Any) -> tuple[Tensor, Tensor]:
-    a = _features("out0", out0)
-    b = _features("out1", out1)
+def _two_views(out0: Any, out1: Any, min_n: int) -> tuple[Tensor, Tensor]:
+    a = _features("out0", out0, min_n)
+    b = _features("out1", out1, min_n)
     _same_shape("out0", a, "out1", b)
     return a, b
 
@@ -261,7 +308,7 @@ class NTXentLoss(nn.Module):
         self.gather = gather
 
     def _scores(self, out0: Any, out1: Any) -> SeparableScores:
-        a, b = _two_views(out0, out1)
+        a, b = _two_views(out0, out1, 1)  # 2N >= 2 embeddings from one pair
         n = a.shape[0]
         z = torch.cat([a, b], dim=0)
         first = 0
@@ -331,7 +378,7 @@ class SupConLoss(nn.Module):
                 f"paper's [batch, n_views, dim] features, pass torch.cat(embeddings.unbind(1)) "
                 f"(shape ({b * v}, {d})) and labels.repeat({v}) (shape ({b * v},))"
             )
-        z = _features("embeddings", embeddings)
+        z = _features("embeddings", embeddings, _min_rows(self.gather))
         if not isinstance(labels, Tensor) or labels.shape != z.shape[:1]:
             got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
             raise ValueError(f"labels must be a tensor of shape ({z.shape[0]},), got {got}")
@@ -393,14 +440,20 @@ class MoCoLoss(nn.Module):
         self.temperature = temperature
 
     def _scores(self, query: Any, key: Any, queue: Any) -> SeparableScores:
-        q = _features("query", query)
-        k = _features("key", key)
+        q = _features("query", query, min_n=1)
+        k = _features("key", key, min_n=1)
         _same_shape("query", q, "key", k)
         _checks.check_tensor("queue", queue, min_dim=2)
         if queue.dim() != 2 or queue.shape[-1] != q.shape[-1]:
             raise ValueError(
                 f"queue must be (K, {q.shape[-1]}) to match the features, got {tuple(queue.shape)}"
             )
+        if q.shape[0] == 1 and queue.shape[0] == 0:
+            raise ValueError(
+                "query has one sample and queue is empty: the query has no negative; pass "
+                "a batch of at least 2 or a non-empty queue"
+            )
+        _checks.check_values("queue", queue)
         candidates = torch.cat([k, queue.detach().to(k.dtype)], dim=0)
         return SeparableScores(q, candidates, "dot", self.temperature, exclude="batch")
 
@@ -473,6 +526,7 @@ class MemoryQueue(nn.Module):
         size, dim = self.bank.shape
         if keys.dim() != 2 or keys.shape[1] != dim:
             raise ValueError(f"keys must be (B, {dim}), got {tuple(keys.shape)}")
+        _checks.check_values("keys", keys)
         keys = keys.detach()[-size:].to(self.bank.dtype)
         idx = (int(self.ptr) + torch.arange(keys.shape[0], device=self.bank.device)) % size
         self.bank[idx] = keys

@@ -79,6 +79,7 @@ def prepare(scores: Scores, name: str = "scores") -> tuple[Tensor, torch.dtype]:
                 f"{_describe(scores)}"
             )
         dense = scores.dense()
+        _check_dense_range(name, dense, scores.temperature)
     elif isinstance(scores, DenseScores):
         if not is_plain(scores):
             raise ValueError(
@@ -86,8 +87,10 @@ def prepare(scores: Scores, name: str = "scores") -> tuple[Tensor, torch.dtype]:
                 f"diagonal; got {_describe(scores)}"
             )
         dense = scores.scores
+        _check_dense_range(name, dense)
     else:
         dense = _checks.check_scores(name, scores)
+        _check_dense_range(name, dense)
     return dense_scores(dense), dense.dtype
 
 
@@ -194,12 +197,9 @@ def _half_features(scores: SeparableScores, half: torch.dtype) -> SeparableScore
         tau = float(t.detach()) if isinstance(t, Tensor) else float(t)
         nx = float(x.detach().float().norm(dim=-1).amax())
         ny = float(y.detach().float().norm(dim=-1).amax())
-        if not nx * ny / tau < 0.5 * torch.finfo(torch.float32).max:
-            raise ValueError(
-                f"temperature={tau:g} makes the scores sim(x, y) / temperature overflow "
-                f"float32 (the largest |x_i| |y_j| / temperature is about {nx * ny / tau:.3g}); "
-                "use a larger temperature or smaller features"
-            )
+        largest = nx * ny / tau
+        if not _within_range(largest, y.shape[-2], torch.float32):
+            raise ValueError(_overflow_message(t, torch.float32, largest, y.shape[-2]))
     return out
 
 
@@ -208,25 +208,62 @@ def _check_no_overflow(scores: SeparableScores, temperature: float | Tensor) -> 
     A bound on the largest score decides in O(N d); only if it is too large are the scores
     themselves swept (no gradient)."""
     x, y = scores.x.detach(), scores.y.detach()
-    limit = torch.finfo(torch.promote_types(x.dtype, y.dtype)).max
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    m = y.shape[-2]
     nx, ny = x.norm(dim=-1).amax(), y.norm(dim=-1).amax()
     bound = (nx + ny) ** 2 if scores.similarity == "gaussian" else nx * ny
-    if bool(bound < 0.5 * limit):
+    if _within_range(float(bound), m, dtype):
         return
+    largest = math.inf
     with torch.no_grad():
-        finite = bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())
-        if finite:
+        if bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all()):
             sim = scores.similarity
             top = streaming.row_logsumexp_mean(x, y, 1.0, sim)
             bottom = streaming.row_logsumexp_mean(-x, y, 1.0, sim) if sim == "dot" else top
-            finite = bool(torch.isfinite(top).all()) and bool(torch.isfinite(bottom).all())
-    if not finite:
-        t = float(temperature.detach()) if isinstance(temperature, Tensor) else temperature
-        raise ValueError(
-            f"temperature={t:g} makes the scores sim(x, y) / temperature overflow "
-            f"{torch.promote_types(x.dtype, y.dtype)} (the largest |x_i| |y_j| / temperature is "
-            f"about {float(nx) * float(ny):.3g}); use a larger temperature or smaller features"
-        )
+            # each row's log-sum-exp is within log M of its largest score
+            largest = float(torch.maximum(top.abs(), bottom.abs()).amax())
+    if not _within_range(largest, m, dtype):
+        raise ValueError(_overflow_message(temperature, dtype, largest, m))
+
+
+def _within_range(largest: float, m: int, dtype: torch.dtype) -> bool:
+    """The range rule, the same on the dense, the streamed and the fused paths: scores of
+    magnitude up to ``largest`` are accepted if every sum a bound forms over a row of ``m`` of
+    them (and its mean over the rows) stays within ``dtype``'s range."""
+    return math.isfinite(largest) and largest * max(m, 1) < 0.5 * torch.finfo(dtype).max
+
+
+def _score_limit(dtype: torch.dtype, m: int) -> float:
+    """The largest score magnitude :func:`_within_range` accepts."""
+    return 0.5 * torch.finfo(dtype).max / max(m, 1)
+
+
+def _overflow_message(temperature: Any, dtype: torch.dtype, largest: float, m: int) -> str:
+    t = float(temperature.detach()) if isinstance(temperature, Tensor) else float(temperature)
+    return (
+        f"temperature={t:g} makes the scores sim(x, y) / temperature overflow {dtype} in "
+        f"a bound's sums: the largest is about {largest:.3g} (accepted: below "
+        f"{_score_limit(dtype, m):.3g} with {m} columns); use a larger temperature or smaller "
+        "features"
+    )
+
+
+def _check_dense_range(name: str, dense: Tensor, temperature: Any = None) -> None:
+    """The overflow rule for dense scores (while values are validated): refused, naming the
+    temperature (separable scores) or the scores, where a bound's sums would overflow."""
+    if not _checks.validating():
+        return
+    m = dense.shape[-1]
+    dtype = _checks.accumulation(dense.dtype)
+    largest = float(dense.detach().abs().amax()) if dense.numel() else 0.0
+    if _within_range(largest, m, dtype):
+        return
+    if temperature is not None:
+        raise ValueError(_overflow_message(temperature, dtype, largest, m))
+    raise ValueError(
+        f"{name} overflow {dtype} in a bound's sums: the largest |score| is {largest:.3g} "
+        f"(accepted: below {_score_limit(dtype, m):.3g} with {m} columns); scale them down"
+    )
 
 
 def streaming_operands(scores: SeparableScores) -> tuple[Tensor, Tensor, float | Tensor, str]:
@@ -280,6 +317,8 @@ class _PairedBatch(abc.ABC):
             rows, marginal = total(rows), total(marginal)
         #: the number of rows that count, as a tensor (the ``sum`` reduction's factor)
         self.rows = rows
+        #: the number of rows with at least one negative (over every rank)
+        self.marginal_rows = marginal
         # no row with a positive (or a negative): weights 0, so the terms are 0, not NaN
         self.w_joint = joint_rows / self.rows.clamp_min(1)
         self.w_pos = self.w_joint / npos.clamp_min(1).to(dt)
@@ -353,13 +392,28 @@ class _PairedBatch(abc.ABC):
     ) -> tuple[Tensor | None, Tensor]:
         """Means over the negatives of ``value_fn(S + shift)`` (no gradient) and
         ``grad_fn(S + shift)`` (see :func:`mibounds.kernels.streaming.offdiag_means`)."""
+        self.require_negatives()
         w = None if self.plain else self.w_neg
         return self._sums(False, w, grad_fn, value_fn, shift, param, grad_value)
 
     def offdiag_logmeanexp(self) -> Tensor:
         r""":math:`\log` of the mean over rows of the mean of :math:`e^{S}` over each row's
         negatives, shape ``(...)``."""
+        self.require_negatives()
         return self._lme(None if self.plain else torch.log(self.w_neg))
+
+    def require_negatives(self) -> None:
+        """Raise if the pairing leaves no negative pair at all: a bound with a term over the
+        negatives (NWJ, TUBA, DV, MINE, JS, SMILE, f-MI, SigLIP) is not defined then. Checked
+        while values are validated (it reads the counts)."""
+        if self.plain or not _checks.validating():
+            return
+        if bool(self.marginal_rows == 0):
+            raise ValueError(
+                "the pairing leaves no negative pair (every pair is a positive or excluded), "
+                "and this bound averages over the negatives: it is not defined without one. "
+                "Use labels that differ, exclude fewer pairs, or add extra columns (negatives)"
+            )
 
     def row_mean(self, terms: Tensor) -> Tensor:
         """Mean of per-row terms ``(..., N)``."""

@@ -178,7 +178,9 @@ class SeparableScores:
                 f"and M >= N (extra columns are extra negatives), got x {tuple(self.x.shape)} "
                 f"and y {tuple(self.y.shape)}"
             )
-        min_n = 1 if self.gather else 2
+        # one anchor is enough when it has negatives of its own: other ranks' rows, or extra
+        # columns (a queue)
+        min_n = 1 if self.gather or self.y.shape[-2] > self.x.shape[-2] else 2
         if self.x.shape[-2] < min_n or self.y.shape[-2] < 2:
             raise ValueError(
                 f"x needs N >= {min_n} samples (and y at least 2), got x {tuple(self.x.shape)} "

@@ -283,9 +283,13 @@ CLI_BAD = {
         "--threads": ["0", "-1"],
         "--levels": ["a,b", "", "-2", "2,,4"],
         "--device": ["nope", *([] if torch.cuda.is_available() else ["cuda"])],
-        "--out": ["/nonexistent/dir/x.png"],
+        "--out": ["/nonexistent/dir/x.png", "fig.txt"],
+        "--json": ["/nonexistent/dir/r.json"],
         "--steps": ["0"],
         "--dim": ["0"],
+        "--transform": ["nope"],
+        "--df": ["-1", "nan", "0"],
+        "--seed": ["18446744073709551616", "-1", "x"],
     },
     "bench": {
         "--sizes": ["abc", "", "-5", "0", "1", "4,,8"],
@@ -293,9 +297,11 @@ CLI_BAD = {
         "--dtype": ["int8"],
         "--bounds": ["nope", ""],
         "--methods": ["fast"],
-        "--device": ["nope"],
+        "--device": ["nope", "meta"],
+        "--json": ["/nonexistent/dir/b.json"],
+        "--plot": ["/nonexistent/dir/b.png", "b.txt"],
     },
-    "check": {"--device": ["nope"], "--sizes": ["abc", "1"]},
+    "check": {"--device": ["nope", "meta"], "--sizes": ["abc", "1"]},
 }
 
 
@@ -310,3 +316,63 @@ def test_cli_flags(data):
     with pytest.raises(SystemExit) as exc:
         main([cmd, f"{flag}={value}"])
     assert exc.value.code == 2
+
+
+# --- the contrastive modules: every bad argument is named as the user passed it ------------
+
+
+def _contrastive_call(module, arg, bad):
+    from mibounds import contrastive as C
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.nn.functional.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    v = torch.nn.functional.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    queue = torch.nn.functional.normalize(torch.randn(9, 4, generator=g), dim=-1)
+    good = {
+        "clip": {"image_features": u, "text_features": v, "logit_scale": 10.0},
+        "siglip": {"image_features": u, "text_features": v, "logit_scale": 10.0,
+                   "logit_bias": -10.0},
+        "ntxent": {"out0": u, "out1": v},
+        "supcon": {"embeddings": u, "labels": torch.arange(6) % 3},
+        "moco": {"query": u, "key": v, "queue": queue},
+    }[module]  # fmt: skip
+    cls = {"clip": C.CLIPLoss, "siglip": C.SigLIPLoss, "ntxent": C.NTXentLoss,
+           "supcon": C.SupConLoss, "moco": C.MoCoLoss}[module]  # fmt: skip
+    return cls()(**{**good, arg: bad})
+
+
+def _bad_features():
+    nan = torch.ones(6, 4)
+    nan[1, 2] = float("nan")
+    return st.sampled_from(
+        [nan, torch.ones(6, 4, dtype=torch.long), torch.ones(6), torch.ones(6, 2, 4), "x"]
+    )
+
+
+_BAD_SCALARS = st.sampled_from(
+    [float("nan"), float("inf"), 0.0, -1.0, 1e-320, torch.tensor(float("nan")), torch.ones(2), "x"]
+)
+CONTRASTIVE_ARGS = {
+    "clip": {"image_features": _bad_features(), "text_features": _bad_features(),
+             "logit_scale": _BAD_SCALARS},
+    "siglip": {"image_features": _bad_features(), "logit_scale": _BAD_SCALARS,
+               "logit_bias": st.sampled_from([float("nan"), torch.ones(3), "x",
+                                              torch.tensor(float("inf"))])},
+    "ntxent": {"out0": _bad_features(), "out1": _bad_features()},
+    "supcon": {"embeddings": _bad_features(),
+               "labels": st.sampled_from([torch.arange(5), torch.ones(6), "x"])},
+    "moco": {"query": _bad_features(), "key": _bad_features(),
+             "queue": st.sampled_from([torch.full((9, 4), float("nan")), torch.ones(9, 3),
+                                       torch.ones(9), "x"])},
+}  # fmt: skip
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_contrastive_arguments(data):
+    module = data.draw(st.sampled_from(sorted(CONTRASTIVE_ARGS)))
+    arg = data.draw(st.sampled_from(sorted(CONTRASTIVE_ARGS[module])))
+    bad = data.draw(CONTRASTIVE_ARGS[module][arg])
+    with pytest.raises((TypeError, ValueError)) as exc:
+        _contrastive_call(module, arg, bad)
+    assert arg in str(exc.value), f"{module}({arg}={bad!r}): {exc.value}"

@@ -142,12 +142,26 @@ def test_counts_and_layout():
 def test_a_row_without_negatives_does_not_count_for_the_marginal():
     labels = torch.tensor([0, 0, 0, 1, 2])  # rows 0-2: one class; with the queue below ...
     x, y = _features(5, 5)
-    sep = mibounds.SeparableScores(x, y, "dot", 1.0, labels=torch.zeros(5, dtype=torch.long))
-    # every pair positive: no negatives anywhere, so the NWJ marginal term is 0
-    got = mibounds.nwj(sep)
-    want = (x @ y.T).mean()
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # rows 0-2 have no negative: they do not count for the marginal term, the others do
     assert torch.isfinite(mibounds.dv(mibounds.SeparableScores(x, y, labels=labels)))
+
+
+@pytest.mark.parametrize("bound", ["nwj", "js", "dv", "smile", "tuba", "mine"])
+@pytest.mark.parametrize("kind", ["dense-labels", "separable-labels", "own-key-only"])
+def test_a_bound_over_negatives_without_any_negative_pair_raises(bound, kind):
+    """Every pair positive or excluded: the marginal term is not defined, on every path."""
+    x, y = _features(5, 5)
+    zeros = torch.zeros(5, dtype=torch.long)
+    scores = {
+        "dense-labels": lambda: mibounds.DenseScores(x @ y.T, labels=zeros, exclude="self"),
+        "separable-labels": lambda: mibounds.SeparableScores(x, y, labels=zeros),
+        "own-key-only": lambda: mibounds.SeparableScores(x, y, exclude="batch"),
+    }[kind]()
+    fn = getattr(mibounds, bound)
+    with pytest.raises(ValueError, match="no negative pair"):
+        fn(scores)
+    # InfoNCE needs no negative: a row of positives only is log 1 = 0 of information
+    assert torch.isfinite(mibounds.infonce(scores))
 
 
 def test_bias_is_an_offset_and_infonce_ignores_it():

@@ -36,6 +36,11 @@ def _as_samples(name: str, value: Any) -> Tensor:
         value = value[:, None]
     if value.dim() != 2:
         raise ValueError(f"{name} must have shape (n,) or (n, d), got {tuple(value.shape)}")
+    if value.shape[1] == 0:
+        raise ValueError(
+            f"{name} has no features: shape {tuple(value.shape)}; pass (n,) or (n, d) samples "
+            "with d >= 1"
+        )
     _checks.check_values(name, value)
     return value
 
