@@ -109,6 +109,44 @@ def _features(name: str, t: Any, min_n: int = 2) -> Tensor:
     return t
 
 
+def _openclip_group(
+    owner: str,
+    gather: GroupArg,
+    world_size: Any,
+    rank: Any,
+    local_loss: bool = False,
+    use_horovod: bool = False,
+) -> GroupArg:
+    """The ``gather`` of a loss built with OpenCLIP's constructor arguments: ``world_size > 1``
+    gathers the negatives of every rank (the loss of the global batch, OpenCLIP's
+    ``local_loss=False``); the rank comes from ``torch.distributed``."""
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"{owner}: world_size must be an int >= 1, got {world_size!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"{owner}: rank must be an int in [0, {world_size}), got {rank!r}")
+    if use_horovod:
+        raise ValueError(
+            f"{owner}: use_horovod=True is not supported: the negatives of other ranks come "
+            "from torch.distributed (world_size > 1, or gather=True)"
+        )
+    if local_loss:
+        raise ValueError(
+            f"{owner}: local_loss=True (each rank's own rows against every rank's columns) is "
+            "not supported; world_size > 1 (or gather=True) gives the loss of the global batch, "
+            "whose gradients after DDP's averaging are those of OpenCLIP's local loss"
+        )
+    if world_size > 1 and not gather:
+        return True
+    return gather
+
+
+def _output(loss: Tensor, output_dict: bool) -> Tensor | dict[str, Tensor]:
+    """OpenCLIP's return convention: ``{"contrastive_loss": loss}`` with ``output_dict``."""
+    if not isinstance(output_dict, bool):
+        raise TypeError(f"output_dict must be a bool, got {type(output_dict).__name__}")
+    return {"contrastive_loss": loss} if output_dict else loss
+
+
 def _min_rows(gather: Any) -> int:
     """Rows a rank needs: one with negatives from other ranks, else two."""
     return 1 if gather else 2
@@ -135,6 +173,14 @@ class CLIPLoss(nn.Module):
     model). Equal to ``open_clip.ClipLoss()(image_features, text_features, logit_scale)``.
 
     Args:
+        local_loss: OpenCLIP's rank-local loss; ``True`` is refused with a ``ValueError`` (use
+            the global loss below: its gradients after DDP's averaging are the same).
+        gather_with_grad: accepted for OpenCLIP's signature; the gathered negatives always
+            carry their gradient here.
+        cache_labels: accepted for OpenCLIP's signature (no label tensor is built).
+        rank: this process's rank, as OpenCLIP takes it (``torch.distributed`` supplies it).
+        world_size: ``> 1`` gathers the negatives of every rank (as ``gather=True``).
+        use_horovod: ``True`` is refused with a ``ValueError`` (torch.distributed only).
         gather: ``True`` or a process group: negatives from every rank, like OpenCLIP's
             ``gather_with_grad=True, local_loss=False``; every rank returns the loss of the
             global batch (see :mod:`mibounds.distributed`).
@@ -151,26 +197,64 @@ class CLIPLoss(nn.Module):
         Predictive Coding." arXiv 2018.
     """
 
-    def __init__(self, *, gather: GroupArg = False) -> None:
+    def __init__(
+        self,
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        cache_labels: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        use_horovod: bool = False,
+        *,
+        gather: GroupArg = False,
+    ) -> None:
         super().__init__()
-        self.gather = gather
+        self.gather = _openclip_group("CLIPLoss", gather, world_size, rank, local_loss, use_horovod)
 
-    def _scores(self, image_features: Tensor, text_features: Tensor, logit_scale: Any):
+    def _scores(
+        self, image_features: Tensor, text_features: Tensor, logit_scale: Any, logit_bias: Any
+    ) -> SeparableScores:
         u = _features("image_features", image_features, _min_rows(self.gather))
         v = _features("text_features", text_features, _min_rows(self.gather))
         _same_shape("image_features", u, "text_features", v)
         t = _scale("logit_scale", logit_scale)
-        return SeparableScores(u, v, "dot", 1 / t, gather=self.gather)
+        b = None if logit_bias is None else _bias("logit_bias", logit_bias)
+        return SeparableScores(u, v, "dot", 1 / t, gather=self.gather, bias=b)
 
-    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Any) -> Tensor:
-        """The loss (to minimise)."""
-        s = self._scores(image_features, text_features, logit_scale)
-        return self._log_count(s) - infonce(s, symmetric=True)
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Any,
+        logit_bias: Any = None,
+        output_dict: bool = False,
+    ) -> Tensor | dict[str, Tensor]:
+        """The loss (to minimise), in the features' dtype.
+
+        Args:
+            image_features: ``(N, d)`` image embeddings (normalised by the model).
+            text_features: ``(N, d)`` text embeddings.
+            logit_scale: the scale :math:`t` (``model.logit_scale.exp()``), a positive float
+                or scalar tensor.
+            logit_bias: an optional scalar added to every logit (CLIP models built with
+                ``init_logit_bias``); it shifts every logit alike, so the loss does not change.
+            output_dict: return ``{"contrastive_loss": loss}``, as OpenCLIP's training loop
+                expects from ``loss(**model_out, output_dict=True)``.
+        """
+        s = self._scores(image_features, text_features, logit_scale, logit_bias)
+        loss = self._log_count(s) - infonce(s, symmetric=True)
+        return _output(loss.to(image_features.dtype), output_dict)
 
     def _log_count(self, s: SeparableScores) -> Tensor:
         return torch.log(_global_rows(s))
 
-    def mi(self, image_features: Tensor, text_features: Tensor, logit_scale: Any) -> Tensor:
+    def mi(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Any,
+        logit_bias: Any = None,
+    ) -> Tensor:
         r"""The symmetric InfoNCE estimate :math:`\log N - \mathcal{L}` in nats.
 
         A lower bound on the MI between the two views' representations, for monitoring:
@@ -178,7 +262,8 @@ class CLIPLoss(nn.Module):
         log of the number of candidates; it carries a gradient, so ``.detach()`` (or
         ``.item()``) it for logging.
         """
-        return infonce(self._scores(image_features, text_features, logit_scale), symmetric=True)
+        s = self._scores(image_features, text_features, logit_scale, logit_bias)
+        return infonce(s, symmetric=True)
 
 
 class SigLIPLoss(nn.Module):
@@ -196,6 +281,13 @@ class SigLIPLoss(nn.Module):
     (one process; negatives summed per row).
 
     Args:
+        cache_labels: accepted for OpenCLIP's signature (no label tensor is built).
+        rank: this process's rank, as OpenCLIP takes it (``torch.distributed`` supplies it).
+        world_size: ``> 1`` gathers the texts of every rank (as ``gather=True``). OpenCLIP
+            then returns each rank's own share of the loss; this returns the loss of the
+            global batch (the gradients after DDP's averaging agree).
+        dist_impl: OpenCLIP's exchange scheme (``"bidir"``, ``"shift"``, ``"reduce"``,
+            ``"gather"`` or ``None``); accepted, the exchange is always a gather here.
         gather: ``True`` or a process group: every rank's texts are negatives of every image;
             each rank returns the loss of the global batch, divided by the global N.
 
@@ -215,31 +307,61 @@ class SigLIPLoss(nn.Module):
         ICCV 2023. Nguyen, Wainwright, Jordan. IEEE Trans. Inf. Theory 2010.
     """
 
-    def __init__(self, *, gather: GroupArg = False) -> None:
+    def __init__(
+        self,
+        cache_labels: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        dist_impl: str | None = None,
+        *,
+        gather: GroupArg = False,
+    ) -> None:
         super().__init__()
-        self.gather = gather
+        impls = (None, "bidir", "shift", "reduce", "gather")
+        if dist_impl not in impls:
+            raise ValueError(f"SigLIPLoss: dist_impl must be one of {impls}, got {dist_impl!r}")
+        self.gather = _openclip_group("SigLIPLoss", gather, world_size, rank)
 
     def _scores(self, u: Any, v: Any, logit_scale: Any, logit_bias: Any, shift: float = 0.0):
         u = _features("image_features", u, _min_rows(self.gather))
         v = _features("text_features", v, _min_rows(self.gather))
         _same_shape("image_features", u, "text_features", v)
         t = _scale("logit_scale", logit_scale)
-        b = _bias("logit_bias", logit_bias)
-        return SeparableScores(u, v, "dot", 1 / t, bias=b + shift, gather=self.gather)
+        b = None if logit_bias is None else _bias("logit_bias", logit_bias)
+        bias = (None if shift == 0.0 else shift) if b is None else b + shift
+        return SeparableScores(u, v, "dot", 1 / t, bias=bias, gather=self.gather)
 
     def forward(
-        self, image_features: Tensor, text_features: Tensor, logit_scale: Any, logit_bias: Any
-    ) -> Tensor:
-        """The loss (to minimise)."""
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Any,
+        logit_bias: Any = None,
+        output_dict: bool = False,
+    ) -> Tensor | dict[str, Tensor]:
+        """The loss (to minimise), in the features' dtype.
+
+        Args:
+            image_features: ``(N, d)`` image embeddings (normalised by the model).
+            text_features: ``(N, d)`` text embeddings.
+            logit_scale: the scale :math:`t`, a positive float or scalar tensor.
+            logit_bias: the bias :math:`b` (a float or scalar tensor), or ``None`` for logits
+                without one, as OpenCLIP computes them.
+            output_dict: return ``{"contrastive_loss": loss}`` (OpenCLIP's training loop).
+        """
         s = self._scores(image_features, text_features, logit_scale, logit_bias)
         st = batch_statistics(s, s.gather)
         assert st is not None
         _, negatives = st.offdiag_means("softplus")
         loss = st.joint("softplus-neg") + (st.n - 1) * negatives
-        return loss.to(st.dtype)
+        return _output(loss.to(image_features.dtype), output_dict)
 
     def mi(
-        self, image_features: Tensor, text_features: Tensor, logit_scale: Any, logit_bias: Any
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Any,
+        logit_bias: Any = None,
     ) -> Tensor:
         r"""NWJ at :math:`T = z + \log(N-1) + 1`, in nats (see the class documentation).
 
@@ -322,7 +444,7 @@ class NTXentLoss(nn.Module):
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
         """The loss (to minimise)."""
         s = self._scores(out0, out1)
-        return torch.log(_global_rows(s) - 1) - infonce(s)
+        return (torch.log(_global_rows(s) - 1) - infonce(s)).to(out0.dtype)
 
     def mi(self, out0: Tensor, out1: Tensor) -> Tensor:
         r"""The InfoNCE estimate :math:`\log(2N-1) - \mathcal{L}` in nats.
@@ -394,7 +516,8 @@ class SupConLoss(nn.Module):
         st = batch_statistics(s, s.gather)
         assert st is not None
         counted = (st.n_terms() > 0) if isinstance(st.n_terms(), Tensor) else True
-        return torch.where(torch.as_tensor(counted), torch.log(_global_rows(s) - 1), 0.0) - value
+        loss = torch.where(torch.as_tensor(counted), torch.log(_global_rows(s) - 1), 0.0) - value
+        return loss.to(embeddings.dtype)
 
     def mi(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         r"""The InfoNCE estimate :math:`\log(N-1) - \mathcal{L}` in nats.
@@ -460,7 +583,7 @@ class MoCoLoss(nn.Module):
     def forward(self, query: Tensor, key: Tensor, queue: Tensor) -> Tensor:
         """The loss (to minimise)."""
         s = self._scores(query, key, queue)
-        return math.log(s.y.shape[-2] - s.x.shape[-2] + 1) - infonce(s)
+        return (math.log(s.y.shape[-2] - s.x.shape[-2] + 1) - infonce(s)).to(query.dtype)
 
     def mi(self, query: Tensor, key: Tensor, queue: Tensor) -> Tensor:
         r"""The InfoNCE estimate :math:`\log(K+1) - \mathcal{L}` in nats.

@@ -222,17 +222,27 @@ def paired_fmi(s: Tensor, positives, negatives, activation, conjugate) -> Tensor
 # --- the contrastive losses, written as each library writes them -------------------------------
 
 
-def openclip_clip_loss(u: Tensor, v: Tensor, logit_scale: Tensor) -> Tensor:
-    """OpenCLIP ClipLoss (one process): cross-entropy of both logit directions, averaged."""
+def openclip_clip_loss(
+    u: Tensor, v: Tensor, logit_scale: Tensor, logit_bias: Tensor | None = None
+) -> Tensor:
+    """OpenCLIP ClipLoss (one process): cross-entropy of both logit directions, averaged; an
+    optional bias is added to every logit."""
     logits = logit_scale * u @ v.T
+    if logit_bias is not None:
+        logits = logits + logit_bias
     target = torch.arange(u.shape[0])
     ce = torch.nn.functional.cross_entropy
     return (ce(logits, target) + ce(logits.T, target)) / 2
 
 
-def openclip_siglip_loss(u: Tensor, v: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
-    """OpenCLIP SigLipLoss (one process): -sum log sigmoid(labels * logits) / N."""
-    logits = logit_scale * u @ v.T + logit_bias
+def openclip_siglip_loss(
+    u: Tensor, v: Tensor, logit_scale: Tensor, logit_bias: Tensor | None
+) -> Tensor:
+    """OpenCLIP SigLipLoss (one process): -sum log sigmoid(labels * logits) / N (no bias when
+    ``logit_bias`` is None)."""
+    logits = logit_scale * u @ v.T
+    if logit_bias is not None:
+        logits = logits + logit_bias
     labels = 2 * torch.eye(u.shape[0], dtype=u.dtype) - 1
     return -torch.nn.functional.logsigmoid(labels * logits).sum() / u.shape[0]
 

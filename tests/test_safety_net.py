@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from mibounds.kernels import ops, selfcheck, streaming, sweep
+from mibounds.kernels import ops, selfcheck, streaming, sweep, triton_kernels
 
 SWEEP = sweep.row_lse_mean_sweep
 
@@ -115,7 +115,7 @@ def test_the_cpu_runs_kernels_only_in_the_interpreter_when_asked(monkeypatch):
     try:
         assert not selfcheck.triton_on(cpu)
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-        assert selfcheck.triton_on(cpu) is streaming.triton_kernels.HAS_TRITON
+        assert selfcheck.triton_on(cpu) is triton_kernels.HAS_TRITON
         streaming.set_triton(None)
         monkeypatch.delenv("MIBOUNDS_TRITON", raising=False)
         assert not selfcheck.triton_on(cpu)  # the interpreter alone does not turn them on
