@@ -87,10 +87,34 @@ def _key(op: str, x: Tensor, rl, exclude: int, bias, *extra) -> tuple:
     return (op, x.dtype, tk.precision(x.dtype), "dot", x.shape[-1], pairing, *extra)
 
 
-def _row_lse_mean_triton(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, ng):
-    xc, yc, t, b = _operands(x, y, tau, bias)
-    pairs = _pairs(rl, cl, offset, exclude, n_paired, x.device)
-    return _like(tk.lse(xc, yc, t, ng, pairs=pairs, weight=row_w, bias=b), x, y, 1)
+def _fused(kernel, n_values: int, **names: int):
+    """The fused implementation of an op whose arguments start ``(x, y, tau, bias, sim, rl,
+    cl, offset, exclude, n_paired, ...)`` and end with ``need_grad``: ``kernel`` gets the
+    operands, the pairing and, by keyword, the op arguments at the positions ``names`` gives."""
+
+    def run(*args):
+        x, y, tau, bias, _, rl, cl, offset, exclude, n_paired = args[:10]
+        xc, yc, t, b = _operands(x, y, tau, bias)
+        pairs = _pairs(rl, cl, offset, exclude, n_paired, x.device)
+        extra = {name: args[pos] for name, pos in names.items()}
+        return _like(kernel(xc, yc, t, args[-1], pairs=pairs, bias=b, **extra), x, y, n_values)
+
+    return run
+
+
+def _dispatch(op: str, args: tuple, fused, sweep_fn, covered: bool = True, *key_extra):
+    """``args`` through the fused kernel where it covers the call (after its self-check),
+    through the sweep everywhere else."""
+    x, y, bias, sim, rl, exclude = args[0], args[1], args[3], args[4], args[5], args[8]
+    if not (covered and _triton_ok(x, y, sim)):
+        return sweep_fn(*args)
+    key = _key(op, x, rl, exclude, bias, *key_extra)
+    return selfcheck.checked(op, key, fused, sweep_fn, args)
+
+
+_ROW_LSE = _fused(tk.lse, 1, weight=10)
+_SYM_LSE = _fused(tk.symmetric_lse, 1, row_weight=10, col_weight=11)
+_NEG_LME = _fused(tk.neg_lme, 1, log_weight=10)
 
 
 def _row_lse_mean(
@@ -108,21 +132,7 @@ def _row_lse_mean(
     need_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     args = (x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, need_grad)
-    if not _triton_ok(x, y, sim):
-        return sweep.row_lse_mean_sweep(*args)
-    key = _key("row_lse_mean", x, rl, exclude, bias)
-    return selfcheck.checked(
-        "row_lse_mean", key, _row_lse_mean_triton, sweep.row_lse_mean_sweep, args
-    )
-
-
-def _sym_lse_mean_triton(
-    x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, col_w, ng
-):  # fmt: skip
-    xc, yc, t, b = _operands(x, y, tau, bias)
-    pairs = _pairs(rl, cl, offset, exclude, n_paired, x.device)
-    out = tk.symmetric_lse(xc, yc, t, ng, pairs=pairs, row_weight=row_w, col_weight=col_w, bias=b)
-    return _like(out, x, y, 1)
+    return _dispatch("row_lse_mean", args, _ROW_LSE, sweep.row_lse_mean_sweep)
 
 
 def _sym_lse_mean(
@@ -132,18 +142,8 @@ def _sym_lse_mean(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     args = (x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, col_w, need_grad)
     # the own-key-plus-queue exclusion is one-way (MoCo): the sweep takes it
-    if not _triton_ok(x, y, sim) or exclude == 2:
-        return sweep.sym_lse_mean_sweep(*args)
-    key = _key("sym_lse_mean", x, rl, exclude, bias)
-    return selfcheck.checked(
-        "sym_lse_mean", key, _sym_lse_mean_triton, sweep.sym_lse_mean_sweep, args
-    )
-
-
-def _offdiag_lme_triton(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, log_w, ng):
-    xc, yc, t, b = _operands(x, y, tau, bias)
-    pairs = _pairs(rl, cl, offset, exclude, n_paired, x.device)
-    return _like(tk.neg_lme(xc, yc, t, ng, pairs=pairs, log_weight=log_w, bias=b), x, y, 1)
+    covered = exclude != 2
+    return _dispatch("sym_lse_mean", args, _SYM_LSE, sweep.sym_lse_mean_sweep, covered)
 
 
 def _offdiag_lme(
@@ -161,10 +161,7 @@ def _offdiag_lme(
     need_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     args = (x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, log_w, need_grad)
-    if not _triton_ok(x, y, sim):
-        return sweep.offdiag_lme_sweep(*args)
-    key = _key("offdiag_lme", x, rl, exclude, bias)
-    return selfcheck.checked("offdiag_lme", key, _offdiag_lme_triton, sweep.offdiag_lme_sweep, args)
+    return _dispatch("offdiag_lme", args, _NEG_LME, sweep.offdiag_lme_sweep)
 
 
 def _means_names(value_fn: int, grad_fn: int, param: float) -> tuple[str | None, str, float]:
@@ -185,21 +182,19 @@ def _offdiag_means(
             shift, param, positives, need_grad, grad_value)  # fmt: skip
     vname, gname, kparam = _means_names(value_fn, grad_fn, param)
     covered = all(n is None or n in tk.TRITON_FUNCTIONS for n in (vname, gname))
-    if not (covered and _triton_ok(x, y, sim)):
-        return sweep.offdiag_means_sweep(*args)
 
-    def run(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, weight, *rest):
-        xc, yc, t, b = _operands(x, y, tau, bias)
-        pairs = _pairs(rl, cl, offset, exclude, n_paired, x.device)
-        out = tk.means(
-            xc, yc, t, vname, gname, shift, kparam, need_grad, grad_value, pairs=pairs,
-            weight=weight, positives=positives, bias=b,
+    def kernel(xc, yc, t, ng, *, pairs, bias, weight):
+        return tk.means(
+            xc, yc, t, vname, gname, shift, kparam, ng, grad_value, pairs=pairs,
+            weight=weight, positives=positives, bias=bias,
         )  # fmt: skip
-        return _like(out, x, y, 2)
 
-    key = _key("offdiag_means", x, rl, exclude, bias, vname, gname, shift, kparam, grad_value,
-               positives)  # fmt: skip
-    return selfcheck.checked("offdiag_means", key, run, sweep.offdiag_means_sweep, args)
+    # need_grad is not the last argument of this op: the fused call is given it explicitly
+    fused = _fused(kernel, 2, weight=10)
+    return _dispatch(
+        "offdiag_means", args, lambda *a: fused(*a[:11], a[16]), sweep.offdiag_means_sweep,
+        covered, vname, gname, shift, kparam, grad_value, positives,
+    )  # fmt: skip
 
 
 # --- the custom ops ---------------------------------------------------------------------------
