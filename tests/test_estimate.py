@@ -263,8 +263,11 @@ def test_validate_cli_errors(capsys):
         main(["validate", "--estimators", "nope", "--no-progress"])
     assert exc.value.code == 2
     assert "unknown estimator 'nope'" in capsys.readouterr().err
-    assert main(["validate", "--transform", "square", "--no-progress"]) == 2
-    assert "unknown transform" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a usage error, before any work
+        main(["validate", "--transform", "square", "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown transform" in err and "usage: mibounds validate" in err
 
 
 class _Calls:
