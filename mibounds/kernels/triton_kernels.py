@@ -111,15 +111,16 @@ def config(
     The statistics kernel takes 64 x 64 tiles of scores, in feature steps of 64 (half
     precision), 32 (TF32) or 16 (IEEE float32, whose products run without tensor cores). The
     gradient kernels hold a ``bm x bdo`` float32 accumulator beside the tile of scores:
-    ``bdo`` is ``d`` rounded up to a power of two, at most 128 (64 for TF32), so a feature size
-    up to ``bdo`` computes each tile of scores once per gradient and a larger one
-    ``ceil(d / bdo)`` times (the price of O((N + M) d) memory).
+    ``bdo`` is ``d`` rounded up to a power of two, at most 512 for half precision (with 32-row
+    tiles above 128), 64 for TF32 and 128 for IEEE float32, so a feature size up to ``bdo``
+    computes each tile of scores once per gradient and a larger one ``ceil(d / bdo)`` times
+    (the price of O((N + M) d) memory).
 
     Example:
         >>> config("stats", torch.bfloat16, 512)
         Config(bm=64, bn=64, bk=64, bdo=0, num_warps=8, num_stages=2)
         >>> config("grad", torch.bfloat16, 1024).bdo
-        128
+        512
     """
     prec = precision(dtype) if prec is None else prec
     half = dtype in (torch.float16, torch.bfloat16)
@@ -130,10 +131,12 @@ def config(
         warps = 8 if arch < 90 else 4
         return Config(64, 64, min(32 if prec == "tf32" else 16, p2), 0, warps, 2)
     if half:
-        bdo = min(128, p2)
-        if arch < 90 and bdo < 128:
-            return Config(32, 32, min(32, p2), bdo, 4, 2)
-        return Config(64, 32, min(32, p2), bdo, 8, 2)
+        if p2 > 128:  # 32-row tiles hold a 32 x 512 accumulator: d <= 512 in one pass
+            bn = 32 if dtype == torch.bfloat16 else 16  # float16's G is float32: more registers
+            return Config(32, bn, 32, min(512, p2), 8, 2)
+        if arch < 90 and p2 < 128:
+            return Config(32, 32, min(32, p2), p2, 4, 2)
+        return Config(64, 32, min(32, p2), p2, 8, 2)
     if prec == "tf32":
         bdo = min(64, p2)
         return Config(64, 32, min(32, p2), bdo, 8 if bdo == 32 or arch < 90 else 4, 2)
@@ -715,7 +718,7 @@ SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}
 
 #: The feature sizes whose tiles the ahead-of-time test compiles: every distinct tile shape of
 #: :func:`config` from d = 16 to d = 2048 (the kernels loop over larger ones in the same tiles).
-AOT_DIMS = (16, 32, 64, 2048)
+AOT_DIMS = (16, 32, 64, 128, 256, 2048)
 
 
 def kernel_variants(arch: int = 90) -> list[tuple[str, dict[str, object], tuple[int, int]]]:
