@@ -39,6 +39,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mibounds import _checks
@@ -408,14 +409,28 @@ class NTXentLoss(nn.Module):
     labels=[0..N-1, 0..N-1], exclude="self")``. Equal to ``lightly.loss.NTXentLoss(temperature)
     (out0, out1)`` and to pytorch-metric-learning's ``NTXentLoss`` on the same pairs.
 
+    **Memory bank** (lightly's MoCo recipe, ``memory_bank_size=K`` or ``(K, d)``): as lightly
+    does, the views are normalised, each ``out0`` row is an anchor whose positive is its
+    ``out1`` row and whose negatives are the bank's K entries; the bank starts as K random unit
+    vectors (drawn from torch's global generator on the first call), and after each call that
+    needs a gradient (``out0.requires_grad``, in training mode) the normalised ``out1`` rows
+    replace its oldest entries, the rows past its end dropped (lightly's order). Unlike
+    :class:`MoCoLoss` with a :class:`MemoryQueue` (the paper's recipe: features as given, an
+    empty queue at first, every key kept), this is lightly's loss to the last detail.
+
     Args:
         temperature: :math:`\tau > 0` (lightly's default 0.5).
-        gather: ``True`` or a process group: negatives from every rank (lightly's
-            ``gather_distributed=True``).
+        memory_bank_size: 0 (no bank, SimCLR), a bank size K, or ``(K, d)``.
+        gather_distributed: lightly's name for ``gather=True``. lightly then returns each
+            rank's own share of the loss; this returns the loss of the global batch (the
+            gradients after DDP's averaging agree). Not with a memory bank.
+        gather: ``True`` or a process group: negatives from every rank.
 
     Example:
         >>> z0, z1 = torch.randn(8, 4), torch.randn(8, 4)
         >>> NTXentLoss(temperature=0.5)(z0, z1).shape
+        torch.Size([])
+        >>> NTXentLoss(0.5, memory_bank_size=(32, 4))(z0, z1).shape
         torch.Size([])
 
     References:
@@ -423,11 +438,34 @@ class NTXentLoss(nn.Module):
         Representations." ICML 2020.
     """
 
-    def __init__(self, temperature: float | Tensor = 0.5, *, gather: GroupArg = False) -> None:
+    bank: Tensor
+    bank_ptr: Tensor
+
+    def __init__(
+        self,
+        temperature: float | Tensor = 0.5,
+        memory_bank_size: int | tuple[int, int] = 0,
+        gather_distributed: bool = False,
+        *,
+        gather: GroupArg = False,
+    ) -> None:
         super().__init__()
         _checks.check_temperature("temperature", temperature)
         self.temperature = temperature
-        self.gather = gather
+        if not isinstance(gather_distributed, bool):
+            raise TypeError(
+                f"gather_distributed must be a bool, got {type(gather_distributed).__name__}"
+            )
+        self.gather = gather or gather_distributed
+        self.bank_size, dim = _bank_size(memory_bank_size)
+        if self.bank_size and self.gather:
+            raise ValueError(
+                "NTXentLoss: a memory bank with gather_distributed=True (or gather) is not "
+                "supported: the bank's entries are the negatives"
+            )
+        empty = torch.zeros(0, 0) if dim is None else _random_bank(self.bank_size, dim)
+        self.register_buffer("bank", empty, persistent=False)
+        self.register_buffer("bank_ptr", torch.zeros((), dtype=torch.long), persistent=False)
 
     def _scores(self, out0: Any, out1: Any) -> SeparableScores:
         a, b = _two_views(out0, out1, 1)  # 2N >= 2 embeddings from one pair
@@ -442,9 +480,45 @@ class NTXentLoss(nn.Module):
         )
 
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
-        """The loss (to minimise)."""
+        """The loss (to minimise), in the features' dtype."""
+        if self.bank_size:
+            return self._bank_loss(out0, out1)
         s = self._scores(out0, out1)
         return (torch.log(_global_rows(s) - 1) - infonce(s)).to(out0.dtype)
+
+    def _bank_scores(self, out0: Any, out1: Any) -> SeparableScores:
+        """The anchors ``out0`` against their ``out1`` rows and the bank's entries (held
+        before this call), all normalised; the bank is updated as lightly updates it."""
+        a, b = _two_views(out0, out1, 1)
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        if self.bank.numel() == 0:
+            self.bank = _random_bank(self.bank_size, a.shape[1]).to(a.device)
+        if self.bank.shape[1] != a.shape[1]:
+            raise ValueError(
+                f"out0 must have {self.bank.shape[1]} features to match the memory bank, got "
+                f"shape {tuple(a.shape)}"
+            )
+        negatives = self.bank.clone()
+        if a.requires_grad and self.training:
+            self._enqueue(b.detach())
+        candidates = torch.cat([b, negatives.to(b.dtype)], dim=0)
+        return SeparableScores(a, candidates, "dot", self.temperature, exclude="batch")
+
+    def _bank_loss(self, out0: Tensor, out1: Tensor) -> Tensor:
+        s = self._bank_scores(out0, out1)
+        return (math.log(self.bank_size + 1) - infonce(s)).to(out0.dtype)
+
+    @torch.no_grad()
+    def _enqueue(self, keys: Tensor) -> None:
+        """lightly's order: from the pointer on; a batch that runs past the end is cut there
+        and the pointer goes back to 0."""
+        size, ptr = self.bank_size, int(self.bank_ptr)
+        if ptr + keys.shape[0] >= size:
+            self.bank[ptr:] = keys[: size - ptr].to(self.bank.dtype)
+            self.bank_ptr.fill_(0)
+        else:
+            self.bank[ptr : ptr + keys.shape[0]] = keys.to(self.bank.dtype)
+            self.bank_ptr.fill_(ptr + keys.shape[0])
 
     def mi(self, out0: Tensor, out1: Tensor) -> Tensor:
         r"""The InfoNCE estimate :math:`\log(2N-1) - \mathcal{L}` in nats.
@@ -454,7 +528,37 @@ class NTXentLoss(nn.Module):
         log of the number of candidates; it carries a gradient, so ``.detach()`` (or
         ``.item()``) it for logging.
         """
+        if self.bank_size:  # reading the estimate leaves the bank as it is
+            return infonce(self._bank_scores_frozen(out0, out1))
         return infonce(self._scores(out0, out1))
+
+    def _bank_scores_frozen(self, out0: Any, out1: Any) -> SeparableScores:
+        training = self.training
+        self.training = False  # no update while reading the estimate
+        try:
+            return self._bank_scores(out0, out1)
+        finally:
+            self.training = training
+
+
+def _bank_size(size: Any) -> tuple[int, int | None]:
+    """lightly's ``memory_bank_size``: ``K`` (the feature size comes with the first batch) or
+    ``(K, d)``."""
+    if isinstance(size, tuple) and len(size) == 2:
+        k, d = size
+        _checks.check_positive_int("memory_bank_size[0]", k, minimum=1)
+        _checks.check_positive_int("memory_bank_size[1]", d, minimum=1)
+        return k, d
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(
+            f"memory_bank_size must be an int >= 0 or a (size, dim) tuple, got {size!r}"
+        )
+    return size, None
+
+
+def _random_bank(size: int, dim: int) -> Tensor:
+    """``size`` random unit vectors of ``dim`` features (lightly's initial bank)."""
+    return F.normalize(torch.randn(dim, size), dim=0).T.contiguous()
 
 
 class SupConLoss(nn.Module):

@@ -287,3 +287,17 @@ def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature) -> Tensor:
     l_neg = q @ queue.T
     logits = torch.cat([l_pos, l_neg], 1) / temperature
     return torch.nn.functional.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long))
+
+
+def lightly_ntxent_bank(out0: Tensor, out1: Tensor, bank: Tensor, temperature) -> Tensor:
+    """lightly's NTXentLoss with a memory bank: normalised views; each out0 row against its
+    out1 row (label 0) and the ``(K, d)`` bank's entries, cross-entropy averaged over rows."""
+    a = torch.nn.functional.normalize(out0, dim=1)
+    b = torch.nn.functional.normalize(out1, dim=1)
+    total = a.new_zeros(())
+    for i in range(a.shape[0]):
+        pos = (a[i] * b[i]).sum() / temperature
+        negs = [(a[i] * bank[k]).sum() / temperature for k in range(bank.shape[0])]
+        logits = torch.stack([pos, *negs])
+        total = total - (pos - torch.logsumexp(logits, 0))
+    return total / a.shape[0]

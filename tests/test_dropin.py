@@ -112,3 +112,65 @@ def test_the_loss_comes_back_in_the_features_dtype(dtype):
     # accumulated in float32: the rounding of the result is the only difference
     want = ref.openclip_clip_loss(u.double(), v.double(), torch.tensor(10.0, dtype=torch.float64))
     torch.testing.assert_close(losses["clip"].double(), want, rtol=1e-2, atol=1e-2)
+
+
+# --- lightly: positional arguments, gather_distributed and the memory bank ------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_lightly_memory_bank_recipe(dtype):
+    """``NTXentLoss(memory_bank_size=(K, d))`` as lightly computes it: the bank starts as K
+    random unit vectors (the same draws as lightly's from the same seed), the views are
+    normalised, the bank is read before it is updated with the normalised out1 rows."""
+    k, d = 11, 6
+    torch.manual_seed(0)
+    loss_fn = NTXentLoss(0.5, (k, d))
+    torch.manual_seed(0)
+    first_bank = F.normalize(torch.randn(d, k), dim=0).T  # lightly: randn(dim, size), dim 0
+    torch.testing.assert_close(loss_fn.bank, first_bank)
+    loss_fn = loss_fn.to(dtype)
+    for step in range(3):
+        out0, out1 = _pair(n=4, dtype=dtype, seed=step)
+        out0 = 3.0 * out0  # unnormalised: lightly normalises them
+        held = loss_fn.bank.clone()
+        got, got_g = _value_and_grads(loss_fn, out0, out1)
+        want, want_g = _value_and_grads(
+            lambda a, b, held=held: ref.lightly_ntxent_bank(a, b, held, 0.5), out0, out1
+        )
+        torch.testing.assert_close(got, want, **TOL[dtype])
+        for a, b in zip(got_g, want_g, strict=True):
+            torch.testing.assert_close(a, b, **TOL[dtype])
+    # after 3 updates of 4 rows into 11 slots: the third batch was cut at the end (lightly
+    # drops the rest), and the pointer went back to 0
+    assert int(loss_fn.bank_ptr) == 0
+    last = F.normalize(_pair(n=4, dtype=dtype, seed=2)[1], dim=1)
+    torch.testing.assert_close(loss_fn.bank[8:], last[:3], **TOL[dtype])
+
+
+def test_lightly_memory_bank_is_frozen_without_gradients_and_in_eval():
+    loss_fn = NTXentLoss(0.5, memory_bank_size=8)
+    out0, out1 = _pair(n=4, dtype=torch.float32)
+    loss_fn(out0, out1)  # the bank is made on the first call (8 x 6), no gradient: no update
+    before = loss_fn.bank.clone()
+    with torch.no_grad():
+        loss_fn(out0.requires_grad_(), out1)
+    loss_fn.eval()
+    loss_fn(out0.detach().requires_grad_(), out1)
+    loss_fn.mi(out0, out1)
+    torch.testing.assert_close(loss_fn.bank, before)
+    loss_fn.train()
+    loss_fn(out0.detach().requires_grad_(), out1)
+    assert not torch.equal(loss_fn.bank, before) and int(loss_fn.bank_ptr) == 4
+
+
+def test_lightly_signature_and_gather_distributed():
+    u, v = _pair(dtype=torch.float32)
+    positional = NTXentLoss(0.1, 0, False)
+    torch.testing.assert_close(positional(u, v), NTXentLoss(temperature=0.1)(u, v))
+    assert NTXentLoss(gather_distributed=True).gather is True
+    with pytest.raises(ValueError, match="memory bank with gather_distributed"):
+        NTXentLoss(memory_bank_size=16, gather_distributed=True)
+    with pytest.raises(ValueError, match="memory_bank_size must be"):
+        NTXentLoss(memory_bank_size=-1)
+    with pytest.raises(ValueError, match="out0 must have 5 features"):
+        NTXentLoss(memory_bank_size=(8, 5))(u, v)
