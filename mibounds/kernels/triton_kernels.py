@@ -260,9 +260,31 @@ if HAS_TRITON:
         return tl.where(tl.abs(out) <= 3.4028234663852886e38, out, 0.0)
 
     @triton.jit
-    def _col_term(s, c2, w2):
-        # the column direction's share of the symmetric gradient, w2_j e^{S_ij - c2_j}
-        return tl.where(w2[None, :] != 0.0, w2[None, :] * tl.exp(s - c2[None, :]), 0.0)
+    def _score_grad(s, keep, c, w, c2, w2, shift, param, MODE: tl.constexpr, FN: tl.constexpr):
+        # G on a tile (rows x columns), 0 outside the set: MODE 0, w_i e^{S_ij - c_i}; MODE 1,
+        # w_i FN'(S_ij + shift); MODE 2, MODE 0's term plus w2_j e^{S_ij - c2_j} (the column
+        # direction of the symmetric loss). c, w are per row; c2, w2 per column (MODE 2 only).
+        if MODE == 1:
+            g = _dfn(s + shift, param, FN) * w[:, None]
+        else:
+            g = tl.exp(s - c[:, None]) * w[:, None]
+            if MODE == 2:
+                g += tl.where(w2[None, :] != 0.0, w2[None, :] * tl.exp(s - c2[None, :]), 0.0)
+        return tl.where(keep, g, 0.0)
+
+    @triton.jit
+    def _grad_mma(
+        g, other, acc, PREC: tl.constexpr, GPREC: tl.constexpr, HALF_G: tl.constexpr,
+        EMU: tl.constexpr,
+    ):  # fmt: skip
+        # acc + g other: g in bfloat16, clamped to its range, for bfloat16 features; otherwise
+        # in float32 at GPREC (float16 cannot hold every g)
+        if HALF_G:
+            g = tl.minimum(tl.maximum(g, -_BF16_MAX), _BF16_MAX)
+            out = _mma(g.to(other.dtype), other, acc, PREC, EMU)
+        else:
+            out = tl.dot(g, other.to(tl.float32), acc, input_precision=GPREC)
+        return out
 
     @triton.jit
     def _mma(a, b, acc, PREC: tl.constexpr, EMU: tl.constexpr):
@@ -398,6 +420,8 @@ if HAS_TRITON:
         gs = tl.zeros((BM,), tl.float32)
         if COLS:
             omask = own < m
+            c2 = tl.zeros((BM,), tl.float32)
+            w2 = c2
             if MODE == 2:
                 c2 = tl.load(c2_ptr + own, mask=omask, other=0.0)
                 w2 = tl.load(w2_ptr + own, mask=omask, other=0.0)
@@ -410,30 +434,20 @@ if HAS_TRITON:
                     rows, own, n, m, rl_ptr, cl_ptr, offset, n_paired, LABELS, EXCLUDE, SET
                 )
                 w = tl.load(w_ptr + rows, mask=rin, other=0.0)
-                if MODE == 1:
-                    g = _dfn(s + shift, param, FN) * w[:, None]
-                else:
+                c = w
+                if MODE != 1:
                     c = tl.load(c_ptr + rows, mask=rin, other=0.0)
-                    g = tl.exp(s - c[:, None]) * w[:, None]
-                    if MODE == 2:
-                        g += tl.where(
-                            w2[None, :] != 0.0, w2[None, :] * tl.exp(s - c2[None, :]), 0.0
-                        )
-                g = tl.where(keep, g, 0.0)
+                g = _score_grad(s, keep, c, w, c2, w2, shift, param, MODE, FN)
                 xs = tl.load(
                     x_ptr + rows[:, None].to(tl.int64) * d + dout[None, :],
                     mask=rin[:, None] & (dout[None, :] < d),
                     other=0.0,
                 )
-                if HALF_G:
-                    g = tl.minimum(tl.maximum(g, -_BF16_MAX), _BF16_MAX)
-                    acc = _mma(tl.trans(g.to(xs.dtype)), xs, acc, PREC, EMU)
-                else:
-                    xs = xs.to(tl.float32)
-                    acc = tl.dot(tl.trans(g), xs, acc, input_precision=GPREC)
+                acc = _grad_mma(tl.trans(g), xs, acc, PREC, GPREC, HALF_G, EMU)
         else:
             omask = own < n
             w = tl.load(w_ptr + own, mask=omask, other=0.0)
+            c = w
             if MODE != 1:
                 c = tl.load(c_ptr + own, mask=omask, other=0.0)
             for o0 in range(0, m, BN):
@@ -444,29 +458,19 @@ if HAS_TRITON:
                 keep = _keep(
                     own, cols, n, m, rl_ptr, cl_ptr, offset, n_paired, LABELS, EXCLUDE, SET
                 )
-                if MODE == 1:
-                    g = _dfn(s + shift, param, FN) * w[:, None]
-                else:
-                    g = tl.exp(s - c[:, None]) * w[:, None]
-                    if MODE == 2:
-                        c2 = tl.load(c2_ptr + cols, mask=cin, other=0.0)
-                        w2 = tl.load(w2_ptr + cols, mask=cin, other=0.0)
-                        g += tl.where(
-                            w2[None, :] != 0.0, w2[None, :] * tl.exp(s - c2[None, :]), 0.0
-                        )
-                g = tl.where(keep, g, 0.0)
+                c2 = tl.zeros((BN,), tl.float32)
+                w2 = c2
+                if MODE == 2:
+                    c2 = tl.load(c2_ptr + cols, mask=cin, other=0.0)
+                    w2 = tl.load(w2_ptr + cols, mask=cin, other=0.0)
+                g = _score_grad(s, keep, c, w, c2, w2, shift, param, MODE, FN)
                 gs += tl.sum(g, axis=1)
                 ys = tl.load(
                     y_ptr + cols[:, None].to(tl.int64) * d + dout[None, :],
                     mask=cin[:, None] & (dout[None, :] < d),
                     other=0.0,
                 )
-                if HALF_G:
-                    g = tl.minimum(tl.maximum(g, -_BF16_MAX), _BF16_MAX)
-                    acc = _mma(g.to(ys.dtype), ys, acc, PREC, EMU)
-                else:
-                    ys = ys.to(tl.float32)
-                    acc = tl.dot(g, ys, acc, input_precision=GPREC)
+                acc = _grad_mma(g, ys, acc, PREC, GPREC, HALF_G, EMU)
             if tl.program_id(1) == 0:
                 tl.store(rowsum_ptr + own, gs, mask=omask)
         acc = acc * inv_tau
