@@ -67,11 +67,6 @@ def validating() -> bool:
     return _VALIDATE_ARGS and not _compiling()
 
 
-def accumulation(dtype: torch.dtype) -> torch.dtype:
-    """The dtype sums are formed in: float32 for half precision, else ``dtype``."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def check_values(name: str, tensor: torch.Tensor) -> None:
     """Raise if ``tensor`` holds NaN or Inf while value validation is on (eager only)."""
     if not _VALIDATE_ARGS or _compiling():

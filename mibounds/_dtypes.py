@@ -15,6 +15,14 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _HALF else dtype
 
 
+def cuda_autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype CUDA autocast multiplies in on ``device`` now, or ``None`` (not a CUDA
+    device, or autocast off)."""
+    if device.type != "cuda" or not torch.is_autocast_enabled("cuda"):
+        return None
+    return torch.get_autocast_dtype("cuda")
+
+
 def upcast(t: torch.Tensor) -> torch.Tensor:
     """``t`` in its accumulation dtype (a no-op unless ``t`` is half precision)."""
     return t.to(accumulation_dtype(t.dtype))

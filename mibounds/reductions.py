@@ -27,7 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mibounds import _checks, distributed
-from mibounds._dtypes import dense_scores, finite_derivatives_, upcast
+from mibounds._dtypes import (
+    accumulation_dtype,
+    cuda_autocast_dtype,
+    dense_scores,
+    finite_derivatives_,
+    upcast,
+)
 from mibounds.kernels import streaming
 from mibounds.pairing import Pairing, PairLayout
 from mibounds.scores import DenseScores, SeparableScores
@@ -173,10 +179,9 @@ def _fused_dtype(scores: SeparableScores) -> torch.dtype | None:
     x, y = scores.x, scores.y
     if scores.similarity not in ("dot", "cosine") or not streaming.triton_on(x.device):
         return None
-    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
-        dt = torch.get_autocast_dtype("cuda")
-        if x.dtype in (torch.float32, dt) and y.dtype in (torch.float32, dt):
-            return dt
+    dt = cuda_autocast_dtype(x.device)
+    if dt is not None and x.dtype in (torch.float32, dt) and y.dtype in (torch.float32, dt):
+        return dt
     if x.dtype == y.dtype and x.dtype in (torch.float16, torch.bfloat16):
         return x.dtype
     return None
@@ -193,33 +198,31 @@ def _half_features(scores: SeparableScores, half: torch.dtype) -> SeparableScore
     x, y = x.to(half), y.to(half)
     out = SeparableScores._trusted(scores, x=x, y=y, similarity="dot")
     if _checks.validating():
-        t = scores.temperature
-        tau = float(t.detach()) if isinstance(t, Tensor) else float(t)
-        nx = float(x.detach().float().norm(dim=-1).amax())
-        ny = float(y.detach().float().norm(dim=-1).amax())
-        largest = nx * ny / tau
-        if not _within_range(largest, y.shape[-2], torch.float32):
-            raise ValueError(_overflow_message(t, torch.float32, largest, y.shape[-2]))
+        _check_no_overflow(out, scores.temperature)
     return out
 
 
 def _check_no_overflow(scores: SeparableScores, temperature: float | Tensor) -> None:
-    """Raise if a score ``sim(x, y) / temperature`` is beyond the accumulation dtype's range.
+    """Raise if the scores ``sim(x, y) / temperature`` break the range rule
+    (:func:`_within_range`) in the accumulation dtype; ``scores`` holds the features as the
+    kernels take them (the temperature folded in, or kept apart for half-precision features).
     A bound on the largest score decides in O(N d); only if it is too large are the scores
     themselves swept (no gradient)."""
     x, y = scores.x.detach(), scores.y.detach()
-    dtype = torch.promote_types(x.dtype, y.dtype)
+    dtype = accumulation_dtype(torch.promote_types(x.dtype, y.dtype))
+    t = scores.temperature
+    tau = float(t.detach()) if isinstance(t, Tensor) else float(t)
     m = y.shape[-2]
-    nx, ny = x.norm(dim=-1).amax(), y.norm(dim=-1).amax()
+    nx, ny = x.to(dtype).norm(dim=-1).amax(), y.to(dtype).norm(dim=-1).amax()
     bound = (nx + ny) ** 2 if scores.similarity == "gaussian" else nx * ny
-    if _within_range(float(bound), m, dtype):
+    if _within_range(float(bound) / tau, m, dtype):
         return
     largest = math.inf
     with torch.no_grad():
         if bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all()):
             sim = scores.similarity
-            top = streaming.row_logsumexp_mean(x, y, 1.0, sim)
-            bottom = streaming.row_logsumexp_mean(-x, y, 1.0, sim) if sim == "dot" else top
+            top = streaming.row_logsumexp_mean(x, y, tau, sim)
+            bottom = streaming.row_logsumexp_mean(-x, y, tau, sim) if sim == "dot" else top
             # each row's log-sum-exp is within log M of its largest score
             largest = float(torch.maximum(top.abs(), bottom.abs()).amax())
     if not _within_range(largest, m, dtype):
@@ -254,7 +257,7 @@ def _check_dense_range(name: str, dense: Tensor, temperature: Any = None) -> Non
     if not _checks.validating():
         return
     m = dense.shape[-1]
-    dtype = _checks.accumulation(dense.dtype)
+    dtype = accumulation_dtype(dense.dtype)
     largest = float(dense.detach().abs().amax()) if dense.numel() else 0.0
     if _within_range(largest, m, dtype):
         return

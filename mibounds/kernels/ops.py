@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from mibounds._dtypes import accumulation_dtype as _acc
-from mibounds._dtypes import finite_derivatives_
+from mibounds._dtypes import cuda_autocast_dtype, finite_derivatives_
 from mibounds.kernels import selfcheck, sweep
 from mibounds.kernels import triton_kernels as tk
 from mibounds.kernels.elementwise import _FNS, _TRITON_OF, ELEMENTWISE, _triton_of
@@ -375,15 +375,15 @@ del _op, _device
 def _autocast_features(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Under CUDA autocast, float32 features cast to the autocast dtype (differentiably), as
     ``torch.matmul`` would multiply them; otherwise unchanged."""
-    if x.device.type != "cuda" or not torch.is_autocast_enabled("cuda"):
+    dt = cuda_autocast_dtype(x.device)
+    if dt is None:
         return x, y
-    dt = torch.get_autocast_dtype("cuda")
     return tuple(t.to(dt) if t.dtype == torch.float32 else t for t in (x, y))  # type: ignore[return-value]
 
 
 def _autocast_off(x: Tensor):
     """CUDA autocast off around an op call (its features are cast already); a no-op elsewhere."""
-    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+    if cuda_autocast_dtype(x.device) is not None:
         return torch.autocast("cuda", enabled=False)
     return contextlib.nullcontext()
 
