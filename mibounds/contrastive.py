@@ -486,9 +486,10 @@ class NTXentLoss(nn.Module):
         s = self._scores(out0, out1)
         return (torch.log(_global_rows(s) - 1) - infonce(s)).to(out0.dtype)
 
-    def _bank_scores(self, out0: Any, out1: Any) -> SeparableScores:
+    def _bank_scores(self, out0: Any, out1: Any, update: bool) -> SeparableScores:
         """The anchors ``out0`` against their ``out1`` rows and the bank's entries (held
-        before this call), all normalised; the bank is updated as lightly updates it."""
+        before this call), all normalised; with ``update``, the bank is then updated as lightly
+        updates it."""
         a, b = _two_views(out0, out1, 1)
         a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
         if self.bank.numel() == 0:
@@ -499,13 +500,13 @@ class NTXentLoss(nn.Module):
                 f"shape {tuple(a.shape)}"
             )
         negatives = self.bank.clone()
-        if a.requires_grad and self.training:
+        if update and a.requires_grad and self.training:
             self._enqueue(b.detach())
         candidates = torch.cat([b, negatives.to(b.dtype)], dim=0)
         return SeparableScores(a, candidates, "dot", self.temperature, exclude="batch")
 
     def _bank_loss(self, out0: Tensor, out1: Tensor) -> Tensor:
-        s = self._bank_scores(out0, out1)
+        s = self._bank_scores(out0, out1, update=True)
         return (math.log(self.bank_size + 1) - infonce(s)).to(out0.dtype)
 
     @torch.no_grad()
@@ -529,16 +530,8 @@ class NTXentLoss(nn.Module):
         ``.item()``) it for logging.
         """
         if self.bank_size:  # reading the estimate leaves the bank as it is
-            return infonce(self._bank_scores_frozen(out0, out1))
+            return infonce(self._bank_scores(out0, out1, update=False))
         return infonce(self._scores(out0, out1))
-
-    def _bank_scores_frozen(self, out0: Any, out1: Any) -> SeparableScores:
-        training = self.training
-        self.training = False  # no update while reading the estimate
-        try:
-            return self._bank_scores(out0, out1)
-        finally:
-            self.training = training
 
 
 def _bank_size(size: Any) -> tuple[int, int | None]:
