@@ -57,9 +57,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"mibounds validate: error: {err}", file=sys.stderr)
         return 2
     out = None if args.no_plot else (args.out or "staircase.png")
-    if out is not None and not os.access(os.path.dirname(os.path.abspath(out)), os.W_OK):
-        print(f"mibounds validate: error: cannot write the figure {out!r} here; pass --out "
-              "PATH or --no-plot", file=sys.stderr)  # fmt: skip
+    try:
+        if out is not None:
+            _out_file(out)  # the default figure's folder, checked as --out is
+    except argparse.ArgumentTypeError as err:
+        print(f"mibounds validate: error: {err}; pass --out PATH or --no-plot", file=sys.stderr)
         return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
