@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session: correctness of every path, then the benchmark, each with a time limit of its
+# One run on a GPU: correctness of every path, then the benchmark, each with a time limit of its
 # own, tables written to OUT (default ./gpu-results). Installs nothing: run it where torch,
 # triton and this package (pip install -e .) are importable.
 set -uo pipefail

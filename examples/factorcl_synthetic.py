@@ -26,8 +26,8 @@ reached -145 nats, an "upper bound" the encoder had learnt to exploit, and the
 representations lost their information. Five critic steps keep the critic near its InfoNCE
 optimum, where NCE-CLUB is an upper bound.
 
-**Full default run** (2026-11-25, mibounds 0.1.0 development tree; 1423 s on a 2-core CPU
-shared with other jobs, about 8 minutes on a quiet one; linear-probe accuracy on held-out data,
+**Full default run** (2026-11-25, mibounds 0.1.0 development tree; 1423 s on a loaded 2-core
+CPU, about 8 minutes on an idle one; linear-probe accuracy on held-out data,
 SMILE estimates of the MI in nats between modality 1's shared head :math:`Z_S`, its unique head
 :math:`Z_U` (the baseline's single representation for both) and the latents)::
 

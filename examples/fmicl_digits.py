@@ -19,8 +19,8 @@ sphere on average) and their effective rank (1 = on a line).
 Run ``python examples/fmicl_digits.py`` (about a minute on a quiet 2-core CPU) or add
 ``--quick`` for a smoke run (the test suite runs it; its numbers mean nothing).
 
-**Full default run** (2026-11-25, mibounds 0.1.0 development tree, 2-core CPU shared with other
-jobs: 362 s; 60 epochs, alpha 40, :math:`1/(2\sigma^2) = 1`; accuracy of a linear probe on the
+**Full default run** (2026-11-25, mibounds 0.1.0 development tree, loaded 2-core CPU:
+362 s; 60 epochs, alpha 40, :math:`1/(2\sigma^2) = 1`; accuracy of a linear probe on the
 encoder's features of held-out digits; distance and rank of the normalised projector
 features)::
 

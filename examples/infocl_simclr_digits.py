@@ -21,8 +21,8 @@ Run ``python examples/infocl_simclr_digits.py`` (a few minutes on a 2-core CPU: 
 numbers mean nothing). ``--data path.npz`` uses your own images (arrays ``images`` and
 ``labels``).
 
-**Full default run** (2026-11-25, mibounds 0.1.0 development tree; 344 s on a 2-core CPU shared
-with other jobs; linear-probe accuracy in %, mean ± std over 5 seeds)::
+**Full default run** (2026-11-25, mibounds 0.1.0 development tree; 344 s on a loaded 2-core
+CPU; linear-probe accuracy in %, mean ± std over 5 seeds)::
 
     method                     source 0-4    transfer 5-9   transfer, 10 labels/class
     SimCLR                     100.00 ± 0.00  97.17 ± 0.72   88.25 ± 2.62

@@ -13,8 +13,8 @@ Linear(2d, 512)-ReLU-Linear(512, 1) for NCE-CLUB.
 Run ``python examples/nce_club_gaussian.py`` (about 5 minutes on a quiet 2-core CPU) or add
 ``--quick`` for a smoke run (the test suite runs it; its numbers mean nothing).
 
-**Full default run** (2026-11-25, mibounds 0.1.0 development tree; 1425 s on a 2-core CPU shared
-with other jobs, 263 s on a quiet one with identical numbers; mean, bias and standard deviation
+**Full default run** (2026-11-25, mibounds 0.1.0 development tree; 1425 s on a loaded 2-core
+CPU, 263 s on an idle one with identical numbers; mean, bias and standard deviation
 over the last half of each stair)::
 
     estimator  true MI    mean    bias    std
