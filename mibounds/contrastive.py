@@ -18,10 +18,13 @@ disguise; :meth:`mi` returns the estimate it implies.
      - OpenCLIP ``SigLipLoss``
      - NWJ at :math:`T = z + \log(N-1) + 1`
    * - :class:`NTXentLoss`
-     - lightly ``NTXentLoss`` (no memory bank)
+     - lightly ``NTXentLoss`` (two views; with or without memory bank)
      - :math:`\log(2N-1) - \mathcal{L}`
+   * - :class:`PMLNTXentLoss`
+     - pytorch-metric-learning ``NTXentLoss`` (embeddings and labels)
+     - (per positive pair; no read-out)
    * - :class:`SupConLoss`
-     - supervised contrastive ``L_out``
+     - supervised contrastive ``L_out`` (pytorch-metric-learning ``SupConLoss``)
      - :math:`\log(N-1) - \mathcal{L}`
    * - :class:`MoCoLoss`
      - MoCo's query/key/queue cross-entropy
@@ -46,10 +49,21 @@ from mibounds import _checks
 from mibounds._dtypes import upcast
 from mibounds.bounds.lower import infonce, nwj
 from mibounds.distributed import GroupArg, batch_layout
-from mibounds.reductions import batch_statistics
+from mibounds.kernels.panels import get_memory_budget, panel_rows
+from mibounds.kernels.rows import row_terms
+from mibounds.pairing import PairLayout, _check_labels
+from mibounds.reductions import SeparableBatch, batch_statistics, separable_rows
 from mibounds.scores import SeparableScores
 
-__all__ = ["CLIPLoss", "MemoryQueue", "MoCoLoss", "NTXentLoss", "SigLIPLoss", "SupConLoss"]
+__all__ = [
+    "CLIPLoss",
+    "MemoryQueue",
+    "MoCoLoss",
+    "NTXentLoss",
+    "PMLNTXentLoss",
+    "SigLIPLoss",
+    "SupConLoss",
+]
 
 
 def _scale(name: str, logit_scale: Any) -> Tensor | float:
@@ -161,6 +175,30 @@ def _same_shape(a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
         )
 
 
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduction(owner: str, reduction: Any) -> str:
+    """``"mean"`` (the loss), ``"sum"`` or ``"none"`` (one loss per anchor)."""
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+        raise ValueError(f"{owner}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def _anchor_losses(s: SeparableScores, symmetric: bool = False) -> Tensor:
+    r"""Per anchor, the cross-entropy of the InfoNCE family, streamed: the log-sum-exp over its
+    candidates minus the mean score of its positives (0 for an anchor without a positive),
+    ``(N,)``; with ``symmetric``, the average of the row's and the column's."""
+    st = separable_rows(s)
+    assert st is not None
+    terms = st.nce_rows(symmetric)
+    return torch.where(st.npos > 0, torch.log(st.ncand).to(terms.dtype) - terms, 0.0)
+
+
+def _reduce(losses: Tensor, reduction: str) -> Tensor:
+    return losses.sum(-1) if reduction == "sum" else losses
+
+
 class CLIPLoss(nn.Module):
     r"""OpenCLIP's ``ClipLoss``: symmetric cross-entropy of image-text logits, streamed.
 
@@ -185,6 +223,9 @@ class CLIPLoss(nn.Module):
         gather: ``True`` or a process group: negatives from every rank, like OpenCLIP's
             ``gather_with_grad=True, local_loss=False``; every rank returns the loss of the
             global batch (see :mod:`mibounds.distributed`).
+        reduction: ``"mean"`` (OpenCLIP's loss), ``"sum"``, or ``"none"``: one loss per pair
+            ``i``, the average of image ``i``'s and text ``i``'s cross-entropies, ``(N,)``
+            (streamed; one process only).
 
     Example:
         >>> u = torch.nn.functional.normalize(torch.randn(8, 4), dim=-1)
@@ -208,9 +249,11 @@ class CLIPLoss(nn.Module):
         use_horovod: bool = False,
         *,
         gather: GroupArg = False,
+        reduction: str = "mean",
     ) -> None:
         super().__init__()
         self.gather = _openclip_group("CLIPLoss", gather, world_size, rank, local_loss, use_horovod)
+        self.reduction = _reduction("CLIPLoss", reduction)
 
     def _scores(
         self, image_features: Tensor, text_features: Tensor, logit_scale: Any, logit_bias: Any
@@ -243,11 +286,11 @@ class CLIPLoss(nn.Module):
                 expects from ``loss(**model_out, output_dict=True)``.
         """
         s = self._scores(image_features, text_features, logit_scale, logit_bias)
-        loss = self._log_count(s) - infonce(s, symmetric=True)
+        if self.reduction == "mean":
+            loss = torch.log(_global_rows(s)) - infonce(s, symmetric=True)
+        else:
+            loss = _reduce(_anchor_losses(s, symmetric=True), self.reduction)
         return _output(loss.to(image_features.dtype), output_dict)
-
-    def _log_count(self, s: SeparableScores) -> Tensor:
-        return torch.log(_global_rows(s))
 
     def mi(
         self,
@@ -291,6 +334,9 @@ class SigLIPLoss(nn.Module):
             ``"gather"`` or ``None``); accepted, the exchange is always a gather here.
         gather: ``True`` or a process group: every rank's texts are negatives of every image;
             each rank returns the loss of the global batch, divided by the global N.
+        reduction: ``"mean"`` (OpenCLIP's loss), ``"sum"``, or ``"none"``: one loss per image
+            :math:`i`, :math:`\mathrm{softplus}(-z_{ii}) + \sum_{j\ne i}\mathrm{softplus}(z_{ij})`,
+            ``(N,)``, whose mean is the loss (streamed; one process only).
 
     **MI read-out.** The loss is minimised by :math:`\sigma(z) = p/(p + (N-1)q)` for the joint
     :math:`p` and product :math:`q`, i.e. :math:`z^* = \log r(u, v) - \log(N-1)` with the density
@@ -316,12 +362,14 @@ class SigLIPLoss(nn.Module):
         dist_impl: str | None = None,
         *,
         gather: GroupArg = False,
+        reduction: str = "mean",
     ) -> None:
         super().__init__()
         impls = (None, "bidir", "shift", "reduce", "gather")
         if dist_impl not in impls:
             raise ValueError(f"SigLIPLoss: dist_impl must be one of {impls}, got {dist_impl!r}")
         self.gather = _openclip_group("SigLIPLoss", gather, world_size, rank)
+        self.reduction = _reduction("SigLIPLoss", reduction)
 
     def _scores(self, u: Any, v: Any, logit_scale: Any, logit_bias: Any, shift: float = 0.0):
         u = _features("image_features", u, _min_rows(self.gather))
@@ -351,6 +399,12 @@ class SigLIPLoss(nn.Module):
             output_dict: return ``{"contrastive_loss": loss}`` (OpenCLIP's training loop).
         """
         s = self._scores(image_features, text_features, logit_scale, logit_bias)
+        if self.reduction != "mean":
+            rows = separable_rows(s)
+            assert rows is not None
+            losses = F.softplus(-rows.positives()) + rows.row_terms("neg", "softplus")
+            loss = _reduce(losses, self.reduction)
+            return _output(loss.to(image_features.dtype), output_dict)
         st = batch_statistics(s, s.gather)
         assert st is not None
         _, negatives = st.offdiag_means("softplus")
@@ -425,6 +479,12 @@ class NTXentLoss(nn.Module):
             rank's own share of the loss; this returns the loss of the global batch (the
             gradients after DDP's averaging agree). Not with a memory bank.
         gather: ``True`` or a process group: negatives from every rank.
+        reduction: ``"mean"`` (lightly's loss), ``"sum"``, or ``"none"``: one loss per anchor,
+            ``(2N,)`` (the ``out0`` rows, then the ``out1`` rows), or ``(N,)`` with a memory
+            bank (streamed; one process only).
+
+    pytorch-metric-learning's ``NTXentLoss`` takes ``(embeddings, labels)`` instead of two
+    views, with a temperature of 0.07: that is :class:`PMLNTXentLoss`.
 
     Example:
         >>> z0, z1 = torch.randn(8, 4), torch.randn(8, 4)
@@ -448,10 +508,12 @@ class NTXentLoss(nn.Module):
         gather_distributed: bool = False,
         *,
         gather: GroupArg = False,
+        reduction: str = "mean",
     ) -> None:
         super().__init__()
         _checks.check_temperature("temperature", temperature)
         self.temperature = temperature
+        self.reduction = _reduction("NTXentLoss", reduction)
         if not isinstance(gather_distributed, bool):
             raise TypeError(
                 f"gather_distributed must be a bool, got {type(gather_distributed).__name__}"
@@ -480,10 +542,25 @@ class NTXentLoss(nn.Module):
         )
 
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
-        """The loss (to minimise), in the features' dtype."""
+        """The loss (to minimise), in the features' dtype.
+
+        Args:
+            out0: ``(N, d)`` embeddings of the first views.
+            out1: ``(N, d)`` embeddings of the second views (row ``i`` is the other view of
+                ``out0`` row ``i``).
+        """
+        if isinstance(out1, Tensor) and out1.dim() == 1 and not out1.is_floating_point():
+            raise TypeError(
+                f"NTXentLoss takes two views (out0, out1), as lightly's does; out1 is a "
+                f"{tuple(out1.shape)} tensor of {out1.dtype} labels, the call of "
+                "pytorch-metric-learning's NTXentLoss(embeddings, labels): use "
+                "mibounds.contrastive.PMLNTXentLoss for that call"
+            )
         if self.bank_size:
             return self._bank_loss(out0, out1)
         s = self._scores(out0, out1)
+        if self.reduction != "mean":
+            return _reduce(_anchor_losses(s), self.reduction).to(out0.dtype)
         return (torch.log(_global_rows(s) - 1) - infonce(s)).to(out0.dtype)
 
     def _bank_scores(self, out0: Any, out1: Any, update: bool) -> SeparableScores:
@@ -507,6 +584,8 @@ class NTXentLoss(nn.Module):
 
     def _bank_loss(self, out0: Tensor, out1: Tensor) -> Tensor:
         s = self._bank_scores(out0, out1, update=True)
+        if self.reduction != "mean":
+            return _reduce(_anchor_losses(s), self.reduction).to(out0.dtype)
         return (math.log(self.bank_size + 1) - infonce(s)).to(out0.dtype)
 
     @torch.no_grad()
@@ -568,11 +647,22 @@ class SupConLoss(nn.Module):
 
     Anchors without positives do not count. This is :func:`mibounds.infonce` on
     ``SeparableScores(z, z, "cosine", tau, labels=labels, exclude="self")``, and what
-    pytorch-metric-learning's ``SupConLoss(temperature)`` computes.
+    pytorch-metric-learning's ``SupConLoss(temperature)`` computes, with its call
+    ``loss(embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None)``:
+
+    * ``ref_emb``, ``ref_labels`` (a cross-batch memory): the anchors are ``embeddings``, the
+      candidates every row of ``ref_emb`` (none excluded), the positives those with an equal
+      label; streamed as ``SeparableScores(z, ref_emb, "cosine", tau, labels=labels,
+      y_labels=ref_labels)``.
+    * ``indices_tuple`` (a miner's ``(a, p, n)`` triplets or ``(a1, p, a2, n)`` pairs): the
+      positives of anchor ``a`` are the listed pairs ``(a, p)``, its candidates the listed
+      positive and negative pairs (each counted once), computed on the listed pairs only.
 
     Args:
-        temperature: :math:`\tau > 0` (default 0.1).
+        temperature: :math:`\tau > 0` (default 0.1, as pytorch-metric-learning's).
         gather: ``True`` or a process group: negatives from every rank.
+        reduction: ``"mean"`` (the loss), ``"sum"``, or ``"none"``: one loss per anchor,
+            ``(N,)``, 0 for an anchor without a positive (streamed; one process only).
 
     Example:
         >>> z = torch.randn(8, 4)
@@ -583,13 +673,22 @@ class SupConLoss(nn.Module):
         Khosla et al. "Supervised Contrastive Learning." NeurIPS 2020.
     """
 
-    def __init__(self, temperature: float | Tensor = 0.1, *, gather: GroupArg = False) -> None:
+    def __init__(
+        self,
+        temperature: float | Tensor = 0.1,
+        *,
+        gather: GroupArg = False,
+        reduction: str = "mean",
+    ) -> None:
         super().__init__()
         _checks.check_temperature("temperature", temperature)
         self.temperature = temperature
         self.gather = gather
+        self.reduction = _reduction("SupConLoss", reduction)
 
-    def _scores(self, embeddings: Any, labels: Any) -> SeparableScores:
+    def _scores(
+        self, embeddings: Any, labels: Any, ref_emb: Any = None, ref_labels: Any = None
+    ) -> SeparableScores:
         if isinstance(embeddings, Tensor) and embeddings.dim() == 3:
             b, v, d = embeddings.shape
             raise ValueError(
@@ -597,26 +696,72 @@ class SupConLoss(nn.Module):
                 f"paper's [batch, n_views, dim] features, pass torch.cat(embeddings.unbind(1)) "
                 f"(shape ({b * v}, {d})) and labels.repeat({v}) (shape ({b * v},))"
             )
-        z = _features("embeddings", embeddings, _min_rows(self.gather))
-        if not isinstance(labels, Tensor) or labels.shape != z.shape[:1]:
-            got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-            raise ValueError(f"labels must be a tensor of shape ({z.shape[0]},), got {got}")
-        return SeparableScores(
-            z, z, "cosine", self.temperature, gather=self.gather, labels=labels, exclude="self"
-        )
+        if ref_emb is None:
+            z = _features("embeddings", embeddings, _min_rows(self.gather))
+            labels = _labels("labels", labels, z.shape[0])
+            if ref_labels is not None:
+                raise ValueError("ref_labels was given without ref_emb: pass both, or neither")
+            return SeparableScores(
+                z, z, "cosine", self.temperature, gather=self.gather, labels=labels, exclude="self"
+            )
+        z, labels, r, ref_labels = _pml_reference(embeddings, labels, ref_emb, ref_labels)
+        if r.shape[0] < z.shape[0]:
+            raise ValueError(
+                f"ref_emb must have at least as many rows as embeddings, got {r.shape[0]} and "
+                f"{z.shape[0]}: with fewer references, pass them as embeddings and the batch as "
+                "ref_emb"
+            )
+        if self.gather:
+            raise ValueError("SupConLoss: ref_emb with gather is not supported")
+        return SeparableScores(z, r, "cosine", self.temperature, labels=labels, y_labels=ref_labels)
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        """The loss (to minimise); 0 (with a zero gradient) if no anchor has a positive."""
-        s = self._scores(embeddings, labels)
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        indices_tuple: Any = None,
+        ref_emb: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        """The loss (to minimise), in the embeddings' dtype; 0 (with a zero gradient) if no
+        anchor has a positive.
+
+        Args:
+            embeddings: ``(N, d)`` embeddings (the anchors).
+            labels: ``(N,)`` integer labels (optional with ``indices_tuple``).
+            indices_tuple: a miner's ``(a, p, n)`` or ``(a1, p, a2, n)`` index tensors.
+            ref_emb: ``(M, d)`` reference embeddings (the candidates), ``M >= N``.
+            ref_labels: ``(M,)`` labels of ``ref_emb``.
+        """
+        if indices_tuple is not None:
+            losses = _listed_supcon(self.temperature, embeddings, labels, indices_tuple, ref_emb)
+            if self.reduction == "mean":
+                loss = losses.sum() / (losses != 0).sum().clamp_min(1)
+            else:
+                loss = _reduce(losses, self.reduction)
+            return loss.to(embeddings.dtype)
+        s = self._scores(embeddings, labels, ref_emb, ref_labels)
+        if self.reduction != "mean":
+            return _reduce(_anchor_losses(s), self.reduction).to(embeddings.dtype)
         value = infonce(s)
-        # log(N - 1) - I, or 0 if no anchor has a positive (then I is 0 too)
+        # the mean over the anchors with a positive of log|C_a| - I_a, or 0 if there is none
         st = batch_statistics(s, s.gather)
         assert st is not None
         counted = (st.n_terms() > 0) if isinstance(st.n_terms(), Tensor) else True
-        loss = torch.where(torch.as_tensor(counted), torch.log(_global_rows(s) - 1), 0.0) - value
+        if isinstance(st, SeparableBatch):  # candidates per anchor: N - 1, or M references
+            log_c = (st.w_joint * torch.log(st.ncand)).sum(-1)
+        else:
+            log_c = torch.log(_global_rows(s) - 1)
+        loss = torch.where(torch.as_tensor(counted), log_c, 0.0) - value
         return loss.to(embeddings.dtype)
 
-    def mi(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+    def mi(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_emb: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
         r"""The InfoNCE estimate :math:`\log(N-1) - \mathcal{L}` in nats.
 
         A lower bound on the MI between the two views' representations, for monitoring:
@@ -624,7 +769,228 @@ class SupConLoss(nn.Module):
         log of the number of candidates; it carries a gradient, so ``.detach()`` (or
         ``.item()``) it for logging.
         """
-        return infonce(self._scores(embeddings, labels))
+        return infonce(self._scores(embeddings, labels, ref_emb, ref_labels))
+
+
+def _labels(name: str, labels: Any, n: int) -> Tensor:
+    """``(n,)`` integer labels, named as the caller passed them."""
+    if labels is None:
+        raise ValueError(f"{name} is required: pass ({n},) integer labels")
+    out = _check_labels(name, labels)
+    assert out is not None
+    if out.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(labels.shape)}")
+    return out
+
+
+def _pml_reference(
+    embeddings: Any, labels: Any, ref_emb: Any, ref_labels: Any, need_labels: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    """pytorch-metric-learning's anchors and references: ``(z, labels, ref, ref_labels)``,
+    ``ref`` the embeddings themselves when ``ref_emb`` is None (``ref_labels`` are then the
+    labels)."""
+    z = _features("embeddings", embeddings, 1)
+    lab = _labels("labels", labels, z.shape[0]) if need_labels or labels is not None else None
+    if ref_emb is None:
+        if ref_labels is not None:
+            raise ValueError("ref_labels was given without ref_emb: pass both, or neither")
+        return z, lab, z, lab
+    r = _features("ref_emb", ref_emb, 1)
+    _checks.check_same_last_dim("embeddings", z, "ref_emb", r)
+    rl = None
+    if need_labels or ref_labels is not None:
+        rl = _labels("ref_labels", ref_labels, r.shape[0])
+    return z, lab, r, rl
+
+
+def _listed_pairs(indices_tuple: Any, n: int, m: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A miner's ``(a, p, n)`` triplets or ``(a1, p, a2, n)`` pairs as ``(a1, p, a2, n)``
+    (a triplet lists the pair ``(a, p)`` and the pair ``(a, n)``), checked against ``n``
+    anchors and ``m`` references."""
+    if not isinstance(indices_tuple, (tuple, list)) or len(indices_tuple) not in (3, 4):
+        got = type(indices_tuple).__name__
+        if isinstance(indices_tuple, (tuple, list)):
+            got += f" of length {len(indices_tuple)}"
+        raise ValueError(
+            "indices_tuple must be a miner's (anchors, positives, negatives) triplets or "
+            f"(anchors1, positives, anchors2, negatives) pairs, got {got}"
+        )
+    names = ("a", "p", "n") if len(indices_tuple) == 3 else ("a1", "p", "a2", "n")
+    out = []
+    for k, (name, t) in enumerate(zip(names, indices_tuple, strict=True)):
+        label = f"indices_tuple[{k}] ({name})"
+        if not isinstance(t, Tensor) or t.dim() != 1 or t.is_floating_point():
+            got = type(t).__name__
+            if isinstance(t, Tensor):
+                got = f"shape {tuple(t.shape)}, {t.dtype}"
+            raise TypeError(f"{label} must be a 1-D integer tensor of indices, got {got}")
+        size = n if name.startswith("a") else m
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= size):
+            raise ValueError(
+                f"{label} must hold indices in [0, {size}), got values in "
+                f"[{int(t.min())}, {int(t.max())}]"
+            )
+        out.append(t.long())
+    if len(out) == 3:
+        out = [out[0], out[1], out[0], out[2]]
+    for (x, y), what in (((0, 1), "positive"), ((2, 3), "negative")):
+        if out[x].shape != out[y].shape:
+            raise ValueError(
+                f"indices_tuple: the {what} pairs' anchor and partner index tensors must have "
+                f"the same length, got {out[x].shape[0]} and {out[y].shape[0]}"
+            )
+    a1, p, a2, neg = out
+    return a1, p, a2, neg
+
+
+def _pair_scores(z: Tensor, r: Tensor, rows: Tensor, cols: Tensor, tau: Any) -> Tensor:
+    """Cosine similarity over ``tau`` of the listed pairs ``(rows[k], cols[k])``, in the
+    accumulation dtype (``z``, ``r`` normalised)."""
+    return (upcast(z)[rows] * upcast(r)[cols]).sum(-1) / tau
+
+
+def _scatter_logsumexp(values: Tensor, index: Tensor, size: int) -> Tensor:
+    r"""Per index ``0..size-1``, the log-sum-exp of the ``values`` listed under it
+    (:math:`-\infty` with a zero gradient where none is)."""
+    top = values.new_full((size,), -math.inf).scatter_reduce(
+        0, index, values.detach(), "amax", include_self=True
+    )
+    shift = torch.where(torch.isfinite(top), top, 0.0)
+    total = values.new_zeros(size).index_add(0, index, torch.exp(values - shift[index]))
+    some = total > 0
+    return torch.where(some, torch.log(torch.where(some, total, 1.0)) + shift, -math.inf)
+
+
+def _listed_supcon(
+    tau: Any, embeddings: Any, labels: Any, indices_tuple: Any, ref_emb: Any
+) -> Tensor:
+    """SupCon's per-anchor losses on a miner's pairs, ``(N,)`` (0 without a positive)."""
+    z, _, r, _ = _pml_reference(embeddings, labels, ref_emb, None, need_labels=False)
+    a1, p, a2, neg = _listed_pairs(indices_tuple, z.shape[0], r.shape[0])
+    n, m = z.shape[0], r.shape[0]
+    zn, rn = F.normalize(z, dim=-1), F.normalize(r, dim=-1)
+    pos_key = torch.unique(a1 * m + p)  # each listed pair once (the masks of the dense loss)
+    cand_key = torch.unique(torch.cat([pos_key, a2 * m + neg]))
+    ca, cc = cand_key // m, cand_key % m
+    log_den = _scatter_logsumexp(_pair_scores(zn, rn, ca, cc, tau), ca, n)
+    pa, pp = pos_key // m, pos_key % m
+    log_prob = _pair_scores(zn, rn, pa, pp, tau) - log_den[pa]
+    count = torch.zeros(n, dtype=log_prob.dtype, device=z.device).index_add(
+        0, pa, torch.ones_like(log_prob)
+    )
+    total = torch.zeros_like(count).index_add(0, pa, log_prob)
+    return -total / count.clamp_min(1)
+
+
+class PMLNTXentLoss(nn.Module):
+    r"""pytorch-metric-learning's ``NTXentLoss``: NT-Xent over labelled embeddings, one loss
+    per positive pair, the negatives streamed.
+
+    Called as pytorch-metric-learning's losses are,
+    ``loss(embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None)``. On cosine
+    similarities over a temperature, :math:`s_{ak} = \cos(z_a, r_k)/\tau` with
+    :math:`r = z` unless ``ref_emb`` is given, every positive pair :math:`(a, p)` (equal
+    labels, :math:`p \ne a` when the references are the embeddings) has the loss
+
+    .. math::
+
+        \ell_{ap} = -\log\frac{e^{s_{ap}}}{e^{s_{ap}} + \sum_{k \in N(a)} e^{s_{ak}}},
+
+    over the negatives :math:`N(a)` of the anchor (different labels): the other positives of
+    :math:`a` are not in the denominator, unlike :class:`NTXentLoss` (lightly's, two views,
+    where each anchor has one positive and the two agree). The loss is the mean over the
+    positive pairs, as the library's default ``MeanReducer`` returns it; 0 when there is no
+    positive pair or no negative pair at all. The per-anchor log-sum-exp over the negatives is
+    streamed (never ``N x M`` scores); the positive pairs are listed, so memory grows with
+    their number (``N`` for two views per label).
+
+    With ``indices_tuple`` (a miner's ``(a, p, n)`` or ``(a1, p, a2, n)``), the positive pairs
+    are the listed ones and the negatives of :math:`a` the listed pairs ``(a, n)``.
+
+    Args:
+        temperature: :math:`\tau > 0` (default 0.07, as pytorch-metric-learning's).
+        reduction: ``"mean"`` (the loss), ``"sum"``, or ``"none"``: the losses of the positive
+            pairs, in the order of ``torch.nonzero`` over (anchor, reference) (the listed
+            order with ``indices_tuple``), as pytorch-metric-learning's ``DoNothingReducer``
+            returns them.
+
+    Example:
+        >>> z = torch.randn(8, 4)
+        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+        >>> PMLNTXentLoss(0.07)(z, labels).shape
+        torch.Size([])
+
+    References:
+        Chen, Kornblith, Norouzi, Hinton. "A Simple Framework for Contrastive Learning of Visual
+        Representations." ICML 2020. Sohn. "Improved Deep Metric Learning with Multi-class
+        N-pair Loss Objective." NeurIPS 2016.
+    """
+
+    def __init__(self, temperature: float | Tensor = 0.07, *, reduction: str = "mean") -> None:
+        super().__init__()
+        _checks.check_temperature("temperature", temperature)
+        self.temperature = temperature
+        self.reduction = _reduction("PMLNTXentLoss", reduction)
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        indices_tuple: Any = None,
+        ref_emb: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        """The loss (to minimise), in the embeddings' dtype.
+
+        Args:
+            embeddings: ``(N, d)`` embeddings (the anchors).
+            labels: ``(N,)`` integer labels (optional with ``indices_tuple``).
+            indices_tuple: a miner's ``(a, p, n)`` or ``(a1, p, a2, n)`` index tensors.
+            ref_emb: ``(M, d)`` reference embeddings (a cross-batch memory).
+            ref_labels: ``(M,)`` labels of ``ref_emb``.
+        """
+        listed = indices_tuple is not None
+        z, lab, r, rl = _pml_reference(embeddings, labels, ref_emb, ref_labels, not listed)
+        zn = F.normalize(z, dim=-1)
+        rn = zn if ref_emb is None else F.normalize(r, dim=-1)
+        n, m, tau = z.shape[0], r.shape[0], self.temperature
+        if listed:
+            a, p, a2, neg = _listed_pairs(indices_tuple, n, m)
+            log_neg = _scatter_logsumexp(_pair_scores(zn, rn, a2, neg, tau), a2, n)
+            any_negative = a2.numel() > 0
+        else:
+            assert lab is not None and rl is not None
+            own = ref_emb is None
+            layout = PairLayout(lab, rl, 0, 1 if own else 0, n)
+            log_neg = row_terms(zn, rn, tau, "dot", layout=layout, keep="neg")
+            a, p = _label_pairs(lab, rl, own)
+            any_negative = bool(torch.isfinite(log_neg).any())
+        if a.numel() == 0 or not any_negative:
+            zero = upcast(z).sum() * 0  # no pair to learn from: 0, and a zero gradient
+            loss = zero.new_zeros((0,)) if self.reduction == "none" else zero
+            return loss.to(z.dtype)
+        s_pos = _pair_scores(zn, rn, a, p, tau)
+        losses = F.softplus(log_neg[a] - s_pos)  # log(e^s + sum_neg e^t) - s
+        loss = losses.mean() if self.reduction == "mean" else _reduce(losses, self.reduction)
+        return loss.to(z.dtype)
+
+
+def _label_pairs(labels: Tensor, ref_labels: Tensor, own: bool) -> tuple[Tensor, Tensor]:
+    """The positive pairs ``(a, p)``, equal labels (``p != a`` when ``own``), a panel of
+    anchors at a time (no ``N x M`` mask)."""
+    n, m = labels.shape[0], ref_labels.shape[0]
+    rows = panel_rows(m, get_memory_budget(labels.device), buffers=1)
+    anchors, partners = [], []
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        same = labels[r0:r1, None] == ref_labels[None, :]
+        if own:
+            idx = torch.arange(r0, r1, device=labels.device)
+            same[idx - r0, idx] = False
+        a, p = same.nonzero(as_tuple=True)
+        anchors.append(a + r0)
+        partners.append(p)
+    return torch.cat(anchors), torch.cat(partners)
 
 
 class MoCoLoss(nn.Module):
@@ -641,6 +1007,8 @@ class MoCoLoss(nn.Module):
 
     Args:
         temperature: :math:`\tau > 0` (MoCo v2's 0.2; v1's 0.07 is the default here).
+        reduction: ``"mean"`` (MoCo's loss), ``"sum"``, or ``"none"``: one loss per query,
+            ``(N,)`` (streamed).
 
     Example:
         >>> q, k = torch.randn(4, 8), torch.randn(4, 8)
@@ -654,10 +1022,11 @@ class MoCoLoss(nn.Module):
         Learning." CVPR 2020.
     """
 
-    def __init__(self, temperature: float | Tensor = 0.07) -> None:
+    def __init__(self, temperature: float | Tensor = 0.07, *, reduction: str = "mean") -> None:
         super().__init__()
         _checks.check_temperature("temperature", temperature)
         self.temperature = temperature
+        self.reduction = _reduction("MoCoLoss", reduction)
 
     def _scores(self, query: Any, key: Any, queue: Any) -> SeparableScores:
         q = _features("query", query, min_n=1)
@@ -678,8 +1047,16 @@ class MoCoLoss(nn.Module):
         return SeparableScores(q, candidates, "dot", self.temperature, exclude="batch")
 
     def forward(self, query: Tensor, key: Tensor, queue: Tensor) -> Tensor:
-        """The loss (to minimise)."""
+        """The loss (to minimise), in the features' dtype.
+
+        Args:
+            query: ``(N, d)`` query features.
+            key: ``(N, d)`` key features; row ``i`` is query ``i``'s positive.
+            queue: ``(K, d)`` negatives (``K`` may be 0 when ``N >= 2``), not differentiated.
+        """
         s = self._scores(query, key, queue)
+        if self.reduction != "mean":
+            return _reduce(_anchor_losses(s), self.reduction).to(query.dtype)
         return (math.log(s.y.shape[-2] - s.x.shape[-2] + 1) - infonce(s)).to(query.dtype)
 
     def mi(self, query: Tensor, key: Tensor, queue: Tensor) -> Tensor:

@@ -35,6 +35,7 @@ from mibounds._dtypes import (
     upcast,
 )
 from mibounds.kernels import streaming
+from mibounds.kernels.rows import row_terms
 from mibounds.pairing import Pairing, PairLayout
 from mibounds.scores import DenseScores, SeparableScores
 
@@ -60,6 +61,7 @@ __all__ = [
     "prepare",
     "reduce_terms",
     "sep_diagonal",
+    "separable_rows",
     "row_logsumexp",
 ]
 
@@ -573,6 +575,40 @@ class SeparableBatch(_PairedBatch):
             self.x, self.y, self.tau, self.sim, layout=layout, log_weight=log_w, bias=self.bias
         )
 
+    def row_terms(self, keep: str = "cand", fn: str | None = None, columns: bool = False) -> Tensor:
+        """Per row (or per column), the log-sum-exp (``fn=None``) or the sum of ``fn`` over
+        its candidates, negatives or positives (``keep``), streamed with a gradient (see
+        :func:`mibounds.kernels.rows.row_terms`)."""
+        x, y, layout = self.x, self.y, self.layout
+        if columns:
+            x, y, layout = y, x, layout.transposed(self.n, self.m)
+        return row_terms(x, y, self.tau, self.sim, layout=layout, keep=keep, fn=fn, bias=self.bias)
+
+    def nce_rows(self, symmetric: bool = False) -> Tensor:
+        r"""Per-row InfoNCE terms :math:`\bar S_{i,P_i} - \log\sum_{j\in C_i} e^{S_{ij}} +
+        \log|C_i|` (mean score over the row's positives, log-sum-exp over its candidates), 0
+        for a row without a positive; ``(..., N)``, streamed. With ``symmetric`` (square scores),
+        the average of row ``i``'s and column ``i``'s terms. Their mean over the rows with a
+        positive is :func:`mibounds.infonce`; their sum, its ``"sum"`` reduction."""
+        terms = self._nce_terms(self.npos, self.ncand, False)
+        if symmetric:
+            if self.m != self.n:
+                raise ValueError(
+                    "symmetric per-sample terms need square scores (one column per row); got "
+                    f"{self.n} rows and {self.m} columns"
+                )
+            _, npos_c, ncand_c = self._column_counts()
+            terms = 0.5 * (terms + self._nce_terms(npos_c, ncand_c, True))
+        return terms.to(self.dtype)
+
+    def _nce_terms(self, npos: Tensor, ncand: Tensor, columns: bool) -> Tensor:
+        if self.plain:
+            joint = self.positives()
+        else:
+            joint = self.positive_sums(columns) / npos.clamp_min(1)
+        terms = joint - self.row_terms(columns=columns) + torch.log(ncand)
+        return torch.where(npos > 0, terms, 0.0)
+
     def interpolated_terms(self, log_baseline: Tensor, alpha: float) -> Tensor:
         """The streamed terms of :func:`mibounds.interpolated` beyond its diagonal mean (see
         :func:`mibounds.kernels.streaming.interpolated_terms`)."""
@@ -700,6 +736,19 @@ def batch_statistics(
     ):
         return DenseBatch(scores)
     return None
+
+
+def separable_rows(scores: Scores, gather: distributed.GroupArg = False) -> SeparableBatch | None:
+    """The streamed statistics of separable scores of one process, for per-row
+    (``reduction="none"``) terms; ``None`` for other scores."""
+    if not isinstance(scores, SeparableScores):
+        return None
+    if distributed.resolve_group(gather or scores.gather) is not None:
+        raise ValueError(
+            "reduction='none' is not supported with gather: the per-sample terms of the "
+            "global batch are split over ranks; use 'mean' or 'sum'"
+        )
+    return SeparableBatch(scores)
 
 
 def log_count(n: int, like: Tensor) -> Tensor:

@@ -223,31 +223,37 @@ def paired_fmi(s: Tensor, positives, negatives, activation, conjugate) -> Tensor
 
 
 def openclip_clip_loss(
-    u: Tensor, v: Tensor, logit_scale: Tensor, logit_bias: Tensor | None = None
+    u: Tensor,
+    v: Tensor,
+    logit_scale: Tensor,
+    logit_bias: Tensor | None = None,
+    reduction: str = "mean",
 ) -> Tensor:
     """OpenCLIP ClipLoss (one process): cross-entropy of both logit directions, averaged; an
-    optional bias is added to every logit."""
+    optional bias is added to every logit. ``reduction="none"``: per pair i, the average of
+    image i's and text i's cross-entropies."""
     logits = logit_scale * u @ v.T
     if logit_bias is not None:
         logits = logits + logit_bias
     target = torch.arange(u.shape[0])
     ce = torch.nn.functional.cross_entropy
-    return (ce(logits, target) + ce(logits.T, target)) / 2
+    return (ce(logits, target, reduction=reduction) + ce(logits.T, target, reduction=reduction)) / 2
 
 
 def openclip_siglip_loss(
-    u: Tensor, v: Tensor, logit_scale: Tensor, logit_bias: Tensor | None
+    u: Tensor, v: Tensor, logit_scale: Tensor, logit_bias: Tensor | None, per_image: bool = False
 ) -> Tensor:
     """OpenCLIP SigLipLoss (one process): -sum log sigmoid(labels * logits) / N (no bias when
-    ``logit_bias`` is None)."""
+    ``logit_bias`` is None); ``per_image``: the sum over each image's row."""
     logits = logit_scale * u @ v.T
     if logit_bias is not None:
         logits = logits + logit_bias
     labels = 2 * torch.eye(u.shape[0], dtype=u.dtype) - 1
-    return -torch.nn.functional.logsigmoid(labels * logits).sum() / u.shape[0]
+    rows = -torch.nn.functional.logsigmoid(labels * logits).sum(1)
+    return rows if per_image else rows.sum() / u.shape[0]
 
 
-def lightly_ntxent(out0: Tensor, out1: Tensor, temperature) -> Tensor:
+def lightly_ntxent(out0: Tensor, out1: Tensor, temperature, reduction: str = "mean") -> Tensor:
     """lightly's NTXentLoss without memory bank, one process: blocks of logits without the
     self-similarities, cross-entropy against the other view."""
     b = out0.shape[0]
@@ -262,31 +268,103 @@ def lightly_ntxent(out0: Tensor, out1: Tensor, temperature) -> Tensor:
     l11 = l11[off].view(b, -1)
     logits = torch.cat([torch.cat([l01, l00], 1), torch.cat([l10, l11], 1)], 0)
     labels = torch.arange(b).repeat(2)
-    return torch.nn.functional.cross_entropy(logits, labels)
+    return torch.nn.functional.cross_entropy(logits, labels, reduction=reduction)
 
 
-def supcon_loss(z: Tensor, labels: Tensor, temperature) -> Tensor:
-    """Khosla et al.'s L_out, anchor by anchor, on cosine similarities."""
+def supcon_loss(
+    z: Tensor,
+    labels: Tensor,
+    temperature,
+    ref: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    per_anchor: bool = False,
+) -> Tensor:
+    """Khosla et al.'s L_out, anchor by anchor, on cosine similarities; with ``ref``, every
+    reference is a candidate of every anchor (pytorch-metric-learning's ref_emb).
+    ``per_anchor``: the ``(N,)`` losses, 0 for an anchor without a positive."""
     z = torch.nn.functional.normalize(z, dim=1)
-    n = z.shape[0]
+    own = ref is None
+    r = z if own else torch.nn.functional.normalize(ref, dim=1)
+    rl = labels if own else ref_labels
     losses = []
-    for a in range(n):
-        others = [k for k in range(n) if k != a]
-        pos = [p for p in others if int(labels[p]) == int(labels[a])]
+    for a in range(z.shape[0]):
+        others = [k for k in range(r.shape[0]) if not (own and k == a)]
+        pos = [p for p in others if int(rl[p]) == int(labels[a])]
         if not pos:
+            losses.append(None)
             continue
-        s = [z[a] @ z[k] / temperature for k in others]
+        s = [z[a] @ r[k] / temperature for k in others]
         log_denom = torch.logsumexp(torch.stack(s), 0)
-        losses.append(_mean([-(z[a] @ z[p] / temperature - log_denom) for p in pos]))
-    return _mean(losses) if losses else z.sum() * 0
+        losses.append(_mean([-(z[a] @ r[p] / temperature - log_denom) for p in pos]))
+    if per_anchor:
+        return torch.stack([z.sum() * 0 if v is None else v for v in losses])
+    counted = [v for v in losses if v is not None]
+    return _mean(counted) if counted else z.sum() * 0
 
 
-def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature) -> Tensor:
+def pml_ntxent(
+    z: Tensor,
+    labels: Tensor | None,
+    temperature,
+    ref: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    pairs: tuple | None = None,
+) -> Tensor:
+    """pytorch-metric-learning's NTXentLoss, pair by pair: the losses of the positive pairs
+    ``-log(e^{s_ap} / (e^{s_ap} + sum over the anchor's negative pairs e^{s_an}))``, in
+    (anchor, reference) order, or of the listed ``pairs = (a1, p, a2, n)``."""
+    z = torch.nn.functional.normalize(z, dim=1)
+    own = ref is None
+    r = z if own else torch.nn.functional.normalize(ref, dim=1)
+    if pairs is None:
+        rl = labels if own else ref_labels
+        pos, neg = [], []
+        for a in range(z.shape[0]):
+            for k in range(r.shape[0]):
+                if int(labels[a]) != int(rl[k]):
+                    neg.append((a, k))
+                elif not (own and a == k):
+                    pos.append((a, k))
+    else:
+        a1, p, a2, n = (t.tolist() for t in pairs)
+        pos, neg = list(zip(a1, p, strict=True)), list(zip(a2, n, strict=True))
+    losses = []
+    for a, p in pos:
+        s_ap = z[a] @ r[p] / temperature
+        terms = [s_ap] + [z[a] @ r[k] / temperature for b, k in neg if b == a]
+        losses.append(torch.logsumexp(torch.stack(terms), 0) - s_ap)
+    return torch.stack(losses) if losses else z.new_zeros(0)
+
+
+def pml_supcon_listed(z: Tensor, temperature, pairs: tuple, ref: Tensor | None = None) -> Tensor:
+    """pytorch-metric-learning's SupConLoss on a miner's pairs ``(a1, p, a2, n)``: masks of
+    the listed positive and negative pairs; per anchor, minus the mean over its positives of
+    the log-probability among its listed pairs; ``(N,)``, 0 without a positive."""
+    z = torch.nn.functional.normalize(z, dim=1)
+    r = z if ref is None else torch.nn.functional.normalize(ref, dim=1)
+    a1, p, a2, n = (t.tolist() for t in pairs)
+    pos, cand = set(zip(a1, p, strict=True)), set(zip(a2, n, strict=True))
+    cand |= pos
+    out = []
+    for a in range(z.shape[0]):
+        mine = sorted(k for b, k in pos if b == a)
+        if not mine:
+            out.append(z.sum() * 0)
+            continue
+        log_den = torch.logsumexp(
+            torch.stack([z[a] @ r[k] / temperature for b, k in sorted(cand) if b == a]), 0
+        )
+        out.append(_mean([-(z[a] @ r[k] / temperature - log_den) for k in mine]))
+    return torch.stack(out)
+
+
+def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature, reduction: str = "mean") -> Tensor:
     """MoCo's logits: [positive, queue negatives] / T, cross-entropy with label 0."""
     l_pos = (q * k).sum(1, keepdim=True)
     l_neg = q @ queue.T
     logits = torch.cat([l_pos, l_neg], 1) / temperature
-    return torch.nn.functional.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long))
+    target = torch.zeros(q.shape[0], dtype=torch.long)
+    return torch.nn.functional.cross_entropy(logits, target, reduction=reduction)
 
 
 def lightly_ntxent_bank(out0: Tensor, out1: Tensor, bank: Tensor, temperature) -> Tensor:

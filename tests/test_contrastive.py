@@ -239,7 +239,7 @@ def test_bad_inputs_name_the_argument():
         CLIPLoss()(u, v, -1.0)
     with pytest.raises(TypeError, match="logit_bias must be a float or a scalar tensor"):
         SigLIPLoss()(u, v, 1.0, "zero")
-    with pytest.raises(ValueError, match=r"labels must be a tensor of shape \(12,\)"):
+    with pytest.raises(ValueError, match=r"labels must have shape \(12,\), got \(3,\)"):
         SupConLoss()(u, torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"queue must be \(K, 5\)"):
         MoCoLoss()(u, v, torch.zeros(4, 3, dtype=torch.float64))

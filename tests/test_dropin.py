@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mibounds.contrastive import CLIPLoss, MoCoLoss, NTXentLoss, SigLIPLoss, SupConLoss
+from mibounds.contrastive import (
+    CLIPLoss,
+    MoCoLoss,
+    NTXentLoss,
+    PMLNTXentLoss,
+    SigLIPLoss,
+    SupConLoss,
+)
+from mibounds.kernels.streaming import set_memory_budget
 from tests import reference as ref
 
 
@@ -21,7 +29,9 @@ def _value_and_grads(fn, *tensors):
     leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
     out = fn(*leaves)
     value = out["contrastive_loss"] if isinstance(out, dict) else out
-    grads = torch.autograd.grad(value, leaves, allow_unused=True)
+    # per-sample losses: the gradient of a weighted sum, so each sample's gradient counts
+    weights = torch.linspace(0.5, 1.5, value.numel(), dtype=value.dtype).reshape(value.shape)
+    grads = torch.autograd.grad((value * weights).sum(), leaves, allow_unused=True)
     return value, [
         torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads, strict=True)
     ]
@@ -174,3 +184,139 @@ def test_lightly_signature_and_gather_distributed():
         NTXentLoss(memory_bank_size=-1)
     with pytest.raises(ValueError, match="out0 must have 5 features"):
         NTXentLoss(memory_bank_size=(8, 5))(u, v)
+
+
+def _labelled(n=10, m=None, dtype=torch.float64, seed=1):
+    """Embeddings with repeated labels (one label of a single sample: no positive)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 5, generator=g, dtype=torch.float64).to(dtype)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 0, 3, 3, 4][:n])
+    if m is None:
+        return z, labels
+    r = torch.randn(m, 5, generator=g, dtype=torch.float64).to(dtype)
+    return z, labels, r, torch.randint(0, 4, (m,), generator=g)
+
+
+def _close(ours, theirs, tensors, dtype):
+    got, got_g = _value_and_grads(ours, *tensors)
+    want, want_g = _value_and_grads(theirs, *tensors)
+    torch.testing.assert_close(got, want, **TOL[dtype])
+    # float32 gradients of a sum over many pairs: two summation orders differ by a few ulp
+    grad_tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    for a, b in zip(got_g, want_g, strict=True):
+        torch.testing.assert_close(a, b, **grad_tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_pml_ntxent_embeddings_and_labels(dtype, reduction):
+    """pytorch-metric-learning's ``NTXentLoss()(embeddings, labels)`` and its cross-batch
+    memory ``ref_emb`` / ``ref_labels``: per positive pair, the negatives of the anchor only."""
+    z, labels, r, rl = _labelled(m=14, dtype=dtype)
+    reduce = {"mean": torch.mean, "sum": torch.sum, "none": lambda t: t}[reduction]
+    assert PMLNTXentLoss().temperature == 0.07  # pytorch-metric-learning's default
+    # at 0.07 the float64 gradients of the two summation orders differ by ~1e-10: 0.2 here
+    loss = PMLNTXentLoss(0.2, reduction=reduction)
+    _close(lambda z: loss(z, labels), lambda z: reduce(ref.pml_ntxent(z, labels, 0.2)), [z], dtype)
+    _close(
+        lambda z, r: loss(z, labels, ref_emb=r, ref_labels=rl),
+        lambda z, r: reduce(ref.pml_ntxent(z, labels, 0.2, r, rl)),
+        [z, r],
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_pml_miner_indices_tuple(dtype):
+    """A miner's triplets ``(a, p, n)`` and pairs ``(a1, p, a2, n)``, for NT-Xent and SupCon."""
+    z, labels = _labelled(dtype=dtype)
+    a, p, n = (
+        torch.tensor([0, 1, 2, 2, 7]),
+        torch.tensor([1, 0, 3, 3, 8]),
+        torch.tensor([4, 5, 6, 0, 1]),
+    )
+    a2, n2 = torch.tensor([0, 0, 2, 7, 7]), torch.tensor([2, 9, 9, 0, 2])
+    for tup, pairs in (((a, p, n), (a, p, a, n)), ((a, p, a2, n2), (a, p, a2, n2))):
+        _close(
+            lambda z, tup=tup: PMLNTXentLoss(0.1)(z, labels, tup),
+            lambda z, pairs=pairs: ref.pml_ntxent(z, labels, 0.1, pairs=pairs).mean(),
+            [z],
+            dtype,
+        )
+        per_anchor = ref.pml_supcon_listed  # pytorch-metric-learning averages the non-zero ones
+        _close(
+            lambda z, tup=tup: SupConLoss(0.1, reduction="none")(z, None, tup),
+            lambda z, pairs=pairs: per_anchor(z, 0.1, pairs),
+            [z],
+            dtype,
+        )
+        want = per_anchor(z, 0.1, pairs)
+        want = want.sum() / (want != 0).sum()
+        torch.testing.assert_close(SupConLoss(0.1)(z, labels, tup), want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_pml_supcon_call_with_reference_embeddings(dtype):
+    z, labels, r, rl = _labelled(m=14, dtype=dtype)
+    _close(
+        lambda z, r: SupConLoss(0.1)(z, labels, None, r, rl),
+        lambda z, r: ref.supcon_loss(z, labels, 0.1, r, rl),
+        [z, r],
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_per_anchor_losses_of_every_loss_streamed(dtype):
+    """``reduction="none"``: one loss per anchor for every pairing (labels, excluded self-pairs,
+    a queue, a bias), through panels of a few rows (a 4 KiB panel budget)."""
+    u, v = _pair(dtype=dtype)
+    scale, bias = torch.tensor(6.0, dtype=dtype), torch.tensor(-2.0, dtype=dtype)
+    z, labels = _labelled(dtype=dtype)
+    queue = _pair(n=11, seed=3, dtype=dtype)[0]
+    cases = [
+        (lambda u, v: CLIPLoss(reduction="none")(u, v, scale),
+         lambda u, v: ref.openclip_clip_loss(u, v, scale, reduction="none"), [u, v]),
+        (lambda u, v: SigLIPLoss(reduction="none")(u, v, scale, bias),
+         lambda u, v: ref.openclip_siglip_loss(u, v, scale, bias, per_image=True), [u, v]),
+        (lambda u, v: NTXentLoss(0.5, reduction="none")(u, v),
+         lambda u, v: ref.lightly_ntxent(u, v, 0.5, reduction="none"), [u, v]),
+        (lambda z: SupConLoss(0.1, reduction="none")(z, labels),
+         lambda z: ref.supcon_loss(z, labels, 0.1, per_anchor=True), [z]),
+        (lambda u, v: MoCoLoss(0.2, reduction="none")(u, v, queue),
+         lambda u, v: ref.moco_loss(u, v, queue, 0.2, reduction="none"), [u, v]),
+        (lambda u, v: CLIPLoss(reduction="sum")(u, v, scale),
+         lambda u, v: ref.openclip_clip_loss(u, v, scale, reduction="sum"), [u, v]),
+    ]  # fmt: skip
+    set_memory_budget(4096)
+    try:
+        for ours, theirs, tensors in cases:
+            _close(ours, theirs, tensors, dtype)
+    finally:
+        set_memory_budget(None)
+    # the mean of the per-anchor losses is the loss (SupCon: over the anchors with a positive)
+    per = SupConLoss(0.1, reduction="none")(z, labels)
+    torch.testing.assert_close(per.sum() / (per != 0).sum(), SupConLoss(0.1)(z, labels))
+
+
+def test_pml_calls_refused_with_the_argument_named():
+    z, labels, r, rl = _labelled(m=14, dtype=torch.float32)
+    with pytest.raises(TypeError, match="PMLNTXentLoss"):
+        NTXentLoss()(z, labels)
+    with pytest.raises(ValueError, match="ref_labels is required"):
+        PMLNTXentLoss()(z, labels, ref_emb=r)
+    with pytest.raises(ValueError, match="ref_labels was given without ref_emb"):
+        SupConLoss()(z, labels, ref_labels=rl)
+    with pytest.raises(
+        ValueError, match=r"indices_tuple\[1\] \(p\) must hold indices in \[0, 10\)"
+    ):
+        PMLNTXentLoss()(z, labels, (torch.tensor([0]), torch.tensor([12]), torch.tensor([1])))
+    with pytest.raises(ValueError, match="ref_emb must have at least as many rows"):
+        SupConLoss()(z, labels, ref_emb=r[:4], ref_labels=rl[:4])
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        PMLNTXentLoss(reduction="avg")
+    # no positive pair: 0 with a zero gradient, as pytorch-metric-learning returns
+    zz = z.clone().requires_grad_(True)
+    out = PMLNTXentLoss()(zz, torch.arange(10))
+    out.backward()
+    assert float(out.detach()) == 0.0 and torch.count_nonzero(zz.grad) == 0

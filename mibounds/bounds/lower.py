@@ -32,6 +32,7 @@ from mibounds.reductions import (
     prepare,
     reduce_terms,
     row_logsumexp,
+    separable_rows,
 )
 from mibounds.scores import SeparableScores
 
@@ -106,6 +107,8 @@ def infonce(
     """
     reduction = _checks.check_reduction(reduction)
     _checks.check_bool("symmetric", symmetric)
+    if reduction == "none" and (rows := separable_rows(scores, gather)) is not None:
+        return rows.nce_rows(symmetric)
     st = batch_statistics(scores, gather, reduction)
     if st is not None:
         joint = st.joint()
