@@ -66,7 +66,11 @@ sphinx_gallery_conf = {
     "abort_on_example_error": True,
     # its timing pages load scripts from CDNs; the docs must render offline
     "write_computation_times": False,
+    # no page reports how long the build machine took to run a script
+    "min_reported_time": float("inf"),
 }
+# the tutorials run their short versions (each page shows the figure of its full run)
+os.environ["MIBOUNDS_DOCS_QUICK"] = "1"
 suppress_warnings = ["myst.header", "config.cache"]
 
 

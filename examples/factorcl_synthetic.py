@@ -15,7 +15,7 @@ head per modality) at several shared/unique label ratios, then report
 * the MI between learned representations and each latent, estimated with SMILE and a separable
   critic (:func:`mibounds.estimate_mi`), as in the paper's Table 1.
 
-Run ``python examples/factorcl_synthetic.py`` (about 8 minutes on a 2-core CPU) or add
+Run ``python examples/factorcl_synthetic.py`` (8 to 24 minutes on a 2-core CPU) or add
 ``--quick`` for a smoke run.
 
 Settings: MLP encoders 100-256-64, heads of 32, concat critics with one hidden layer of 64
@@ -26,10 +26,12 @@ reached -145 nats, an "upper bound" the encoder had learnt to exploit, and the
 representations lost their information. Five critic steps keep the critic near its InfoNCE
 optimum, where NCE-CLUB is an upper bound.
 
-**Full default run** (2026-11-25, mibounds 0.1.0 development tree; 1423 s on a loaded 2-core
-CPU, about 8 minutes on an idle one; linear-probe accuracy on held-out data,
+**Full default run** (2026-11-25, mibounds 0.1.0 development tree; 1423 s on a 2-core CPU;
+linear-probe accuracy on held-out data,
 SMILE estimates of the MI in nats between modality 1's shared head :math:`Z_S`, its unique head
-:math:`Z_U` (the baseline's single representation for both) and the latents)::
+:math:`Z_U` (the baseline's single representation for both) and the latents).
+
+.. code-block:: text
 
     label (l_s, l_1, l_2)    method                 acc  I(Zs;ws) I(Zs;w1) I(Zu;ws) I(Zu;w1)
     shared only (10, 0, 0)   InfoNCE (cross-modal) 0.967  4.720    1.274    4.720    1.274
@@ -63,9 +65,8 @@ zeroed), an augmented view keeps almost all of the information of the original, 
 terms nearly cancel, leaving the shared heads little to learn.
 """
 
-# sphinx_gallery_thumbnail_path = "_static/results/factorcl_synthetic.png"
-
 # %%
+# sphinx_gallery_thumbnail_path = "_static/results/factorcl_synthetic.png"
 from __future__ import annotations
 
 import argparse

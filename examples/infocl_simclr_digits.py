@@ -21,8 +21,10 @@ Run ``python examples/infocl_simclr_digits.py`` (a few minutes on a 2-core CPU: 
 numbers mean nothing). ``--data path.npz`` uses your own images (arrays ``images`` and
 ``labels``).
 
-**Full default run** (2026-11-25, mibounds 0.1.0 development tree; 344 s on a loaded 2-core
-CPU; linear-probe accuracy in %, mean ± std over 5 seeds)::
+**Full default run** (2026-11-25, mibounds 0.1.0 development tree; 344 s on a 2-core CPU;
+linear-probe accuracy in %, mean ± std over 5 seeds).
+
+.. code-block:: text
 
     method                     source 0-4    transfer 5-9   transfer, 10 labels/class
     SimCLR                     100.00 ± 0.00  97.17 ± 0.72   88.25 ± 2.62
@@ -49,9 +51,8 @@ ResNet-18 features of 128-512 dimensions; on
 which the contrastive head does not use. The paper itself reports an inverted U in lambda.
 """
 
-# sphinx_gallery_thumbnail_path = "_static/results/infocl_simclr_digits.png"
-
 # %%
+# sphinx_gallery_thumbnail_path = "_static/results/infocl_simclr_digits.png"
 from __future__ import annotations
 
 import argparse

@@ -10,12 +10,14 @@ staircase of Poole et al. (2019), dimension 20, MI 2, 4, 6, 8, 10 nats, with the
 settings: batch 64, Adam 5e-3, 4000 steps per stair, and the paper's critic
 Linear(2d, 512)-ReLU-Linear(512, 1) for NCE-CLUB.
 
-Run ``python examples/nce_club_gaussian.py`` (about 5 minutes on a quiet 2-core CPU) or add
+Run ``python examples/nce_club_gaussian.py`` (263 to 1425 s on a 2-core CPU) or add
 ``--quick`` for a smoke run (the test suite runs it; its numbers mean nothing).
 
-**Full default run** (2026-11-25, mibounds 0.1.0 development tree; 1425 s on a loaded 2-core
-CPU, 263 s on an idle one with identical numbers; mean, bias and standard deviation
-over the last half of each stair)::
+**Full default run** (2026-11-25, mibounds 0.1.0 development tree; 2-core CPU, two runs of
+263 s and 1425 s with identical numbers; mean, bias and standard deviation
+over the last half of each stair).
+
+.. code-block:: text
 
     estimator  true MI    mean    bias    std
     club           2.0   3.702   1.702  0.311
@@ -43,9 +45,8 @@ loose bound (about the MI plus the reverse-KL f-information at the optimum; see
 :func:`mibounds.club`). Both are far looser than L1Out on the same data (``mibounds validate``).
 """
 
-# sphinx_gallery_thumbnail_path = "_static/results/nce_club_gaussian.png"
-
 # %%
+# sphinx_gallery_thumbnail_path = "_static/results/nce_club_gaussian.png"
 from __future__ import annotations
 
 import argparse

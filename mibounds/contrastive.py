@@ -269,8 +269,8 @@ class CLIPLoss(nn.Module):
         self,
         image_features: Tensor,
         text_features: Tensor,
-        logit_scale: Any,
-        logit_bias: Any = None,
+        logit_scale: float | Tensor,
+        logit_bias: float | Tensor | None = None,
         output_dict: bool = False,
     ) -> Tensor | dict[str, Tensor]:
         """The loss (to minimise), in the features' dtype.
@@ -296,8 +296,8 @@ class CLIPLoss(nn.Module):
         self,
         image_features: Tensor,
         text_features: Tensor,
-        logit_scale: Any,
-        logit_bias: Any = None,
+        logit_scale: float | Tensor,
+        logit_bias: float | Tensor | None = None,
     ) -> Tensor:
         r"""The symmetric InfoNCE estimate :math:`\log N - \mathcal{L}` in nats.
 
@@ -384,8 +384,8 @@ class SigLIPLoss(nn.Module):
         self,
         image_features: Tensor,
         text_features: Tensor,
-        logit_scale: Any,
-        logit_bias: Any = None,
+        logit_scale: float | Tensor,
+        logit_bias: float | Tensor | None = None,
         output_dict: bool = False,
     ) -> Tensor | dict[str, Tensor]:
         """The loss (to minimise), in the features' dtype.
@@ -415,8 +415,8 @@ class SigLIPLoss(nn.Module):
         self,
         image_features: Tensor,
         text_features: Tensor,
-        logit_scale: Any,
-        logit_bias: Any = None,
+        logit_scale: float | Tensor,
+        logit_bias: float | Tensor | None = None,
     ) -> Tensor:
         r"""NWJ at :math:`T = z + \log(N-1) + 1`, in nats (see the class documentation).
 

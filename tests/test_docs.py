@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import html
+import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +22,8 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def _api_text() -> str:
-    return (DOCS / "api.rst").read_text()
+    """The API reference, one page per audience (docs/api/*.rst)."""
+    return "\n".join(p.read_text() for p in sorted((DOCS / "api").glob("*.rst")))
 
 
 def test_every_public_name_in_api_reference():
@@ -32,7 +36,7 @@ def test_every_public_name_in_api_reference():
         # or documented in its own module (the source links need one module per source file)
         and not re.search(rf"mibounds\.\w+\.{name}\n", text)
     ]
-    assert not missing, f"not in docs/api.rst: {missing}"
+    assert not missing, f"not in docs/api/*.rst: {missing}"
     modules = (
         mibounds.nn,
         mibounds.tasks,
@@ -46,7 +50,7 @@ def test_every_public_name_in_api_reference():
         prefix = module.__name__
         missing_sub = [n for n in module.__all__ if f"{prefix}.{n}\n" not in text]
         missing_sub = [n for n in missing_sub if f"mibounds.{n}\n" not in text]
-        assert not missing_sub, f"not in docs/api.rst: {missing_sub}"
+        assert not missing_sub, f"not in docs/api/*.rst: {missing_sub}"
     assert "__version__" in text
 
 
@@ -92,10 +96,27 @@ def _broken_internal_links(out: Path) -> list[str]:
     return broken
 
 
-@pytest.mark.slow
-def test_docs_build(tmp_path):
+@pytest.fixture(scope="session")
+def built_docs(tmp_path_factory):
+    """The site, built once per test run with warnings as errors: the first worker to get here
+    builds it (sphinx-gallery writes into the source tree, so two builds at once would collide),
+    the others wait for it and read the same output."""
     pytest.importorskip("sphinx")
-    out = tmp_path / "html"
+    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every xdist worker
+    out = shared / "docs_html"
+    with open(shared / "docs_build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _build_docs(out)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_docs(out: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    record = out.with_suffix(".json")
+    if record.exists():  # built by another worker of this run
+        rc, log = json.loads(record.read_text())
+        return out, subprocess.CompletedProcess([], rc, log, "")
     proc = subprocess.run(
         [
             sys.executable,
@@ -112,6 +133,13 @@ def test_docs_build(tmp_path):
         capture_output=True,
         text=True,
     )
+    record.write_text(json.dumps([proc.returncode, proc.stdout + proc.stderr]))
+    return out, proc
+
+
+@pytest.mark.slow
+def test_docs_build(built_docs):
+    out, proc = built_docs
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # everything renders offline: no page loads a script, stylesheet or font from the network
     remote = re.compile(r'<(?:script|link)[^>]+(?:src|href)="(?:https?:)?//[^"]+"', re.I)
@@ -129,9 +157,16 @@ def test_docs_build(tmp_path):
         assert "/tmp/" not in page.read_text(), page.name
     migrating = (out / "migrating.html").read_text()
     assert "SigLipLoss" in migrating and "streamed / dense time" in migrating
-    api = (out / "api.html").read_text()
-    assert "mathjax" in api.lower()
-    assert re.search(r'id="mibounds\.infonce"', api)
+    api = "".join(p.read_text() for p in (out / "api").glob("*.html"))
+    assert "mathjax" in (out / "api" / "bounds.html").read_text().lower()
+    assert re.search(r'id="mibounds\.infonce"', (out / "api" / "bounds.html").read_text())
+    # internals live on their own page, not among the losses and bounds
+    for page in ("losses", "bounds", "estimation"):
+        text = (out / "api" / f"{page}.html").read_text()
+        assert "mark_triton" not in text and "set_validate_args" not in text, page
+    # no page reports the build machine's running time of a script
+    for page in out.rglob("*.html"):
+        assert "Total running time" not in page.read_text(), page.name
     # no private base classes and no "Bases: object"
     bases = [re.sub(r"<[^>]+>", "", b) for b in re.findall(r"Bases: (.{0,300}?)</p>", api)]
     assert not [b for b in bases if re.search(r"(^|, )(_\w+|object)($|,)", b)], bases
@@ -161,6 +196,11 @@ def test_docs_build(tmp_path):
             assert images, f"{gallery}/{name} has no figure"
             for src in images:
                 assert (out / gallery / src).exists(), src
+            # no empty code block (a cell holding only a sphinx-gallery setting)
+            assert not re.search(r"<pre><span></span>\s*</pre>", page_html), name
+    for name in ("factorcl_synthetic", "nce_club_gaussian", "infocl_simclr_digits", "fmicl_digits"):
+        # the results table is plain text, not highlighted as Python
+        assert "highlight-text" in (out / "auto_examples" / f"{name}.html").read_text(), name
 
 
 def test_every_public_callable_has_a_runnable_example():
@@ -228,3 +268,77 @@ def test_shipped_inventories_match_their_script():
     spec.loader.exec_module(module)
     for name, (project, version, entries) in module.FILES.items():
         assert (path.parent / name).read_bytes() == module.inventory(project, version, entries)
+
+
+_CHROMIUM = next(
+    (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p),
+    None,
+)
+
+# For each page (in an iframe of the viewport's width): how far the page, or a table, code
+# block, image or formula that does not sit in a horizontally scrolling box, reaches past the
+# right edge of the viewport, in CSS pixels.
+_OVERFLOW_JS = r"""
+function overflow(doc) {
+  const w = doc.documentElement.clientWidth;
+  let worst = doc.documentElement.scrollWidth - w, what = "page";
+  for (const el of doc.querySelectorAll("table, pre, img, svg, mjx-container")) {
+    let scrolls = false;
+    for (let a = el.parentElement; a && a !== doc.documentElement; a = a.parentElement) {
+      const o = doc.defaultView.getComputedStyle(a).overflowX;
+      if (o === "auto" || o === "scroll") { scrolls = true; break; }
+    }
+    const right = el.getBoundingClientRect().right - w;
+    if (!scrolls && right > worst) { worst = right; what = el.tagName.toLowerCase(); }
+  }
+  return [Math.round(worst), what];
+}
+window.addEventListener("load", () => {
+  const rows = [];
+  for (const f of document.querySelectorAll("iframe")) {
+    rows.push([f.getAttribute("src")].concat(overflow(f.contentDocument)));
+  }
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify(rows);
+  document.body.appendChild(pre);
+});
+"""
+
+
+@pytest.mark.skipif(
+    _CHROMIUM is None, reason="needs Chromium (chromium, chromium-browser or google-chrome) on PATH"
+)
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [1280, 390])
+def test_no_page_is_wider_than_the_viewport(built_docs, width):
+    """Every page at a desktop and a phone width, in headless Chromium: wide tables wrap or
+    scroll inside their own box, and nothing else runs past the right edge."""
+    out, proc = built_docs
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    skip = {"_static", "_modules", "_sources", "_images"}
+    pages = [p for p in sorted(out.rglob("*.html")) if not skip & set(p.relative_to(out).parts)]
+    frames = "".join(
+        f'<iframe src="{p.relative_to(out).as_posix()}" '
+        f'style="width:{width}px;height:800px;border:0;display:block"></iframe>'
+        for p in pages
+    )
+    probe = out / f"_probe_{width}.html"
+    probe.write_text(
+        f"<!doctype html><html><body>{frames}<script>{_OVERFLOW_JS}</script></body></html>"
+    )
+    try:
+        result = subprocess.run(
+            [_CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+             "--allow-file-access-from-files", "--window-size=1400,900",
+             "--virtual-time-budget=30000", "--dump-dom", probe.as_uri()],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        probe.unlink()
+    found = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, re.S)
+    assert found, result.stderr[-2000:]
+    rows = json.loads(html.unescape(found.group(1)))
+    assert len(rows) == len(pages)
+    wide = [row for row in rows if row[1] > 1]
+    assert not wide, f"wider than {width} px: {wide[:10]}"

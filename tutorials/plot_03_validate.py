@@ -9,12 +9,17 @@ the same batches.
 """
 
 # %%
+import os
+
 import matplotlib.pyplot as plt
 
 from mibounds.estimate import run_staircase, staircase_table
 from mibounds.tasks import staircase
 
-schedule = staircase(levels=(1.0, 3.0, 5.0), steps_per_level=400, dim=10)
+# 400 steps per stair; the documentation build sets MIBOUNDS_DOCS_QUICK=1 and runs 60, so the
+# numbers printed on this page are a short run's. The figure of the full run is at the end.
+steps = 60 if os.environ.get("MIBOUNDS_DOCS_QUICK") == "1" else 400
+schedule = staircase(levels=(1.0, 3.0, 5.0), steps_per_level=steps, dim=10)
 result = run_staircase(
     ["infonce", "smile", "nwj", "l1out"], schedule, batch_size=64, progress=False
 )
@@ -43,3 +48,10 @@ ax.set_xlabel("step")
 ax.set_ylabel("nats (smoothed)")
 ax.legend(ncol=5, fontsize=8)
 fig.tight_layout()
+
+# %%
+# The full run (400 steps per stair, this script without ``MIBOUNDS_DOCS_QUICK``):
+#
+# .. image:: /_static/results/tutorial_validate_full.png
+#    :alt: Smoothed estimates of InfoNCE, SMILE, NWJ and L1Out over 1200 steps against the true
+#          MI stepping through 1, 3 and 5 nats; InfoNCE levels off below log 64 = 4.16 nats.
