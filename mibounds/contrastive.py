@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from mibounds import _checks
 from mibounds._dtypes import upcast
 from mibounds.bounds.lower import infonce, nwj
-from mibounds.distributed import GroupArg, batch_layout
+from mibounds.distributed import GroupArg, all_gather, batch_layout
 from mibounds.kernels.panels import get_memory_budget, panel_rows
 from mibounds.kernels.rows import row_terms
 from mibounds.pairing import PairLayout, _check_labels
@@ -144,12 +144,8 @@ def _openclip_group(
             f"{owner}: use_horovod=True is not supported: the negatives of other ranks come "
             "from torch.distributed (world_size > 1, or gather=True)"
         )
-    if local_loss:
-        raise ValueError(
-            f"{owner}: local_loss=True (each rank's own rows against every rank's columns) is "
-            "not supported; world_size > 1 (or gather=True) gives the loss of the global batch, "
-            "whose gradients after DDP's averaging are those of OpenCLIP's local loss"
-        )
+    if not isinstance(local_loss, bool):
+        raise TypeError(f"{owner}: local_loss must be a bool, got {type(local_loss).__name__}")
     if world_size > 1 and not gather:
         return True
     return gather
@@ -199,6 +195,25 @@ def _reduce(losses: Tensor, reduction: str) -> Tensor:
     return losses.sum(-1) if reduction == "sum" else losses
 
 
+def _rank_rows(rows: Tensor, group: GroupArg) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Every rank's ``rows`` (gathered with gradient), the global ids of this rank's rows and
+    of all rows (the labels that pair them), and the global N."""
+    first, total = batch_layout(rows.shape[0], group, rows.device)
+    gathered = all_gather(rows, group)
+    ids = torch.arange(rows.shape[0], device=rows.device) + first
+    return gathered, ids, torch.arange(total, device=rows.device), total
+
+
+def _local_scores(
+    rows: Tensor, cols: Tensor, temperature: Any, bias: Any, group: GroupArg
+) -> tuple[SeparableScores, int]:
+    """This rank's ``rows`` against every rank's ``cols`` (the rank-local loss of OpenCLIP and
+    lightly), each row's positive its own pair in the global batch; and the global N."""
+    gathered, ids, all_ids, total = _rank_rows(cols, group)
+    s = SeparableScores(rows, gathered, "dot", temperature, bias=bias, labels=ids, y_labels=all_ids)
+    return s, total
+
+
 class CLIPLoss(nn.Module):
     r"""OpenCLIP's ``ClipLoss``: symmetric cross-entropy of image-text logits, streamed.
 
@@ -212,8 +227,10 @@ class CLIPLoss(nn.Module):
     model). Equal to ``open_clip.ClipLoss()(image_features, text_features, logit_scale)``.
 
     Args:
-        local_loss: OpenCLIP's rank-local loss; ``True`` is refused with a ``ValueError`` (use
-            the global loss below: its gradients after DDP's averaging are the same).
+        local_loss: OpenCLIP's rank-local loss: with ``world_size > 1`` (or ``gather``), each
+            rank returns the loss of its own images against every rank's texts and of its own
+            texts against every rank's images. ``False``: every rank returns the loss of the
+            global batch. The gradients after DDP's averaging are the same either way.
         gather_with_grad: accepted for OpenCLIP's signature; the gathered negatives always
             carry their gradient here.
         cache_labels: accepted for OpenCLIP's signature (no label tensor is built).
@@ -253,6 +270,8 @@ class CLIPLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.gather = _openclip_group("CLIPLoss", gather, world_size, rank, local_loss, use_horovod)
+        #: return this rank's own loss (OpenCLIP's ``local_loss=True``)
+        self.local = local_loss and bool(self.gather)
         self.reduction = _reduction("CLIPLoss", reduction)
 
     def _scores(
@@ -286,11 +305,23 @@ class CLIPLoss(nn.Module):
                 expects from ``loss(**model_out, output_dict=True)``.
         """
         s = self._scores(image_features, text_features, logit_scale, logit_bias)
-        if self.reduction == "mean":
+        if self.local:
+            loss = self._local_loss(s)
+        elif self.reduction == "mean":
             loss = torch.log(_global_rows(s)) - infonce(s, symmetric=True)
         else:
             loss = _reduce(_anchor_losses(s, symmetric=True), self.reduction)
         return _output(loss.to(image_features.dtype), output_dict)
+
+    def _local_loss(self, s: SeparableScores) -> Tensor:
+        """OpenCLIP's ``local_loss=True``: this rank's images against every rank's texts and
+        its texts against every rank's images, averaged."""
+        images, n = _local_scores(s.x, s.y, s.temperature, s.bias, self.gather)
+        texts, _ = _local_scores(s.y, s.x, s.temperature, s.bias, self.gather)
+        if self.reduction != "mean":
+            both = 0.5 * (_anchor_losses(images) + _anchor_losses(texts))
+            return _reduce(both, self.reduction)
+        return math.log(n) - 0.5 * (infonce(images) + infonce(texts))
 
     def mi(
         self,
@@ -327,13 +358,13 @@ class SigLIPLoss(nn.Module):
     Args:
         cache_labels: accepted for OpenCLIP's signature (no label tensor is built).
         rank: this process's rank, as OpenCLIP takes it (``torch.distributed`` supplies it).
-        world_size: ``> 1`` gathers the texts of every rank (as ``gather=True``). OpenCLIP
-            then returns each rank's own share of the loss; this returns the loss of the
-            global batch (the gradients after DDP's averaging agree).
+        world_size: ``> 1``: as OpenCLIP, each rank returns its own share of the loss, its
+            images against the texts of every rank, divided by its own number of images.
         dist_impl: OpenCLIP's exchange scheme (``"bidir"``, ``"shift"``, ``"reduce"``,
             ``"gather"`` or ``None``); accepted, the exchange is always a gather here.
         gather: ``True`` or a process group: every rank's texts are negatives of every image;
-            each rank returns the loss of the global batch, divided by the global N.
+            each rank returns the loss of the global batch, divided by the global N (the
+            gradients after DDP's averaging are those of the rank-local loss).
         reduction: ``"mean"`` (OpenCLIP's loss), ``"sum"``, or ``"none"``: one loss per image
             :math:`i`, :math:`\mathrm{softplus}(-z_{ii}) + \sum_{j\ne i}\mathrm{softplus}(z_{ij})`,
             ``(N,)``, whose mean is the loss (streamed; one process only).
@@ -369,6 +400,8 @@ class SigLIPLoss(nn.Module):
         if dist_impl not in impls:
             raise ValueError(f"SigLIPLoss: dist_impl must be one of {impls}, got {dist_impl!r}")
         self.gather = _openclip_group("SigLIPLoss", gather, world_size, rank)
+        #: return this rank's own share (OpenCLIP's SigLipLoss with ``world_size > 1``)
+        self.local = world_size > 1 and not gather
         self.reduction = _reduction("SigLIPLoss", reduction)
 
     def _scores(self, u: Any, v: Any, logit_scale: Any, logit_bias: Any, shift: float = 0.0):
@@ -399,16 +432,19 @@ class SigLIPLoss(nn.Module):
             output_dict: return ``{"contrastive_loss": loss}`` (OpenCLIP's training loop).
         """
         s = self._scores(image_features, text_features, logit_scale, logit_bias)
+        n_columns = None
+        if self.local:  # this rank's images against every rank's texts
+            s, n_columns = _local_scores(s.x, s.y, s.temperature, s.bias, self.gather)
         if self.reduction != "mean":
             rows = separable_rows(s)
             assert rows is not None
-            losses = F.softplus(-rows.positives()) + rows.row_terms("neg", "softplus")
+            losses = rows.row_terms("pos", "softplus-neg") + rows.row_terms("neg", "softplus")
             loss = _reduce(losses, self.reduction)
             return _output(loss.to(image_features.dtype), output_dict)
         st = batch_statistics(s, s.gather)
         assert st is not None
         _, negatives = st.offdiag_means("softplus")
-        loss = st.joint("softplus-neg") + (st.n - 1) * negatives
+        loss = st.joint("softplus-neg") + ((n_columns or st.n) - 1) * negatives
         return _output(loss.to(image_features.dtype), output_dict)
 
     def mi(
@@ -475,10 +511,12 @@ class NTXentLoss(nn.Module):
     Args:
         temperature: :math:`\tau > 0` (lightly's default 0.5).
         memory_bank_size: 0 (no bank, SimCLR), a bank size K, or ``(K, d)``.
-        gather_distributed: lightly's name for ``gather=True``. lightly then returns each
-            rank's own share of the loss; this returns the loss of the global batch (the
-            gradients after DDP's averaging agree). Not with a memory bank.
-        gather: ``True`` or a process group: negatives from every rank.
+        gather_distributed: as lightly, negatives from every rank, and each rank returns the
+            loss of its own 2n anchors against the 2N embeddings of all ranks. Not with a
+            memory bank.
+        gather: ``True`` or a process group: negatives from every rank, and every rank
+            returns the loss of the global batch (the gradients after DDP's averaging are
+            those of the rank-local loss).
         reduction: ``"mean"`` (lightly's loss), ``"sum"``, or ``"none"``: one loss per anchor,
             ``(2N,)`` (the ``out0`` rows, then the ``out1`` rows), or ``(N,)`` with a memory
             bank (streamed; one process only).
@@ -519,6 +557,8 @@ class NTXentLoss(nn.Module):
                 f"gather_distributed must be a bool, got {type(gather_distributed).__name__}"
             )
         self.gather = gather or gather_distributed
+        #: return this rank's own loss (lightly's ``gather_distributed=True``)
+        self.local = gather_distributed and not gather
         self.bank_size, dim = _bank_size(memory_bank_size)
         if self.bank_size and self.gather:
             raise ValueError(
@@ -558,10 +598,27 @@ class NTXentLoss(nn.Module):
             )
         if self.bank_size:
             return self._bank_loss(out0, out1)
-        s = self._scores(out0, out1)
+        s = self._local_scores(out0, out1) if self.local else self._scores(out0, out1)
         if self.reduction != "mean":
             return _reduce(_anchor_losses(s), self.reduction).to(out0.dtype)
+        if self.local:
+            return (math.log(s.y.shape[0] - 1) - infonce(s)).to(out0.dtype)
         return (torch.log(_global_rows(s) - 1) - infonce(s)).to(out0.dtype)
+
+    def _local_scores(self, out0: Any, out1: Any) -> SeparableScores:
+        """lightly's ``gather_distributed``: this rank's 2n anchors against the 2N embeddings
+        of every rank (this rank's first, so that each anchor's own column is excluded)."""
+        a, b = _two_views(out0, out1, 1)
+        all_a, ids, all_ids, _ = _rank_rows(a, self.gather)
+        all_b = all_gather(b, self.gather)
+        others = (all_ids < ids[0]) | (all_ids > ids[-1])
+        cols = torch.cat([a, b, all_a[others], all_b[others]])
+        row_ids = torch.cat([ids, ids])
+        col_ids = torch.cat([row_ids, all_ids[others], all_ids[others]])
+        return SeparableScores(
+            torch.cat([a, b]), cols, "cosine", self.temperature, labels=row_ids,
+            y_labels=col_ids, exclude="self",
+        )  # fmt: skip
 
     def _bank_scores(self, out0: Any, out1: Any, update: bool) -> SeparableScores:
         """The anchors ``out0`` against their ``out1`` rows and the bank's entries (held

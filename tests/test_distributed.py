@@ -178,6 +178,64 @@ def _check_pairings(rank, world, sizes):
             torch.testing.assert_close(gbl / world, gb[sl], rtol=1e-7, atol=1e-9, msg=name)
 
 
+def _check_rank_local(rank, world, sizes):
+    """OpenCLIP's local_loss and SigLipLoss(world_size > 1), lightly's gather_distributed:
+    each rank's own loss against every rank's columns (references on the concatenated batch);
+    the gradients each rank gets are those of the sum of the ranks' local losses."""
+    from mibounds.contrastive import CLIPLoss, NTXentLoss, SigLIPLoss
+
+    n = sum(sizes)
+    start = sum(sizes[:rank])
+    sl = slice(start, start + sizes[rank])
+    x, y = _data(n)
+    x, y = torch.nn.functional.normalize(x, dim=-1), torch.nn.functional.normalize(y, dim=-1)
+    scale, bias = torch.tensor(5.0, dtype=torch.float64), torch.tensor(-1.5, dtype=torch.float64)
+    ce = torch.nn.functional.cross_entropy
+
+    def clip_ref(a, b, r):
+        rows = slice(sum(sizes[:r]), sum(sizes[: r + 1]))
+        target = torch.arange(rows.start, rows.stop)
+        return 0.5 * (ce(scale * a[rows] @ b.T, target) + ce(scale * b[rows] @ a.T, target))
+
+    def siglip_ref(a, b, r):
+        rows = slice(sum(sizes[:r]), sum(sizes[: r + 1]))
+        logits = scale * a[rows] @ b.T + bias
+        sign = -torch.ones_like(logits)
+        sign[torch.arange(logits.shape[0]), torch.arange(rows.start, rows.stop)] = 1.0
+        return -torch.nn.functional.logsigmoid(sign * logits).sum() / logits.shape[0]
+
+    def ntxent_ref(a, b, r):
+        rows = slice(sum(sizes[:r]), sum(sizes[: r + 1]))
+        z = torch.nn.functional.normalize(torch.cat([a, b]), dim=-1)  # cosine, as lightly
+        anchors = list(range(rows.start, rows.stop)) + [n + i for i in range(rows.start, rows.stop)]
+        total = z.new_zeros(())
+        for i in anchors:
+            pos = i + n if i < n else i - n
+            logits = z[i] @ z.T / 0.5
+            logits = logits.masked_fill(torch.arange(2 * n) == i, -torch.inf)
+            total = total + torch.logsumexp(logits, 0) - logits[pos]
+        return total / len(anchors)
+
+    cases = {
+        "clip": (lambda a, b: CLIPLoss(local_loss=True, world_size=world, rank=rank)(a, b, scale),
+                 clip_ref),
+        "siglip": (lambda a, b: SigLIPLoss(world_size=world, rank=rank)(a, b, scale, bias),
+                   siglip_ref),
+        "ntxent": (lambda a, b: NTXentLoss(0.5, gather_distributed=True)(a, b), ntxent_ref),
+    }  # fmt: skip
+    for name, (ours, ref) in cases.items():
+        a, b = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        want = ref(a, b, rank)
+        total = sum(ref(a, b, r) for r in range(world))
+        ga, gb = torch.autograd.grad(total, (a, b))
+        al, bl = x[sl].clone().requires_grad_(True), y[sl].clone().requires_grad_(True)
+        got = ours(al, bl)
+        gal, gbl = torch.autograd.grad(got, (al, bl))
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=name)
+        torch.testing.assert_close(gal, ga[sl], rtol=1e-7, atol=1e-9, msg=name)
+        torch.testing.assert_close(gbl, gb[sl], rtol=1e-7, atol=1e-9, msg=name)
+
+
 def _compare(label, ref, got, sl, world):
     v_ref, gx_ref, gy_ref, gt_ref = ref
     v, gx, gy, gt = got
@@ -254,6 +312,7 @@ def _worker(rank, world, init_file, errors, sizes):
         _check_ddp(rank, world, sizes)
         _check_fmicl(rank, world, sizes)
         _check_pairings(rank, world, sizes)
+        _check_rank_local(rank, world, sizes)
         _check_errors(rank, world)
         dist.barrier()
         dist.destroy_process_group()

@@ -92,8 +92,12 @@ def test_openclip_siglip_call(dtype, with_bias):
 def test_openclip_arguments_that_cannot_mean_the_same_are_refused_by_name():
     with pytest.raises(ValueError, match="use_horovod=True is not supported"):
         CLIPLoss(use_horovod=True)
-    with pytest.raises(ValueError, match="local_loss=True"):
-        CLIPLoss(local_loss=True, world_size=2, rank=1)
+    with pytest.raises(TypeError, match="local_loss must be a bool"):
+        CLIPLoss(local_loss="yes")
+    assert CLIPLoss(local_loss=True, world_size=2, rank=1).local  # the rank's own loss
+    assert not CLIPLoss(local_loss=True).local  # one process: the loss of the batch
+    assert SigLIPLoss(world_size=2, rank=0).local and not SigLIPLoss(gather=True).local
+    assert NTXentLoss(gather_distributed=True).local and not NTXentLoss(gather=True).local
     with pytest.raises(ValueError, match="rank must be an int in"):
         CLIPLoss(rank=3, world_size=2)
     with pytest.raises(ValueError, match="dist_impl must be one of"):
