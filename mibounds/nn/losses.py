@@ -43,6 +43,18 @@ class _BoundLoss(nn.Module):
             return self.critic(*inputs)
         raise TypeError(f"{name} takes (scores) or (x, y), got {len(inputs)} positional inputs")
 
+    def forward(self, *inputs: Any) -> Tensor:
+        """The loss to minimise: minus the bound, in nats.
+
+        Args:
+            *inputs: either ``scores`` (a ``(..., N, M)`` tensor with the positives on the
+                diagonal, a :class:`~mibounds.DenseScores` or a
+                :class:`~mibounds.SeparableScores`), or ``x, y``: ``(N, d_x)`` and
+                ``(N, d_y)`` paired samples (row ``i`` of ``x`` with row ``i`` of ``y``) that
+                the module's critic turns into scores.
+        """
+        raise NotImplementedError
+
     @staticmethod
     def _y(inputs: tuple[Any, ...]) -> Tensor | None:
         return inputs[1] if len(inputs) == 2 else None

@@ -178,7 +178,12 @@ class CLUB(nn.Module):
         self.conditional = _conditional(conditional, dim_x, dim_y, type(self).__name__)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """The upper bound (minimise it to remove information)."""
+        """The upper bound (minimise it to remove information).
+
+        Args:
+            x: ``(..., N, dim_x)`` samples of x (the conditional's input).
+            y: ``(..., N, dim_y)`` samples of y, row ``i`` paired with row ``i`` of ``x``.
+        """
         mu, logvar = self.conditional(x)
         self.conditional._check_y(x, y)
         return upper.club(mu, logvar, y)
@@ -243,6 +248,12 @@ class NCEClub(nn.Module):
         self.critic = critic
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """The NCE-CLUB upper bound of the critic's scores (minimise it over the encoders).
+
+        Args:
+            x: ``(N, ...)`` samples of x, as the critic takes them.
+            y: ``(N, ...)`` samples of y, row ``i`` paired with row ``i`` of ``x``.
+        """
         return upper.nce_club(self.critic(x, y))
 
     def learning_loss(self, x: Tensor, y: Tensor) -> Tensor:

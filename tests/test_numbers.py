@@ -1,0 +1,154 @@
+"""Every figure the README quotes is checked against the committed data it comes from, so the
+text and the data cannot drift apart (the documentation pages generate theirs from the same
+files when they are built)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _load(path: str):
+    return json.loads((ROOT / path).read_text())
+
+
+def _table(header_start: str) -> list[list[str]]:
+    """The rows of the Markdown table whose header line starts with ``header_start``."""
+    lines = README.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    assert rows, header_start
+    return rows
+
+
+def _close(text: str, value: float, digits: int) -> None:
+    assert float(text) == pytest.approx(round(value, digits), abs=0.6 * 10**-digits), (
+        text,
+        value,
+    )
+
+
+def _kernel_rows() -> dict:
+    rows = _load("benchmarks/results.json") + _load("benchmarks/results_65536.json")
+    return {(r["bound"], r["n"], r["d"], r["method"]): r for r in rows}
+
+
+def test_large_batches_table_matches_the_benchmark_data():
+    by = _kernel_rows()
+    table = _table("| bound | N | d | streaming x bare |")
+    for bound, n, d, x_bare, x_naive, peak, naive_peak in table:
+        ours = by[(bound, int(n), int(d), "streaming")]
+        bare = by[(bound, int(n), int(d), "bare")]
+        _close(x_bare, ours.get("x_bare") or ours["time_s"] / bare["time_s"], 2)
+        if x_naive != "-":
+            _close(x_naive, ours["x_naive"], 2)
+        _close(peak, ours["peak_extra_mib"], 0)
+        if not naive_peak.startswith("-"):
+            _close(naive_peak, by[(bound, int(n), int(d), "naive")]["peak_extra_mib"], 0)
+
+
+def test_large_batches_prose_matches_its_table():
+    by = _kernel_rows()
+    sym = [
+        r.get("x_bare") or r["time_s"] / by[("infonce-sym", r["n"], r["d"], "bare")]["time_s"]
+        for k, r in by.items()
+        if k[0] == "infonce-sym" and k[3] == "streaming" and k[1] >= 4096 and r.get("time_s")
+    ]
+    found = re.search(r"its ratio in this table is\s+(\d\.\d\d)-(\d\.\d\d)", README)
+    assert found
+    _close(found.group(1), min(sym), 2)
+    _close(found.group(2), max(sym), 2)
+
+
+def test_contrastive_table_and_its_summary_match_the_benchmark_data():
+    rows = _load("benchmarks/contrastive.json")
+    by = {(r["bound"], r["n"], r["method"]): r for r in rows}
+    table = _table("| loss | N | dense time (s) |")
+    ratios, saved = [], []
+    for loss, n, dense_t, dense_m, ours_t, ours_m, ratio, mem in table:
+        dense, ours = by[(loss, int(n), "naive")], by[(loss, int(n), "streaming")]
+        _close(dense_t, dense["time_s"], 2)
+        _close(dense_m, dense["peak_extra_mib"], 0)
+        _close(ours_t, ours["time_s"], 2)
+        _close(ours_m, ours["peak_extra_mib"], 0)
+        _close(ratio.rstrip("x"), ours["time_s"] / dense["time_s"], 2)
+        _close(mem.rstrip("x"), dense["peak_extra_mib"] / max(ours["peak_extra_mib"], 1.0), 0)
+        if int(n) == 16384 and loss != "moco":
+            ratios.append(ours["time_s"] / dense["time_s"])
+            saved.append(dense["peak_extra_mib"] / max(ours["peak_extra_mib"], 1.0))
+    found = re.search(
+        r"stream in (\d\.\d\d)-(\d\.\d\d)x the dense time at N = 16384 with (\d+)-(\d+)x", README
+    )
+    assert found
+    _close(found.group(1), min(ratios), 2)
+    _close(found.group(2), max(ratios), 2)
+    _close(found.group(3), min(saved), 0)
+    _close(found.group(4), max(saved), 0)
+
+
+def test_validate_output_matches_its_json():
+    record = _load("docs/_static/results/validate_default.json")
+    block = re.search(r"```text\nmibounds validate:(.*?)```", README, re.S)
+    assert block
+    lines = [ln.split() for ln in block.group(1).splitlines()]
+    printed = [ln for ln in lines if len(ln) >= 7 and ln[1] in ("lower", "upper")]
+    assert len(printed) == len(record["rows"])
+    for cells, row in zip(printed, record["rows"], strict=True):
+        assert cells[0] == row["estimator"] and float(cells[2]) == row["true_mi"]
+        _close(cells[3], row["estimate"], 2)
+        _close(cells[4], row["bias"], 2)
+        _close(cells[5], row["std"], 2)
+        _close(cells[6], row["mse"], 2)
+        if row.get("oracle") is not None:
+            _close(cells[7], row["oracle"], 2)
+    seconds = re.search(r"trained 8 estimators in ([\d.]+) s", block.group(1))
+    assert seconds and float(seconds.group(1)) == record["seconds"]
+    assert f"{record['seconds']:.0f} s for the run below" in README
+
+
+def test_batch_4096_table_matches_its_json():
+    small = _load("docs/_static/results/validate_default.json")["rows"]
+    big = _load("docs/_static/results/validate_infonce_4096.json")["rows"]
+    table = {row[0]: row[1:] for row in _table("| true MI |")}
+    trained64 = [r["estimate"] for r in small if r["estimator"] == "infonce"]
+    trained = [r["estimate"] for r in big if r["estimator"] == "infonce"]
+    oracle = [r["oracle"] for r in big if r["estimator"] == "infonce"]
+    for label, values in (
+        ("trained, batch 64", trained64),
+        ("trained, batch 4096", trained),
+        ("exact critic, batch 4096", oracle),
+    ):
+        for text, value in zip(table[label], values, strict=True):
+            _close(text, value, 2)
+    # the prose: at 8 nats the exact critic's value and the bound's own bias
+    at8 = oracle[3]
+    found = re.search(
+        r"even the exact critic gives\s+(\d\.\d\d), and the remaining (\d\.\d\d)", README
+    )
+    assert found
+    _close(found.group(1), at8, 2)
+    _close(found.group(2), 8.0 - round(at8, 2), 2)
+
+
+def test_estimate_mi_claim_matches_the_benchmark_data():
+    rows = _load("benchmarks/estimate_mi.json")["rows"]
+    rows += _load("benchmarks/estimate_mi_seeds12.json")["rows"]
+    wins = sum(
+        abs(r["ours"] - r["truth"])
+        < min(abs(r[k] - r["truth"]) for k in ("infonce", "nwj", "mine"))
+        for r in rows
+    )
+    tasks = len({r["task"] for r in rows})
+    found = re.search(r"on (\w+) tasks of bmi's benchmark\s+it had a smaller error", README)
+    assert found and found.group(1) == {7: "seven"}.get(tasks, str(tasks))
+    assert re.search(rf"in {wins} of {len(rows)} runs", README), (wins, len(rows))
