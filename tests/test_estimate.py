@@ -98,7 +98,26 @@ def test_estimate_mi_numpy_and_1d_inputs():
     y = x + 0.5 * rng.standard_normal(600)
     r = estimate_mi(x, y, "infonce", steps=50, batch_size=32, progress=False)
     assert math.isfinite(r.estimate) and r.n_train + r.n_eval // r.folds == 600
-    assert "infonce (lower bound)" in str(r)
+    # the printed result names the bound, its interval for what it is, and the MI limit
+    assert "infonce, a lower bound on the MI" in str(r)
+    assert "the bound's 95% sampling interval" in str(r)
+    assert r.mi_limit == r.interval[0] and f"MI >= {r.interval[0]:.4f}" in str(r)
+
+
+def test_max_seconds_ends_training_and_says_so():
+    from mibounds.tasks import CorrelatedGaussian
+
+    x, y = CorrelatedGaussian(3, mi=1.0).sample(2000, torch.Generator().manual_seed(0))
+    full = estimate_mi(x, y, "infonce", steps=400, patience=None, progress=False)
+    for est in ("infonce", "mine"):  # stacked folds, and folds one after the other
+        r = estimate_mi(x, y, est, steps=100_000, patience=None, progress=False, max_seconds=0.5)
+        assert "max_seconds=0.5 was spent after" in r.note
+        assert len(r.history) < 100_000 and math.isfinite(r.estimate)
+    assert "max_seconds" not in full.note
+    with pytest.raises(ValueError, match="max_seconds"):
+        estimate_mi(x, y, max_seconds=0)
+    upper = estimate_mi(x, y, "club", steps=20, progress=False)
+    assert upper.mi_limit == upper.interval[1] and "MI <=" in str(upper)
 
 
 def test_estimate_mi_errors():

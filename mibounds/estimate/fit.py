@@ -49,10 +49,23 @@ def _as_samples(name: str, value: Any) -> Tensor:
 class MIEstimate:
     """The result of :func:`estimate_mi`.
 
+    **What the interval means.** ``estimate`` is the value of a *bound* on the MI (a lower bound
+    for the default estimator), not the MI itself, and ``interval`` is the 95% sampling interval
+    of that value: the spread of the bound over the held-out folds. It is **not** a confidence
+    interval for the MI. A lower bound sits below the MI by its bias (the critic is not the
+    optimal one, and InfoNCE cannot exceed the log of the held-out batch size), and that bias is
+    not in the interval, so the interval can lie wholly below the MI. What it does support is a
+    one-sided statement: the expected bound is at most the MI, so the MI is at least the
+    interval's low end (``mi_limit``) with about 97.5% confidence, to the extent that the fold
+    values vary like independent draws. For an upper bound the statement is the mirror one and
+    holds only if the variational model is good. The documentation's "Estimating MI from
+    samples" page measures both on tasks of known MI.
+
     Attributes:
         estimate: mean of the bound over the held-out folds (and batches), in nats.
         stderr: standard error of that mean (over the held-out values).
-        interval: a 95% normal interval ``(low, high)`` for the held-out mean.
+        interval: the 95% normal sampling interval ``(low, high)`` of the held-out mean of the
+            bound (see above: not a confidence interval for the MI).
         estimator: the estimator's name.
         kind: ``"lower"`` or ``"upper"``.
         history: the training-batch estimate at every step (mean over the folds' critics).
@@ -94,11 +107,20 @@ class MIEstimate:
     dropped_columns: dict[str, list[int]] = field(default_factory=dict)
     note: str = ""
 
+    @property
+    def mi_limit(self) -> float:
+        """The one-sided confidence limit on the MI the bound supports: the interval's low end
+        for a lower bound (the MI is at least this), its high end for an upper bound (at
+        most this, if the variational model is good)."""
+        return self.interval[0] if self.kind == "lower" else self.interval[1]
+
     def __str__(self) -> str:
         lo, hi = self.interval
+        side = ">=" if self.kind == "lower" else "<="
         text = (
-            f"{self.estimator} ({self.kind} bound): {self.estimate:.4f} nats "
-            f"+- {self.stderr:.4f} (95% interval {lo:.4f} .. {hi:.4f})"
+            f"{self.estimator}, a {self.kind} bound on the MI: {self.estimate:.4f} nats "
+            f"+- {self.stderr:.4f} (the bound's 95% sampling interval {lo:.4f} .. {hi:.4f}; "
+            f"MI {side} {self.mi_limit:.4f})"
         )
         return f"{text}; {self.note}" if self.note else text
 
@@ -162,6 +184,7 @@ def estimate_mi(
     device: torch.device | str | None = None,
     seed: int = 0,
     progress: bool | None = None,
+    max_seconds: float | None = None,
 ) -> MIEstimate:
     r"""Estimate :math:`I(X;Y)` from paired samples by training a critic.
 
@@ -218,6 +241,11 @@ def estimate_mi(
         seed: seed of the folds, the initialisation and the batches.
         progress: a tqdm progress bar: ``None`` (default) on a terminal only, ``True`` always,
             ``False`` never.
+        max_seconds: a time budget for training, in seconds (``None``: none). When it is
+            spent, training stops at the next step, the critics are checked on the validation
+            split once more and the best ones are kept; the result's ``note`` says so. Folds
+            trained one after the other share it equally. Less time means a looser (lower)
+            bound; ``steps``, ``patience`` and ``folds`` trade time for accuracy too.
 
     Returns:
         :class:`MIEstimate`.
@@ -263,6 +291,9 @@ def estimate_mi(
     _checks.check_seed("seed", seed)
     if progress is not None:
         _checks.check_bool("progress", progress)
+    if max_seconds is not None:
+        _checks.check_positive("max_seconds", max_seconds)
+    clock = {"budget": max_seconds, "start": time.monotonic(), "hit": False}
     if isinstance(critic, str):
         kind = _checks.check_choice("critic", critic, ("auto", "separable", "concat"))
     elif isinstance(critic, nn.Module):
@@ -336,6 +367,7 @@ def estimate_mi(
             _fit, xs=xs, ys=ys, batch_size=bs, lr=step_lr, steps=steps, patience=patience,
             check_every=check_every, eval_batch_size=eval_batch_size,
             gen=torch.Generator().manual_seed(seed + 1), progress=progress, spec=spec,
+            clock=clock,
         )  # fmt: skip
         if stacked:  # all folds at once
             fitted = fit(build(len(splits)), fit_idx, val_idx, held_idx, first=restarts == 0)
@@ -362,6 +394,9 @@ def estimate_mi(
     note = ""
     if restarts:
         note = f"training diverged and restarted {restarts} time(s); final lr {step_lr:g}"
+    if clock["hit"]:
+        spent = f"max_seconds={max_seconds:g} was spent after {len(history)} steps"
+        note = f"{note}; {spent}" if note else spent
     vals = np.asarray(values)
     mean = float(vals.mean())
     if len(vals) > 1:
@@ -442,7 +477,7 @@ def _unstacked(model: nn.Module) -> nn.Module:
 
 def _fit_each(
     build: Callable[[int | None], nn.Module],
-    fit: Callable[..., _Fitted | None],
+    fit: functools.partial[_Fitted | None],
     fit_idx: Tensor,
     val_idx: Tensor,
     held_idx: Tensor,
@@ -453,10 +488,16 @@ def _fit_each(
     runs: list[list[float]] = []
     values: list[float] = []
     stopped: list[int] = []
-    for k in range(fit_idx.shape[0]):
+    folds = fit_idx.shape[0]
+    shared = fit.keywords["clock"]
+    budget, clock = shared["budget"], shared
+    for k in range(folds):
         fold = slice(k, k + 1)
+        if budget is not None:  # the folds share the budget equally
+            clock = dict(clock, budget=budget / folds, start=time.monotonic())
         out = fit(_Single(build(None)), fit_idx[fold], val_idx[fold], held_idx[fold],
-                  first=first and k == 0)  # fmt: skip
+                  first=first and k == 0, clock=clock)  # fmt: skip
+        shared["hit"] |= clock["hit"]
         if out is None:
             return None
         runs.append(out[0])
@@ -487,6 +528,7 @@ def _fit(
     gen: torch.Generator,
     progress: bool | None,
     spec: EstimatorSpec,
+    clock: dict[str, Any],
 ) -> _Fitted | None:
     """Train the M members of ``model`` (member k on ``fit_idx[k]``, in epochs of disjoint
     batches) with Adam, keep each member's best critic on ``val_idx[k]``, and evaluate it on
@@ -531,7 +573,13 @@ def _fit(
         loss.sum().backward()
         opt.step()
         history.append(float(est.mean()))
-        if patience is None or (step % check_every and step != steps):
+        budget = clock["budget"]
+        spent = budget is not None and time.monotonic() - clock["start"] >= budget
+        if spent:
+            clock["hit"] = True
+        if patience is None or (step % check_every and step != steps and not spent):
+            if spent:
+                break
             continue
         val = _held_out(model, xs, ys, val_idx, val_size, batch_size)
         if val is None:
@@ -544,7 +592,7 @@ def _fit(
             for k in torch.nonzero(better).flatten().tolist():
                 best_step[k] = step
         since = torch.where(better, 0, since + 1)
-        if bool((since >= patience).all()):
+        if spent or bool((since >= patience).all()):
             break
     if patience is None:
         best_step = [len(history)] * members
