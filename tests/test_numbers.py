@@ -152,3 +152,99 @@ def test_estimate_mi_claim_matches_the_benchmark_data():
     found = re.search(r"on (\w+) tasks of bmi's benchmark\s+it had a smaller error", README)
     assert found and found.group(1) == {7: "seven"}.get(tasks, str(tasks))
     assert re.search(rf"in {wins} of {len(rows)} runs", README), (wins, len(rows))
+
+
+def _rows(name: str, estimator: str) -> list[dict]:
+    rows = _load(f"docs/_static/results/{name}.json")["rows"]
+    return [r for r in rows if r["estimator"] == estimator]
+
+
+def _number(text: str, pattern: str) -> list[str]:
+    found = re.search(pattern, text, re.S)
+    assert found, pattern
+    return list(found.groups())
+
+
+def test_validation_page_prose_matches_its_json():
+    page = re.sub(r"\s+", " ", (ROOT / "docs" / "validation.rst").read_text())
+    small = {r["true_mi"]: r for r in _rows("validate_default", "infonce")}
+    big = {r["true_mi"]: r for r in _rows("validate_infonce_4096", "infonce")}
+    trained, gap, oracle = _number(
+        page, r"at 2 nats the trained (\d\.\d\d) is (\d\.\d\d) below the (\d\.\d\d)"
+    )
+    _close(trained, small[2.0]["estimate"], 2)
+    _close(oracle, small[2.0]["oracle"], 2)
+    _close(gap, round(small[2.0]["oracle"], 2) - round(small[2.0]["estimate"], 2), 2)
+    nwj8 = next(r for r in _rows("validate_default", "nwj") if r["true_mi"] == 8.0)
+    _close(_number(page, r"NWJ (\d+\.\d) at 8 nats")[0], nwj8["oracle_std"], 1)
+    at8, at10 = _number(page, r"climbing to (\d\.\d\d) at 8 nats and (\d\.\d\d) at 10")
+    _close(at8, big[8.0]["estimate"], 2)
+    _close(at10, big[10.0]["estimate"], 2)
+    worst = max(abs(r["estimate"] - r["oracle"]) for r in big.values())
+    limit = float(_number(page, r"At every stair the trained critic is within (\d\.\d\d) nats")[0])
+    assert worst <= limit + 0.005, worst
+    exact, below, below_cap = _number(
+        page, r"even the exact critic gives (\d\.\d\d), (\d\.\d\d) below the truth and (\d\.\d\d)"
+    )
+    _close(exact, big[8.0]["oracle"], 2)
+    _close(below, 8.0 - round(big[8.0]["oracle"], 2), 2)
+    _close(below_cap, 8.32 - round(big[8.0]["oracle"], 2), 2)
+    gap4, gap6 = _number(page, r"gap to the truth was (\d\.\d\d) nats .*? and (\d\.\d\d) at")
+    _close(gap4, 4.0 - big[4.0]["oracle"], 2)
+    _close(gap6, 6.0 - big[6.0]["oracle"], 2)
+    smile = [r for r in _rows("validate_default", "smile") if r["true_mi"] <= 8.0]
+    within = float(_number(page, r"SMILE \(within (\d\.\d) nats of the truth up to 8 nats")[0])
+    assert max(abs(r["bias"]) for r in smile) <= within, smile
+
+
+def _err(row: dict, key: str) -> float:
+    return abs(row[key] - row["truth"])
+
+
+def _bmi_best(row: dict) -> str:
+    return min(("infonce", "nwj", "mine"), key=lambda k: _err(row, k))
+
+
+def test_estimate_page_prose_matches_its_json():
+    page = re.sub(r"\s+", " ", (ROOT / "docs" / "estimate.rst").read_text())
+    seed0 = _load("benchmarks/estimate_mi.json")["rows"]
+    more = _load("benchmarks/estimate_mi_seeds12.json")["rows"]
+    others = _load("benchmarks/estimate_mi_others.json")["rows"]
+    words = {6: "six", 7: "seven"}
+
+    def wins(rows: list[dict]) -> int:
+        return sum(_err(r, "ours") < _err(r, _bmi_best(r)) for r in rows)
+
+    assert f"smaller error on {words[wins(seed0)]} of the {words[len(seed0)]} tasks" in page
+    lo, hi, blo, bhi = _number(page, r"took (\d+)-(\d+) s per task against (\d+)-(\d+) s")
+    ours_s = [r["ours_s"] for r in seed0]
+    bmi_s = [r[f"{k}_s"] for r in seed0 for k in ("infonce", "nwj", "mine")]
+    assert (int(lo), int(hi)) == (round(min(ours_s)), round(max(ours_s)))
+    assert (int(blo), int(bhi)) == (round(min(bmi_s)), round(max(bmi_s)))
+    assert f"smaller error on {wins(more)} of these {len(more)} runs" in page
+    assert f"Over all {len(seed0) + len(more)} runs it wins {wins(seed0) + wins(more)}" in page
+    ours_mae, bmi_mae = _number(
+        page, r"mean absolute error is (\d\.\d+) nats, against (\d\.\d+) for the best"
+    )
+    both = seed0 + more
+    _close(ours_mae, sum(_err(r, "ours") for r in both) / len(both), 3)
+    _close(bmi_mae, sum(_err(r, _bmi_best(r)) for r in both) / len(both), 3)
+    lo, hi, blo, bhi = _number(
+        page, r"ours (\d+)-(\d+) s, bmi's most accurate estimator (\d+)-(\d+) s"
+    )
+    assert (int(lo), int(hi)) == (
+        round(min(r["ours_s"] for r in more)),
+        round(max(r["ours_s"] for r in more)),
+    )
+    best_s = [r[f"{_bmi_best(r)}_s"] for r in more]
+    assert (int(blo), int(bhi)) == (round(min(best_s)), round(max(best_s)))
+    mae_others, mae_seven = _number(
+        page, r"The mean absolute error is (\d\.\d+) nats \((\d\.\d+) on the seven tasks"
+    )
+    _close(mae_others, sum(_err(r, "ours") for r in others) / len(others), 3)
+    _close(mae_seven, sum(_err(r, "ours") for r in seed0) / len(seed0), 3)
+    assert all(0 < r["ours"] < r["truth"] for r in others)
+    spiral = next(r for r in others if r["task"].startswith("spiral"))
+    student = next(r for r in others if r["task"] == "asinh-student-identity-5-5-2")
+    _close(_number(page, r"spiral transform \((\d\.\d+)\)")[0], _err(spiral, "ours"), 2)
+    _close(_number(page, r"5 \+ 5 dimensions \((\d\.\d+)\)")[0], _err(student, "ours"), 2)
