@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,56 @@ from mibounds.tasks import (
     AdditiveUniformNoise,
     CorrelatedGaussian,
     MultivariateStudentT,
-    Task,
     Transformed,
 )
 
 HERE = Path(__file__).resolve().parent
 
 
-def tasks() -> dict[str, Task]:
+class Sparse:
+    """``pairs`` coordinates of x correlated with those of y (correlation ``rho``), the other
+    ``dim - pairs`` independent noise, then an increasing map on each side: high-dimensional
+    data whose MI sits in a few coordinates, ``-pairs / 2 * log(1 - rho^2)``."""
+
+    def __init__(self, dim: int, pairs: int, rho: float, maps: tuple[str, str]) -> None:
+        self.dim, self.pairs, self.rho, self.maps = dim, pairs, rho, maps
+        self.mutual_information = -pairs / 2 * math.log(1 - rho**2)
+
+    def sample(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        f64 = torch.float64
+        z = torch.randn(n, self.pairs, generator=gen, dtype=f64)
+        e = torch.randn(n, self.pairs, generator=gen, dtype=f64)
+        rest = self.dim - self.pairs
+        x = torch.cat([z, torch.randn(n, rest, generator=gen, dtype=f64)], 1)
+        y = self.rho * z + math.sqrt(1 - self.rho**2) * e
+        y = torch.cat([y, torch.randn(n, rest, generator=gen, dtype=f64)], 1)
+        return _MAPS[self.maps[0]](x).float(), _MAPS[self.maps[1]](y).float()
+
+
+class Rotated:
+    """A correlated Gaussian seen through a fixed random rotation on each side."""
+
+    def __init__(self, dim: int, mi: float) -> None:
+        self.task = CorrelatedGaussian(dim, mi=mi)
+        self.mutual_information = mi
+        g = torch.Generator().manual_seed(1234)
+        self.qx = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))[0]
+        self.qy = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))[0]
+
+    def sample(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.task.sample(n, gen)
+        return (x.double() @ self.qx).float(), (y.double() @ self.qy).float()
+
+
+_MAPS = {
+    "asinh": lambda t: torch.asinh(3 * t),
+    "cube": lambda t: t**3,
+    "half-cube": lambda t: t * t.abs().sqrt(),
+    "exp": torch.exp,
+}
+
+
+def tasks() -> dict[str, Any]:
     """Gaussian and non-Gaussian tasks of known MI, 1 to 50 dimensions per side."""
     return {
         "gaussian 1x1, 0.5 nats": CorrelatedGaussian(1, mi=0.5),
@@ -47,10 +90,13 @@ def tasks() -> dict[str, Task]:
         "student-t 5x5, df 5, 1 nat": MultivariateStudentT.with_mi(5, df=5.0, mi=1.0),
         "uniform noise 1x1, eps 0.1": AdditiveUniformNoise(0.1),
         "uniform noise 1x1, eps 0.5": AdditiveUniformNoise(0.5),
+        "rotated gaussian 10x10, 1 nat": Rotated(10, 1.0),
+        "sparse 50x50, 4 pairs, asinh/cube": Sparse(50, 4, 0.7, ("asinh", "cube")),
+        "sparse 30x30, 3 pairs, half-cube/exp": Sparse(30, 3, 0.8, ("half-cube", "exp")),
     }
 
 
-def run(name: str, task: Task, samples: int, seed: int, **kwargs: Any) -> dict[str, Any]:
+def run(name: str, task: Any, samples: int, seed: int, **kwargs: Any) -> dict[str, Any]:
     x, y = task.sample(samples, torch.Generator().manual_seed(seed))
     start = time.perf_counter()
     r = estimate_mi(x, y, progress=False, **kwargs)
@@ -91,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", default="all", help="all, or comma-separated names")
     parser.add_argument("--max-seconds", type=float, default=None)
+    parser.add_argument(
+        "--standardize", default="true", choices=("true", "rank"), help="estimate_mi's option"
+    )
     parser.add_argument("--json", type=Path, default=HERE / "estimate_mi_coverage.json")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     args = parser.parse_args(argv)
@@ -99,14 +148,20 @@ def main(argv: list[str] | None = None) -> int:
         chosen = {k: chosen[k] for k in args.tasks.split(",")}
     rows = []
     for name, task in chosen.items():
-        row = run(name, task, args.samples, args.seed, max_seconds=args.max_seconds)
+        standardize: bool | str = True if args.standardize == "true" else "rank"
+        row = run(
+            name, task, args.samples, args.seed, max_seconds=args.max_seconds,
+            standardize=standardize,
+        )  # fmt: skip
         print(
             f"{name:<32} truth {row['truth']:.3f}  estimate {row['estimate']:.3f}  "
             f"[{row['low']:.3f}, {row['high']:.3f}]  {row['seconds']:.0f} s",
             flush=True,
         )
         rows.append(row)
-    record = {"samples": args.samples, "seed": args.seed, "rows": rows}
+    record = {
+        "samples": args.samples, "seed": args.seed, "standardize": args.standardize, "rows": rows
+    }  # fmt: skip
     args.json.write_text(json.dumps(record, indent=1) + "\n")
     if args.markdown:
         print(markdown(rows))

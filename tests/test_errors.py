@@ -220,7 +220,7 @@ def test_estimate_mi_device_and_seed():
     for seed in ("a", 1.5):
         with pytest.raises(TypeError, match=r"seed must be an int"):
             mibounds.estimate_mi(x, x, seed=seed, steps=1, progress=False)
-    with pytest.raises(TypeError, match=r"standardize must be a bool"):
+    with pytest.raises(TypeError, match=r"standardize must be a bool or .rank."):
         mibounds.estimate_mi(x, x, standardize="no", steps=1, progress=False)
 
 

@@ -499,3 +499,22 @@ def test_auto_critic_is_concat_in_one_dimension():
     ys = xs + 0.2 * torch.rand(3000, 1, generator=gen) - 0.1
     r = estimate_mi(xs, ys, steps=1500, progress=False)
     assert r.estimate > 1.5, r
+
+
+def test_rank_standardisation_undoes_increasing_maps():
+    from mibounds.estimate.fit import _standardize
+
+    x = torch.randn(500, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    plain = _standardize("x", x, torch.float32, ranks=True)[0]
+    mapped = _standardize("x", torch.exp(x) ** 3 + 7.0, torch.float32, ranks=True)[0]
+    torch.testing.assert_close(plain, mapped)  # normal scores see only the order
+    assert abs(float(plain.mean())) < 1e-12 and 0.95 < float(plain.std()) < 1.0
+    # a column with tied values is standardised as with standardize=True, not ranked
+    tied = torch.cat([x[:, :1], x[:, 1:2].round()], dim=1)
+    ranked = _standardize("x", tied, torch.float32, ranks=True)[0]
+    zscore = _standardize("x", tied, torch.float32)[0]
+    torch.testing.assert_close(ranked[:, 1], zscore[:, 1])
+    assert not torch.allclose(ranked[:, 0], zscore[:, 0])
+    y = x + 0.3 * torch.randn(500, 3, dtype=torch.float64)
+    r = estimate_mi(x, y, standardize="rank", steps=50, progress=False)
+    assert math.isfinite(r.estimate)

@@ -248,3 +248,17 @@ def test_estimate_page_prose_matches_its_json():
     student = next(r for r in others if r["task"] == "asinh-student-identity-5-5-2")
     _close(_number(page, r"spiral transform \((\d\.\d+)\)")[0], _err(spiral, "ours"), 2)
     _close(_number(page, r"5 \+ 5 dimensions \((\d\.\d+)\)")[0], _err(student, "ours"), 2)
+
+
+def test_high_dimensions_prose_matches_the_coverage_json():
+    page = re.sub(r"\s+", " ", (ROOT / "docs" / "estimate.rst").read_text())
+    rows = {r["task"]: r for r in _load("benchmarks/estimate_mi_coverage.json")["rows"]}
+    g20, g50 = rows["gaussian 20x20, 2 nats"], rows["gaussian 50x50, 1 nat"]
+    a, b, c, d = _number(page, r"Gaussians above: (\d\.\d\d) of (\d) nats and (\d\.\d\d) of (\d)\)")
+    _close(a, g20["estimate"], 2)
+    _close(c, g50["estimate"], 2)
+    assert (float(b), float(d)) == (g20["truth"], g50["truth"])
+    sparse = rows["sparse 50x50, 4 pairs, asinh/cube"]
+    e, f = _number(page, r"the sparse tasks: (\d\.\d\d) of (\d\.\d\d) nats")
+    _close(e, sparse["estimate"], 2)
+    _close(f, sparse["truth"], 2)

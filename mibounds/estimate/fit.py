@@ -180,7 +180,7 @@ def estimate_mi(
     eval_batch_size: int | None = None,
     hidden: int | None = None,
     embed: int | None = None,
-    standardize: bool = True,
+    standardize: bool | str = True,
     device: torch.device | str | None = None,
     seed: int = 0,
     progress: bool | None = None,
@@ -234,9 +234,14 @@ def estimate_mi(
         embed: embedding size of a built-in separable critic (default: ``max(16, min(d_x,
             d_y))``; the dot product of two ``embed``-vectors has rank ``embed``, and a
             Gaussian pair whose dependence has rank ``min(d_x, d_y)`` needs that many).
-        standardize: standardise each coordinate with the mean and standard deviation of all
-            samples (an invertible map per coordinate, so the MI is unchanged; it uses no
-            pairing information).
+        standardize: ``True``: standardise each coordinate with the mean and standard
+            deviation of all samples (heavy-tailed ones through ``asinh`` of a robust z-score).
+            ``"rank"``: replace each coordinate by its normal score, the standard normal
+            quantile of its rank, :math:`\Phi^{-1}((r - 1/2)/n)`, which undoes any increasing
+            map of the coordinate (a coordinate with tied values is standardised instead).
+            ``False``: the values as given. Each is an invertible map per coordinate, so the
+            MI is unchanged, and none uses the pairing. See :doc:`/estimate`, "High
+            dimensions", for when ``"rank"`` helps.
         device: where to train (default: the device of ``x``).
         seed: seed of the folds, the initialisation and the batches.
         progress: a tqdm progress bar: ``None`` (default) on a terminal only, ``True`` always,
@@ -287,7 +292,8 @@ def estimate_mi(
                 f"eval_fraction applies to folds=1 only (with folds={folds} each fold holds "
                 f"out 1/{folds} of the samples), got eval_fraction={eval_fraction}"
             )
-    _checks.check_bool("standardize", standardize)
+    if not isinstance(standardize, bool) and standardize != "rank":
+        raise TypeError(f"standardize must be a bool or 'rank', got {standardize!r}")
     _checks.check_seed("seed", seed)
     if progress is not None:
         _checks.check_bool("progress", progress)
@@ -322,8 +328,9 @@ def estimate_mi(
     y64 = yt.detach().to(device=dev, dtype=torch.float64)
     dropped: dict[str, list[int]] = {}
     if standardize:
-        x64, dropped["x"] = _standardize("x", x64, x_dtype)
-        y64, dropped["y"] = _standardize("y", y64, y_dtype)
+        ranks = standardize == "rank"
+        x64, dropped["x"] = _standardize("x", x64, x_dtype, ranks)
+        y64, dropped["y"] = _standardize("y", y64, y_dtype, ranks)
     xs, ys = x64.float(), y64.float()
     dx, dy = xs.shape[1], ys.shape[1]
     kind = resolve_auto(kind, dx, dy)
@@ -679,11 +686,14 @@ def _keep(kept: dict[str, Tensor], model: nn.Module, better: Tensor) -> None:
             kept[name] = value.detach().clone()
 
 
-def _standardize(name: str, values: Tensor, dtype: torch.dtype) -> tuple[Tensor, list[int]]:
+def _standardize(
+    name: str, values: Tensor, dtype: torch.dtype, ranks: bool = False
+) -> tuple[Tensor, list[int]]:
     """Centre and scale each column by its mean and standard deviation (float64), leaving out
     columns that are constant up to the rounding of ``dtype`` (with a warning; they carry no
     information) and passing heavy-tailed columns through ``asinh`` after a robust scaling
-    (median and inter-quartile range). Both maps are invertible per column, so the MI is
+    (median and inter-quartile range); with ``ranks``, columns without tied values become
+    their normal scores instead. Every map is invertible per column, so the MI is
     unchanged."""
     mean, std = values.mean(0), values.std(0)
     # constant: no spread beyond the rounding of the values themselves in their own dtype
@@ -713,7 +723,23 @@ def _standardize(name: str, values: Tensor, dtype: torch.dtype) -> tuple[Tensor,
     heavy = (z**4).mean(0) - 3.0 > _HEAVY_TAIL_KURTOSIS
     if bool(heavy.any()):
         z = torch.where(heavy, torch.asinh((values - q[1]) / (iqr / 1.349)), z)
+    if ranks:
+        z = torch.where(_untied(values), _normal_scores(values), z)
     return z, dropped
+
+
+def _normal_scores(values: Tensor) -> Tensor:
+    """Per column, the standard normal quantile of each value's rank, ``Phi^-1((r - 1/2)/n)``
+    (float64)."""
+    n = values.shape[0]
+    rank = values.argsort(0).argsort(0).to(torch.float64)
+    return math.sqrt(2.0) * torch.erfinv(2.0 * (rank + 0.5) / n - 1.0)
+
+
+def _untied(values: Tensor) -> Tensor:
+    """Per column, whether all its values differ (ranks are then a function of the values)."""
+    ordered = values.sort(0).values
+    return (ordered[1:] != ordered[:-1]).all(0)
 
 
 #: excess kurtosis above which a column counts as heavy-tailed (a Gaussian has 0, Student-t
