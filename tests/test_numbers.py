@@ -262,3 +262,22 @@ def test_high_dimensions_prose_matches_the_coverage_json():
     e, f = _number(page, r"the sparse tasks: (\d\.\d\d) of (\d\.\d\d) nats")
     _close(e, sparse["estimate"], 2)
     _close(f, sparse["truth"], 2)
+
+
+def test_paper_example_rows_quote_their_full_runs():
+    """Each decimal figure of the README's paper-examples table is in the example's docstring
+    (its committed full run; rounded as quoted, a percentage may be a fraction there), or the
+    difference of two figures of the same row."""
+    table = _table("| example | time | what it shows |")
+    for script, _time, claim in table:
+        doc = (ROOT / script.strip("`")).read_text().split('"""')[1]
+        numbers = re.findall(r"(?<![\d.])(\d+\.\d+)", claim)
+        quoted = [float(q) for q in re.findall(r"(?<![\d.])(\d+\.\d+)", doc)]
+        for value in numbers:
+            places = len(value.split(".")[1])
+            # the docstring's figure rounded as quoted, or its fraction as a percentage
+            half = 0.5 * 10**-places + 1e-9
+            if any(min(abs(q - float(value)), abs(100 * q - float(value))) <= half for q in quoted):
+                continue
+            diffs = {f"{abs(float(a) - float(b)):.1f}" for a in numbers for b in numbers}
+            assert value in diffs, (script, value)
