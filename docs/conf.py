@@ -44,6 +44,7 @@ intersphinx_disabled_reftypes = ["std:doc"]
 html_theme = "furo"
 html_title = f"mibounds {release}"
 html_static_path = ["_static"]
+html_css_files = ["tables.css"]
 # Formulas render offline: MathJax's SVG build is vendored in _static/mathjax (its fonts are
 # SVG paths inside the script), never fetched from a CDN.
 mathjax_path = "mathjax/tex-svg-full.js"
