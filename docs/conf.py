@@ -550,7 +550,7 @@ def _rank_table() -> str:
     wins = sum(a < b for a, b in zip(errors["rank"], errors["default"], strict=True))
     lines += [
         "",
-        f"On the {n} tasks it was not chosen on, ``\"rank\"`` has the smaller error on {wins}; "
+        f'On the {n} tasks it was not chosen on, ``"rank"`` has the smaller error on {wins}; '
         f"mean absolute error {sum(errors['rank']) / n:.3f} nats against "
         f"{sum(errors['default']) / n:.3f} for the default.",
     ]
