@@ -39,6 +39,7 @@ the scores set accordingly (rectangular candidates, labels, excluded self-pairs)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -776,7 +777,7 @@ class SupConLoss(nn.Module):
         self,
         embeddings: Tensor,
         labels: Tensor | None = None,
-        indices_tuple: Any = None,
+        indices_tuple: Sequence[Tensor] | None = None,
         ref_emb: Tensor | None = None,
         ref_labels: Tensor | None = None,
     ) -> Tensor:
@@ -993,7 +994,7 @@ class PMLNTXentLoss(nn.Module):
         self,
         embeddings: Tensor,
         labels: Tensor | None = None,
-        indices_tuple: Any = None,
+        indices_tuple: Sequence[Tensor] | None = None,
         ref_emb: Tensor | None = None,
         ref_labels: Tensor | None = None,
     ) -> Tensor:

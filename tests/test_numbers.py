@@ -281,3 +281,29 @@ def test_paper_example_rows_quote_their_full_runs():
                 continue
             diffs = {f"{abs(float(a) - float(b)):.1f}" for a in numbers for b in numbers}
             assert value in diffs, (script, value)
+
+
+def test_which_bound_measurements_match_the_validation_json():
+    page = re.sub(r"\s+", " ", (ROOT / "docs" / "which_bound.rst").read_text())
+    rows = _load("docs/_static/results/validate_default.json")["rows"]
+
+    def row(estimator: str, mi: float) -> dict:
+        return next(r for r in rows if r["estimator"] == estimator and r["true_mi"] == mi)
+
+    _close(_number(page, r"InfoNCE saturates: (\d\.\d\d) nats at the 10-nat")[0],
+           row("infonce", 10.0)["estimate"], 2)  # fmt: skip
+    within, lo, hi = _number(
+        page, r"within \+(\d\.\d\d) nats up to 10 nats, standard deviation (\d\.\d)-(\d\.\d)"
+    )
+    smile = [r for r in rows if r["estimator"] == "smile"]
+    _close(within, max(abs(r["bias"]) for r in smile), 2)
+    _close(lo, min(r["std"] for r in smile), 1)
+    _close(hi, max(r["std"] for r in smile), 1)
+    two, lo10, hi10 = _number(page, r"loose \(\+(\d+) nats at 2 nats, \+(\d+) to \+(\d+) at 10\)")
+    for est in ("club", "nce-club"):
+        _close(two, row(est, 2.0)["bias"], 0)
+    tens = [row(est, 10.0)["bias"] for est in ("club", "nce-club")]
+    _close(lo10, min(tens), 0)
+    _close(hi10, max(tens), 0)
+    _close(_number(page, r"L1Out is tight at low MI \(\+(\d\.\d\d) at 2 nats")[0],
+           row("l1out", 2.0)["bias"], 2)  # fmt: skip
