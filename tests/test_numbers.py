@@ -307,3 +307,11 @@ def test_which_bound_measurements_match_the_validation_json():
     _close(hi10, max(tens), 0)
     _close(_number(page, r"L1Out is tight at low MI \(\+(\d\.\d\d) at 2 nats")[0],
            row("l1out", 2.0)["bias"], 2)  # fmt: skip
+
+
+def test_readme_status_figure_matches_the_coverage_json():
+    rows = {r["task"]: r for r in _load("benchmarks/estimate_mi_coverage.json")["rows"]}
+    g20 = rows["gaussian 20x20, 2 nats"]
+    reach, truth = _number(README, r"it reaches\s+(\d\.\d\d) of (\d) nats on a 20 x 20 Gaussian")
+    _close(reach, g20["estimate"], 2)
+    assert float(truth) == g20["truth"]
