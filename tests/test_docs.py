@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -102,7 +103,9 @@ def built_docs(tmp_path_factory):
     builds it (sphinx-gallery writes into the source tree, so two builds at once would collide),
     the others wait for it and read the same output."""
     pytest.importorskip("sphinx")
-    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every xdist worker
+    # this run's folder, the same for every xdist worker (a worker's own folder is one below)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     out = shared / "docs_html"
     with open(shared / "docs_build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
