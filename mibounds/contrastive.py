@@ -159,6 +159,26 @@ def _output(loss: Tensor, output_dict: bool) -> Tensor | dict[str, Tensor]:
     return {"contrastive_loss": loss} if output_dict else loss
 
 
+def _image_text(
+    image_features: Any,
+    text_features: Any,
+    logit_scale: Any,
+    logit_bias: Any,
+    gather: GroupArg,
+    shift: float = 0.0,
+) -> SeparableScores:
+    """OpenCLIP's operands, checked and named as its losses take them, as the scores
+    ``t u.v + b`` (plus ``shift``, added to every logit)."""
+    u = _features("image_features", image_features, _min_rows(gather))
+    v = _features("text_features", text_features, _min_rows(gather))
+    _same_shape("image_features", u, "text_features", v)
+    t = _scale("logit_scale", logit_scale)
+    b = None if logit_bias is None else _bias("logit_bias", logit_bias)
+    if shift != 0.0:
+        b = shift if b is None else b + shift
+    return SeparableScores(u, v, "dot", 1 / t, bias=b, gather=gather)
+
+
 def _min_rows(gather: Any) -> int:
     """Rows a rank needs: one with negatives from other ranks, else two."""
     return 1 if gather else 2
@@ -278,12 +298,7 @@ class CLIPLoss(nn.Module):
     def _scores(
         self, image_features: Tensor, text_features: Tensor, logit_scale: Any, logit_bias: Any
     ) -> SeparableScores:
-        u = _features("image_features", image_features, _min_rows(self.gather))
-        v = _features("text_features", text_features, _min_rows(self.gather))
-        _same_shape("image_features", u, "text_features", v)
-        t = _scale("logit_scale", logit_scale)
-        b = None if logit_bias is None else _bias("logit_bias", logit_bias)
-        return SeparableScores(u, v, "dot", 1 / t, gather=self.gather, bias=b)
+        return _image_text(image_features, text_features, logit_scale, logit_bias, self.gather)
 
     def forward(
         self,
@@ -406,13 +421,7 @@ class SigLIPLoss(nn.Module):
         self.reduction = _reduction("SigLIPLoss", reduction)
 
     def _scores(self, u: Any, v: Any, logit_scale: Any, logit_bias: Any, shift: float = 0.0):
-        u = _features("image_features", u, _min_rows(self.gather))
-        v = _features("text_features", v, _min_rows(self.gather))
-        _same_shape("image_features", u, "text_features", v)
-        t = _scale("logit_scale", logit_scale)
-        b = None if logit_bias is None else _bias("logit_bias", logit_bias)
-        bias = (None if shift == 0.0 else shift) if b is None else b + shift
-        return SeparableScores(u, v, "dot", 1 / t, bias=bias, gather=self.gather)
+        return _image_text(u, v, logit_scale, logit_bias, self.gather, shift)
 
     def forward(
         self,
@@ -599,14 +608,14 @@ class NTXentLoss(nn.Module):
             )
         if self.bank_size:
             return self._bank_loss(out0, out1)
-        s = self._local_scores(out0, out1) if self.local else self._scores(out0, out1)
+        s = self._rank_scores(out0, out1) if self.local else self._scores(out0, out1)
         if self.reduction != "mean":
             return _reduce(_anchor_losses(s), self.reduction).to(out0.dtype)
         if self.local:
             return (math.log(s.y.shape[0] - 1) - infonce(s)).to(out0.dtype)
         return (torch.log(_global_rows(s) - 1) - infonce(s)).to(out0.dtype)
 
-    def _local_scores(self, out0: Any, out1: Any) -> SeparableScores:
+    def _rank_scores(self, out0: Any, out1: Any) -> SeparableScores:
         """lightly's ``gather_distributed``: this rank's 2n anchors against the 2N embeddings
         of every rank (this rank's first, so that each anchor's own column is excluded)."""
         a, b = _two_views(out0, out1, 1)

@@ -743,11 +743,7 @@ def separable_rows(scores: Scores, gather: distributed.GroupArg = False) -> Sepa
     (``reduction="none"``) terms; ``None`` for other scores."""
     if not isinstance(scores, SeparableScores):
         return None
-    if distributed.resolve_group(gather or scores.gather) is not None:
-        raise ValueError(
-            "reduction='none' is not supported with gather: the per-sample terms of the "
-            "global batch are split over ranks; use 'mean' or 'sum'"
-        )
+    batch_statistics(scores, gather, "none")  # refuses per-sample terms while gathering
     return SeparableBatch(scores)
 
 

@@ -584,9 +584,11 @@ def _fit(
         spent = budget is not None and time.monotonic() - clock["start"] >= budget
         if spent:
             clock["hit"] = True
-        if patience is None or (step % check_every and step != steps and not spent):
+        if patience is None:
             if spent:
                 break
+            continue
+        if step % check_every and step != steps and not spent:
             continue
         val = _held_out(model, xs, ys, val_idx, val_size, batch_size)
         if val is None:

@@ -8,6 +8,7 @@ the information; the estimate itself is ``-loss`` (or call the functional bound)
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 from torch import Tensor, nn
@@ -21,7 +22,7 @@ from mibounds.scores import SeparableScores
 __all__ = ["DV", "FMI", "JS", "MINE", "NWJ", "SMILE", "TUBA", "InfoNCE", "Interpolated"]
 
 
-class _BoundLoss(nn.Module):
+class _BoundLoss(nn.Module, abc.ABC):
     """Shared plumbing: resolve ``forward(scores)`` or ``forward(x, y)`` into scores."""
 
     def __init__(self, critic: nn.Module | None = None) -> None:
@@ -43,6 +44,7 @@ class _BoundLoss(nn.Module):
             return self.critic(*inputs)
         raise TypeError(f"{name} takes (scores) or (x, y), got {len(inputs)} positional inputs")
 
+    @abc.abstractmethod
     def forward(self, *inputs: Any) -> Tensor:
         """The loss to minimise: minus the bound, in nats.
 
@@ -53,7 +55,6 @@ class _BoundLoss(nn.Module):
                 ``(N, d_y)`` paired samples (row ``i`` of ``x`` with row ``i`` of ``y``) that
                 the module's critic turns into scores.
         """
-        raise NotImplementedError
 
     @staticmethod
     def _y(inputs: tuple[Any, ...]) -> Tensor | None:
