@@ -179,11 +179,12 @@ def evaluate(kind, model, task, args, gen):
     acc = linear_probe(z_tr, train_b["y"], z_te, test_b["y"], epochs=200 if not args.quick else 20)
 
     def mi(z, w):
-        # one split, a fixed number of steps and batched held-out evaluation: the read-out
-        # protocol of the tables on the example's page
+        # one split, a fixed number of steps, z-scores and batched held-out evaluation: the
+        # read-out protocol of the tables on the example's page
         est = mibounds.estimate_mi(
             z, w, "smile", "separable", folds=1, patience=None, steps=args.mi_steps,
             batch_size=128, eval_batch_size=128, lr=1e-3, hidden=256, embed=64, progress=False,
+            standardize=True,
         )  # fmt: skip
         return est.estimate
 

@@ -452,7 +452,9 @@ def test_cross_fitting_holds_every_sample_out_once_and_trains_folds_together():
     r = estimate_mi(x, y, steps=300, progress=False)
     assert r.estimator == "infonce-sym" and r.folds == 5 and len(r.eval_values) == 5
     assert r.n_eval == 1000 and r.n_train == 800  # 1003 mod 5 = 3 samples left out
-    assert len(r.steps_run) == 5 and all(0 < s <= 300 for s in r.steps_run)
+    # step 0: the fitted Gaussian critic itself was the best on validation
+    assert len(r.steps_run) == 5 and all(0 <= s <= 300 for s in r.steps_run)
+    assert all(s > 0 for s, g in zip(r.steps_run, r.gaussian_start, strict=True) if not g)
     assert math.isfinite(r.stderr) and 0.3 < r.estimate < 0.7
 
 
@@ -509,12 +511,97 @@ def test_rank_standardisation_undoes_increasing_maps():
     mapped = _standardize("x", torch.exp(x) ** 3 + 7.0, torch.float32, ranks=True)[0]
     torch.testing.assert_close(plain, mapped)  # normal scores see only the order
     assert abs(float(plain.mean())) < 1e-12 and 0.95 < float(plain.std()) < 1.0
-    # a column with tied values is standardised as with standardize=True, not ranked
-    tied = torch.cat([x[:, :1], x[:, 1:2].round()], dim=1)
-    ranked = _standardize("x", tied, torch.float32, ranks=True)[0]
-    zscore = _standardize("x", tied, torch.float32)[0]
-    torch.testing.assert_close(ranked[:, 1], zscore[:, 1])
-    assert not torch.allclose(ranked[:, 0], zscore[:, 0])
+    # tied values share the normal score of their mean rank: still a strictly increasing map
+    tied = x[:, 1].round()
+    ranked = _standardize("x", tied[:, None], torch.float32, ranks=True)[0][:, 0]
+    for value in tied.unique():
+        same = ranked[tied == value]
+        assert bool((same == same[0]).all())
+    order = tied.argsort()
+    assert bool((ranked[order].diff() >= 0).all())
+    assert bool(((ranked[order].diff() > 0) == (tied[order].diff() > 0)).all())
+    # two values in equal numbers: normal scores of the mean ranks n/4 and 3n/4, +-0.674
+    halves = torch.cat([torch.zeros(250), torch.ones(250)]).double()[:, None]
+    two = _standardize("x", halves, torch.float32, ranks=True)[0]
+    torch.testing.assert_close(two.unique(), torch.tensor([-0.6745, 0.6745]).double(),
+                               atol=2e-3, rtol=0)  # fmt: skip
     y = x + 0.3 * torch.randn(500, 3, dtype=torch.float64)
     r = estimate_mi(x, y, standardize="rank", steps=50, progress=False)
     assert math.isfinite(r.estimate)
+
+
+def test_gaussian_critic_is_the_log_density_ratio_of_a_correlated_gaussian():
+    """With the true canonical pairs (identity directions, correlation rho) the Gaussian
+    critic's scores are the task's exact log density ratio, pair by pair."""
+    from mibounds.estimate.gaussian import GaussianStart
+
+    task = CorrelatedGaussian(3, mi=1.2)
+    x, y = task.sample(50, torch.Generator().manual_seed(0))
+    x, y = x.double(), y.double()
+    eye = torch.eye(3, dtype=torch.float64)[None]
+    start = GaussianStart(
+        torch.zeros(1, 1, 3, dtype=torch.float64), torch.zeros(1, 1, 3, dtype=torch.float64),
+        eye, eye, torch.full((1, 3), task.rho, dtype=torch.float64), torch.ones(1, dtype=bool),
+    )  # fmt: skip
+    rho = task.rho
+    diff = y[None, :, :] - rho * x[:, None, :]  # (i, j, k): y_j against x_i
+    expected = (
+        -0.5 * math.log(1 - rho**2) * 3
+        - (diff**2).sum(-1) / (2 * (1 - rho**2))
+        + (y**2).sum(-1)[None, :] / 2
+        + 0.0 * x.sum(-1)[:, None]
+    )  # log p(y|x)/p(y), written out: an independent formula
+    got = start.scores(x[None], y[None])[0]
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_gaussian_start_recovers_the_canonical_correlations():
+    from mibounds.estimate.gaussian import fit_gaussian_start
+
+    rho = 0.8
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(3000, 2, generator=gen, dtype=torch.float64)
+    noise = torch.randn(3000, 6, generator=gen, dtype=torch.float64)
+    x = torch.cat([z, noise[:, :3]], 1)  # 2 dependent coordinates of 5, and of 3 in y
+    y = torch.cat([rho * z + math.sqrt(1 - rho**2) * noise[:, 3:5], noise[:, 5:]], 1)
+    perm = torch.randperm(3000, generator=gen)
+    start = fit_gaussian_start(x, y, perm[None, :2400], perm[None, 2400:])
+    assert start is not None and start.corr.shape == (1, 3)  # min(5, 3) canonical pairs
+    assert 0.7 < float(start.corr[0, 1]) <= float(start.corr[0, 0]) < 0.85
+    assert float(start.corr[0, 2:].max()) < 0.1  # the noise pairs are shrunk to (almost) 0
+    # nothing to fit on: too many features, or no validation split
+    wide = torch.zeros(10, 1025, dtype=torch.float64)
+    assert fit_gaussian_start(wide, wide, perm[None, :6] % 10, perm[None, 6:10] % 10) is None
+    assert fit_gaussian_start(x, y, perm[None, :2400], perm[None, :0]) is None
+
+
+def test_gaussian_start_closes_the_gap_on_many_weakly_dependent_coordinates():
+    """20 correlated pairs of 0.1 nats each: after one training step the kept critics are the
+    fitted Gaussian ones, far above a plain network's."""
+    x, y = CorrelatedGaussian(20, mi=2.0).sample(3000, torch.Generator().manual_seed(1))
+    r = estimate_mi(x, y, steps=100, progress=False)
+    assert r.gaussian_start == [True] * 5, r.gaussian_start
+    assert r.estimate > 1.7, r
+    plain = estimate_mi(x, y, steps=100, progress=False, gaussian_start=False)
+    assert plain.gaussian_start == [] and plain.estimate < 1.0, plain
+
+
+def test_gaussian_start_streams_the_held_out_scores_and_covers_every_path():
+    """Above the dense limit the separable critic's held-out scores stay lazy; MINE (trained
+    fold by fold) and the concat critic (1 x 1) start from it too."""
+    task = CorrelatedGaussian(2, mi=0.5)
+    x, y = task.sample(5200, torch.Generator().manual_seed(2))
+    r = estimate_mi(x, y, steps=20, check_every=10, progress=False)
+    assert len(r.gaussian_start) == 5 and r.n_eval == 5200 and 0.35 < r.estimate < 0.6
+    mine = estimate_mi(x[:1000], y[:1000], "mine", steps=20, check_every=10, progress=False)
+    assert len(mine.gaussian_start) == 5 and len(mine.eval_values) == 5
+    assert math.isfinite(mine.estimate)
+    one = CorrelatedGaussian(1, mi=0.5).sample(1000, torch.Generator().manual_seed(3))
+    kw = dict(steps=20, check_every=10, progress=False)
+    concat = estimate_mi(*one, gaussian_start=True, **kw)
+    assert len(concat.gaussian_start) == 5 and 0.3 < concat.estimate < 0.65, concat
+    assert estimate_mi(*one, **kw).gaussian_start == []  # "auto": not in one dimension
+    # not for the upper bounds (no critic) or a critic of the user's own
+    assert estimate_mi(x[:500], y[:500], "club", steps=5, progress=False).gaussian_start == []
+    with pytest.raises(TypeError, match="gaussian_start must be a bool or 'auto', got 1"):
+        estimate_mi(x, y, gaussian_start=1)

@@ -17,7 +17,19 @@ import torch
 from torch import Tensor, nn
 
 from mibounds import _checks
-from mibounds.estimate.factory import StackedConcatCritic, make_critic, resolve_auto
+from mibounds.estimate.factory import (
+    AUTO_CONCAT_MAX_FEATURES,
+    StackedConcatCritic,
+    StackedLinear,
+    make_critic,
+    resolve_auto,
+)
+from mibounds.estimate.gaussian import (
+    GaussianStart,
+    JoinedEncoder,
+    PlusGaussian,
+    fit_gaussian_start,
+)
 from mibounds.estimate.registry import CriticEstimator, EstimatorSpec, get_estimator
 from mibounds.nn.critics import ConcatCritic, SeparableCritic
 
@@ -74,13 +86,16 @@ class MIEstimate:
         n_eval: held-out samples, all folds together.
         folds: cross-fitting folds.
         steps_run: for each fold, the training step of the critic that was kept (the best
-            validation check with early stopping, else the last step).
+            validation check with early stopping, else the last step; 0: the starting
+            critic, the fitted Gaussian one, was never beaten).
         diverged: training diverged (a non-finite loss or critic output) at every learning
             rate tried; ``estimate`` and ``interval`` are then NaN and ``note`` says so.
         restarts: how many times training restarted with a ten times smaller learning rate
             after diverging.
         dropped_columns: columns of ``x`` and ``y`` left out because they were constant in
             the training split (``{"x": [...], "y": [...]}``).
+        gaussian_start: for each fold, whether its kept critic is the one that started from
+            the fitted Gaussian critic (empty when none was fitted; see :func:`estimate_mi`).
         note: why the interval is not finite, or what was changed; empty otherwise.
 
     Example:
@@ -105,6 +120,7 @@ class MIEstimate:
     diverged: bool = False
     restarts: int = 0
     dropped_columns: dict[str, list[int]] = field(default_factory=dict)
+    gaussian_start: list[bool] = field(default_factory=list)
     note: str = ""
 
     @property
@@ -180,7 +196,8 @@ def estimate_mi(
     eval_batch_size: int | None = None,
     hidden: int | None = None,
     embed: int | None = None,
-    standardize: bool | str = True,
+    standardize: bool | str = "auto",
+    gaussian_start: bool | str = "auto",
     device: torch.device | str | None = None,
     seed: int = 0,
     progress: bool | None = None,
@@ -207,8 +224,14 @@ def estimate_mi(
     also lifts that cap. The estimate is the mean over folds (and batches); its standard error
     is that of this mean over the fold values.
 
-    The defaults (symmetric InfoNCE, ``critic="auto"``, five folds, early stopping) were chosen
-    on seven tasks of bmi's benchmark and checked on the others and on other distributions; see
+    **Two critics per fold** (above two coordinates in all, ``gaussian_start``): each fold
+    also fits the Gaussian critic of its training part (the log density ratio of a Gaussian
+    with its canonical correlations, shrunk on the validation split) and trains a second
+    network that starts from it; the fold keeps whichever of its two critics validates better.
+
+    The network's defaults (symmetric InfoNCE, ``critic="auto"``, five folds, early stopping)
+    were chosen on seven tasks of bmi's benchmark, the Gaussian start and the normal scores on
+    fourteen other tasks of known MI, and both were checked on tasks neither was chosen on; see
     :doc:`/estimate` for the measurements.
 
     Args:
@@ -238,10 +261,19 @@ def estimate_mi(
             deviation of all samples (heavy-tailed ones through ``asinh`` of a robust z-score).
             ``"rank"``: replace each coordinate by its normal score, the standard normal
             quantile of its rank, :math:`\Phi^{-1}((r - 1/2)/n)`, which undoes any increasing
-            map of the coordinate (a coordinate with tied values is standardised instead).
+            map of the coordinate (tied values share the mean of their ranks).
+            ``"auto"`` (default): ``"rank"`` when ``d_x + d_y > 2`` (where the fitted Gaussian
+            critic gains most from normal marginals), ``True`` otherwise.
             ``False``: the values as given. Each is an invertible map per coordinate, so the
             MI is unchanged, and none uses the pairing. See :doc:`/estimate`, "High
-            dimensions", for when ``"rank"`` helps.
+            dimensions".
+        gaussian_start: ``True``: each fold trains two critics, a plain network and one that
+            starts from the Gaussian critic fitted to its training part (canonical
+            correlation analysis, shrunk on the validation split; see
+            :mod:`mibounds.estimate.gaussian`), and keeps the one with the better validation
+            value. ``False``: the plain network only (half the training cost). ``"auto"``
+            (default): ``True`` when ``d_x + d_y > 2``. Applies to the built-in critics of the
+            critic-based bounds, with early stopping and at most 1024 features per side.
         device: where to train (default: the device of ``x``).
         seed: seed of the folds, the initialisation and the batches.
         progress: a tqdm progress bar: ``None`` (default) on a terminal only, ``True`` always,
@@ -292,8 +324,10 @@ def estimate_mi(
                 f"eval_fraction applies to folds=1 only (with folds={folds} each fold holds "
                 f"out 1/{folds} of the samples), got eval_fraction={eval_fraction}"
             )
-    if not isinstance(standardize, bool) and standardize != "rank":
-        raise TypeError(f"standardize must be a bool or 'rank', got {standardize!r}")
+    if not isinstance(gaussian_start, bool) and gaussian_start != "auto":
+        raise TypeError(f"gaussian_start must be a bool or 'auto', got {gaussian_start!r}")
+    if not isinstance(standardize, bool) and standardize not in ("rank", "auto"):
+        raise TypeError(f"standardize must be a bool, 'rank' or 'auto', got {standardize!r}")
     _checks.check_seed("seed", seed)
     if progress is not None:
         _checks.check_bool("progress", progress)
@@ -327,6 +361,11 @@ def estimate_mi(
     x64 = xt.detach().to(device=dev, dtype=torch.float64)
     y64 = yt.detach().to(device=dev, dtype=torch.float64)
     dropped: dict[str, list[int]] = {}
+    # more than two coordinates in all: normal scores and the Gaussian start by default (in one
+    # dimension the concat critic already follows any dependence)
+    several = xt.shape[1] + yt.shape[1] > AUTO_CONCAT_MAX_FEATURES
+    if standardize == "auto":
+        standardize = "rank" if several else True
     if standardize:
         ranks = standardize == "rank"
         x64, dropped["x"] = _standardize("x", x64, x_dtype, ranks)
@@ -352,32 +391,48 @@ def estimate_mi(
     val_idx = torch.stack([tr[:n_val] for tr, _ in splits]).to(dev)
     held_idx = torch.stack([te for _, te in splits]).to(dev)
 
-    def build(members: int | None) -> nn.Module:
+    def build(members: int | None, fold: int = 0) -> nn.Module:
         torch.manual_seed(seed)
         if isinstance(critic, nn.Module):
             module = copy.deepcopy(critic)
         else:
             module = make_critic(kind, dx, dy, hidden=width, embed=embed, members=members)
+            if start is not None:
+                module = _started(module, start if members else start.member(fold))
         return spec.build(dx, dy, module).to(dev)
+
+    # the built-in critics of the critic-based bounds: each fold trains two, one from a plain
+    # network and one from the fitted Gaussian critic, and keeps the better on validation
+    start: GaussianStart | None = None
+    wanted = several if gaussian_start == "auto" else gaussian_start
+    if wanted and kind != "module" and isinstance(build(None), CriticEstimator):
+        start = fit_gaussian_start(xs, ys, fit_idx, val_idx)
+    members = len(splits)
+    from_gaussian: list[bool] = []  # per fold, once chosen
+    if start is not None:
+        start = start.with_plain()
+        members *= 2
+        fit_idx, val_idx, held_idx = (idx.repeat(2, 1) for idx in (fit_idx, val_idx, held_idx))
 
     def _described() -> dict[str, Any]:  # what the result says of the run, in every outcome
         return dict(
             estimator=spec.name, kind=spec.kind, n_train=n_train, n_eval=n_held * len(splits),
             folds=len(splits), restarts=restarts, dropped_columns=dropped,
+            gaussian_start=from_gaussian,
         )  # fmt: skip
 
     # MINE, the upper bounds and user modules cannot be stacked: one fold after the other
-    stacked = kind != "module" and _stackable(build(len(splits)))
+    stacked = kind != "module" and _stackable(build(members))
     restarts, step_lr = 0, base_lr
     while True:
         fit = functools.partial(
             _fit, xs=xs, ys=ys, batch_size=bs, lr=step_lr, steps=steps, patience=patience,
             check_every=check_every, eval_batch_size=eval_batch_size,
             gen=torch.Generator().manual_seed(seed + 1), progress=progress, spec=spec,
-            clock=clock,
+            clock=clock, started=start is not None,
         )  # fmt: skip
         if stacked:  # all folds at once
-            fitted = fit(build(len(splits)), fit_idx, val_idx, held_idx, first=restarts == 0)
+            fitted = fit(build(members), fit_idx, val_idx, held_idx, first=restarts == 0)
         else:
             fitted = _fit_each(build, fit, fit_idx, val_idx, held_idx, first=restarts == 0)
         if fitted is not None:
@@ -397,7 +452,13 @@ def estimate_mi(
             )  # fmt: skip
         restarts += 1
         step_lr = step_lr / 10
-    history, values, stopped = fitted
+    history, held, stopped, best = fitted
+    if start is not None:  # per fold, the better of its two critics on validation
+        folds_run = len(splits)
+        chosen = [k + folds_run if best[k + folds_run] > best[k] else k for k in range(folds_run)]
+        held, stopped = [held[k] for k in chosen], [stopped[k] for k in chosen]
+        from_gaussian[:] = [k >= folds_run for k in chosen]
+    values = [v for member in held for v in member]
     note = ""
     if restarts:
         note = f"training diverged and restarted {restarts} time(s); final lr {step_lr:g}"
@@ -432,9 +493,9 @@ _MAX_RESTARTS = 2
 _MIN_IMPROVEMENT = 2e-3
 
 
-#: what :func:`_fit` returns: the mean training estimate per step, the held-out values, and
-#: the step of each member's kept critic
-_Fitted = tuple[list[float], list[float], list[int]]
+#: what :func:`_fit` returns: the mean training estimate per step, each member's held-out
+#: values, the step of each member's kept critic and its validation score (higher is better)
+_Fitted = tuple[list[float], list[list[float]], list[int], list[float]]
 
 
 def _splits(
@@ -483,18 +544,19 @@ def _unstacked(model: nn.Module) -> nn.Module:
 
 
 def _fit_each(
-    build: Callable[[int | None], nn.Module],
+    build: Callable[[int | None, int], nn.Module],
     fit: functools.partial[_Fitted | None],
     fit_idx: Tensor,
     val_idx: Tensor,
     held_idx: Tensor,
     first: bool,
 ) -> _Fitted | None:
-    """``fit`` (:func:`_fit` with its settings bound) one fold at a time, each on a fresh
-    single critic from ``build(None)`` (critics that cannot be stacked)."""
+    """``fit`` (:func:`_fit` with its settings bound) one member (fold) at a time, each on a
+    fresh single critic from ``build(None, member)`` (critics that cannot be stacked)."""
     runs: list[list[float]] = []
-    values: list[float] = []
+    values: list[list[float]] = []
     stopped: list[int] = []
+    best: list[float] = []
     folds = fit_idx.shape[0]
     shared = fit.keywords["clock"]
     budget, clock = shared["budget"], shared
@@ -502,7 +564,7 @@ def _fit_each(
         fold = slice(k, k + 1)
         if budget is not None:  # the folds share the budget equally
             clock = dict(clock, budget=budget / folds, start=time.monotonic())
-        out = fit(_Single(build(None)), fit_idx[fold], val_idx[fold], held_idx[fold],
+        out = fit(_Single(build(None, k)), fit_idx[fold], val_idx[fold], held_idx[fold],
                   first=first and k == 0, clock=clock)  # fmt: skip
         shared["hit"] |= clock["hit"]
         if out is None:
@@ -510,11 +572,12 @@ def _fit_each(
         runs.append(out[0])
         values += out[1]
         stopped += out[2]
+        best += out[3]
     # the mean over the folds that ran each step (early stopping ends folds at different steps)
     longest = max(len(r) for r in runs)
     at = [[r[i] for r in runs if i < len(r)] for i in range(longest)]
     history = [sum(v) / len(v) for v in at]
-    return history, values, stopped
+    return history, values, stopped, best
 
 
 def _fit(
@@ -536,6 +599,7 @@ def _fit(
     progress: bool | None,
     spec: EstimatorSpec,
     clock: dict[str, Any],
+    started: bool = False,
 ) -> _Fitted | None:
     """Train the M members of ``model`` (member k on ``fit_idx[k]``, in epochs of disjoint
     batches) with Adam, keep each member's best critic on ``val_idx[k]``, and evaluate it on
@@ -545,7 +609,8 @@ def _fit(
     each member's kept critic was reached; ``None`` if training diverged (a non-finite loss, or
     a critic whose output is no longer finite, which the bounds refuse with a ValueError). A
     ValueError in the very first step of the ``first`` attempt is the input's fault and is
-    raised."""
+    raised. With ``started`` (critics that start from the fitted Gaussian critic) the starting
+    critics are validated before the first step, and kept unless training beats them."""
     members, n_fit = fit_idx.shape
     rows = torch.arange(members, device=fit_idx.device)[:, None]
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -560,6 +625,11 @@ def _fit(
     val_size = val_idx.shape[1] if separable else min(val_idx.shape[1], max(batch_size, 256))
     # higher is better for a lower bound, lower for an upper bound
     sign = 1.0 if spec.kind == "lower" else -1.0
+    if started and patience is not None:  # the starting critic is a candidate of its own
+        val = _held_out(model, xs, ys, val_idx, val_size, batch_size)
+        if val is None:
+            return None
+        best = sign * torch.tensor([sum(v) / len(v) for v in val])
     order, cursor = fit_idx, n_fit  # no order yet: the first step starts an epoch
     model.train()
     for step in _progress(range(1, steps + 1), progress, f"estimate_mi[{spec.name}]"):
@@ -606,11 +676,13 @@ def _fit(
     if patience is None:
         best_step = [len(history)] * members
     else:
-        model.load_state_dict(kept)
+        # state a loss creates on its first call (MINE's moving average) is not in a snapshot
+        # taken before training, and keeps its current value
+        model.load_state_dict({**model.state_dict(), **kept})
     held = _held_out(model, xs, ys, held_idx, eval_batch_size, batch_size)
     if held is None:
         return None
-    return history, [v for member in held for v in member], best_step
+    return history, held, best_step, best.tolist()
 
 
 def _held_out(
@@ -661,7 +733,7 @@ def _scores(critic: nn.Module, x: Tensor, y: Tensor) -> Any:
     """The critic's scores on ``(N, d)`` or stacked ``(M, N, d)`` inputs. A lazy separable
     result is returned as it is; a dense critic is evaluated on row chunks (each score depends
     on its pair only, so this is exact) to bound the memory of its hidden activations."""
-    if not isinstance(critic, (ConcatCritic, StackedConcatCritic)):
+    if not isinstance(critic, (ConcatCritic, StackedConcatCritic, PlusGaussian)):
         return critic(x, y)
     n = x.shape[-2]
     members = x.shape[0] if x.dim() == 3 else 1
@@ -694,7 +766,7 @@ def _standardize(
     """Centre and scale each column by its mean and standard deviation (float64), leaving out
     columns that are constant up to the rounding of ``dtype`` (with a warning; they carry no
     information) and passing heavy-tailed columns through ``asinh`` after a robust scaling
-    (median and inter-quartile range); with ``ranks``, columns without tied values become
+    (median and inter-quartile range); with ``ranks``, every column becomes
     their normal scores instead. Every map is invertible per column, so the MI is
     unchanged."""
     mean, std = values.mean(0), values.std(0)
@@ -726,24 +798,51 @@ def _standardize(
     if bool(heavy.any()):
         z = torch.where(heavy, torch.asinh((values - q[1]) / (iqr / 1.349)), z)
     if ranks:
-        z = torch.where(_untied(values), _normal_scores(values), z)
+        z = _normal_scores(values)
     return z, dropped
 
 
 def _normal_scores(values: Tensor) -> Tensor:
-    """Per column, the standard normal quantile of each value's rank, ``Phi^-1((r - 1/2)/n)``
-    (float64)."""
+    """Per column, the standard normal quantile of each value's mid-rank,
+    ``Phi^-1((r - 1/2)/n)`` (float64); tied values share the mean of their ranks, so the map
+    is strictly increasing in the value."""
     n = values.shape[0]
-    rank = values.argsort(0).argsort(0).to(torch.float64)
-    return math.sqrt(2.0) * torch.erfinv(2.0 * (rank + 0.5) / n - 1.0)
-
-
-def _untied(values: Tensor) -> Tensor:
-    """Per column, whether all its values differ (ranks are then a function of the values)."""
-    ordered = values.sort(0).values
-    return (ordered[1:] != ordered[:-1]).all(0)
+    out = torch.empty_like(values, dtype=torch.float64)
+    for j in range(values.shape[1]):
+        _, inverse, counts = torch.unique(values[:, j], return_inverse=True, return_counts=True)
+        last = counts.cumsum(0).to(torch.float64)  # rank (from 1) of each distinct value's last
+        mid = last - (counts.to(torch.float64) - 1) / 2  # the mean rank of its ties
+        out[:, j] = mid[inverse]
+    return math.sqrt(2.0) * torch.erfinv(2.0 * (out - 0.5) / n - 1.0)
 
 
 #: excess kurtosis above which a column counts as heavy-tailed (a Gaussian has 0, Student-t
 #: with 5 degrees of freedom 6, and with 4 or fewer it is infinite)
 _HEAVY_TAIL_KURTOSIS = 6.0
+
+
+def _started(critic: nn.Module, start: GaussianStart) -> nn.Module:
+    """A built-in critic that starts as the Gaussian critic ``start``: the network's last
+    layer (on the y side of a separable critic) is zeroed so its part starts at 0, and the
+    Gaussian part is joined to the embeddings (separable) or added to the scores (concat)."""
+    side_x, side_y = start.sides()
+    if isinstance(critic, SeparableCritic):
+        _zero_last_layer(critic.y_encoder, start.active)
+        critic.x_encoder = JoinedEncoder(critic.x_encoder, side_x)
+        critic.y_encoder = JoinedEncoder(critic.y_encoder, side_y)
+        return critic
+    _zero_last_layer(critic, start.active)
+    return PlusGaussian(critic, side_x, side_y)
+
+
+def _zero_last_layer(module: nn.Module, members: Tensor) -> None:
+    """Zero the last linear layer of ``module`` for the flagged ``members`` (a stacked layer's
+    first dimension; a single member's layer whole)."""
+    last = [m for m in module.modules() if isinstance(m, (nn.Linear, StackedLinear))][-1]
+    with torch.no_grad():
+        if isinstance(last, StackedLinear):
+            last.weight[members] = 0.0
+            last.bias[members] = 0.0
+        elif bool(members.all()):
+            last.weight.zero_()
+            last.bias.zero_()
