@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tasks", default="all", help="all, or comma-separated names")
+    parser.add_argument(
+        "--tasks", default="all", help="all, or task names separated by ';' (they hold commas)"
+    )
     parser.add_argument("--max-seconds", type=float, default=None)
     parser.add_argument(
         "--standardize", default="auto", choices=("auto", "true", "rank"),
@@ -152,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     chosen = tasks()
     if args.tasks != "all":
-        chosen = {k: chosen[k] for k in args.tasks.split(",")}
+        names = [name.strip() for name in args.tasks.split(";")]
+        unknown = [name for name in names if name not in chosen]
+        if unknown:
+            parser.error(f"unknown task(s) {unknown}; the tasks are {list(chosen)}")
+        chosen = {name: chosen[name] for name in names}
     rows = []
     for name, task in chosen.items():
         standardize: bool | str = True if args.standardize == "true" else args.standardize

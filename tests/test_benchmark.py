@@ -53,3 +53,30 @@ def test_bench_cli(tmp_path, capsys):
         main(["bench", "--bounds", "nope"])
     assert exc.value.code == 2
     assert "argument --bounds: unknown bounds ['nope']" in capsys.readouterr().err
+
+
+def test_estimate_mi_benchmark_runs_the_coverage_tables(tmp_path, capsys):
+    """``benchmarks/estimate_mi.py coverage`` (no bmi needed) writes the coverage JSON the docs
+    tables are built from."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "estimate_mi.py"
+    out = tmp_path / "coverage.json"
+    argv = ["estimate_mi.py", "coverage", "--samples", "600", "--tasks",
+            "gaussian 5x5, 1 nat", "--max-seconds", "3", "--json", str(out)]  # fmt: skip
+    old = sys.argv
+    sys.argv = argv
+    try:
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = old
+    assert stop.value.code == 0
+    record = json.loads(out.read_text())
+    assert record["standardize"] == "auto" and record["gaussian_start"] is True
+    (row,) = record["rows"]
+    assert row["task"] == "gaussian 5x5, 1 nat" and row["limit_holds"] in (True, False)
+    assert 0.0 < row["estimate"] < 1.2
+    assert "interval contains the MI" in capsys.readouterr().out
