@@ -220,8 +220,10 @@ def test_estimate_mi_device_and_seed():
     for seed in ("a", 1.5):
         with pytest.raises(TypeError, match=r"seed must be an int"):
             mibounds.estimate_mi(x, x, seed=seed, steps=1, progress=False)
-    with pytest.raises(TypeError, match=r"standardize must be a bool or .rank."):
+    with pytest.raises(TypeError, match=r"standardize must be a bool, 'rank' or 'auto', got 'no'"):
         mibounds.estimate_mi(x, x, standardize="no", steps=1, progress=False)
+    with pytest.raises(TypeError, match=r"gaussian_start must be a bool or 'auto', got 'yes'"):
+        mibounds.estimate_mi(x, x, gaussian_start="yes", steps=1, progress=False)
 
 
 @pytest.mark.parametrize(

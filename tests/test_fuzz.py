@@ -228,11 +228,13 @@ CASES["estimate_mi"] = Case(
         "y": lambda: torch.randn(1000, 2),
         "seed": lambda: 0,
         "standardize": lambda: True,
+        "gaussian_start": lambda: "auto",
         "device": lambda: "cpu",
     },
     {
         "seed": ["a", 1.5],
         "standardize": ["no", 1],
+        "gaussian_start": ["yes", 1, None],
         "device": ["gpu0", "nope", *([] if torch.cuda.is_available() else ["cuda"])],
     },
 )

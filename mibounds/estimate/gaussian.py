@@ -52,7 +52,7 @@ HARD_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25)
 MAX_CORRELATION = 0.9999
 
 #: most validation pairs per member scored when the shrinkage is chosen
-SELECTION_ROWS = 2048
+SELECTION_ROWS = 1024
 
 #: ridge added to the standardised covariances (their eigenvalues are about 1)
 RIDGE = 1e-4
