@@ -12,7 +12,8 @@ variates (canonical correlation analysis, CCA) and :math:`r_i` the canonical cor
 on a critic's training part, with the correlations shrunk to undo the upward bias of sample
 correlations, it is a critic of its own: on many coordinates of weak dependence (the MI spread
 thinly over tens of coordinates) it is far closer to the optimal critic than a network trained
-on a few thousand samples. :func:`~mibounds.estimate_mi` trains two critics per fold, a plain
+on a few thousand samples. :func:`~mibounds.estimate_mi` (above two coordinates in all, by
+default) trains two critics per fold, a plain
 network and one that starts from the Gaussian critic and learns the rest (its network part
 starts at zero output), and keeps the one with the better validation value: the Gaussian start
 helps where the dependence is close to Gaussian (after the normal scores of
