@@ -766,9 +766,8 @@ def _standardize(
     """Centre and scale each column by its mean and standard deviation (float64), leaving out
     columns that are constant up to the rounding of ``dtype`` (with a warning; they carry no
     information) and passing heavy-tailed columns through ``asinh`` after a robust scaling
-    (median and inter-quartile range); with ``ranks``, every column becomes
-    their normal scores instead. Every map is invertible per column, so the MI is
-    unchanged."""
+    (median and inter-quartile range); with ``ranks``, each column becomes its normal scores
+    instead. Every map is invertible per column, so the MI is unchanged."""
     mean, std = values.mean(0), values.std(0)
     # constant: no spread beyond the rounding of the values themselves in their own dtype
     eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float32).eps
@@ -789,6 +788,8 @@ def _standardize(
         )
         keep = ~constant
         values, mean, std = values[:, keep], mean[keep], std[keep]
+    if ranks:
+        return _normal_scores(values), dropped
     z = (values - mean) / std
     # heavy tails (Student-t with few degrees of freedom): a few points far out would dominate
     # the critic's inputs; asinh of a robust z-score keeps them in range
@@ -797,8 +798,6 @@ def _standardize(
     heavy = (z**4).mean(0) - 3.0 > _HEAVY_TAIL_KURTOSIS
     if bool(heavy.any()):
         z = torch.where(heavy, torch.asinh((values - q[1]) / (iqr / 1.349)), z)
-    if ranks:
-        z = _normal_scores(values)
     return z, dropped
 
 
