@@ -457,7 +457,7 @@ def estimate_mi(
         folds_run = len(splits)
         chosen = [k + folds_run if best[k + folds_run] > best[k] else k for k in range(folds_run)]
         held, stopped = [held[k] for k in chosen], [stopped[k] for k in chosen]
-        from_gaussian[:] = [k >= folds_run for k in chosen]
+        from_gaussian = [k >= folds_run for k in chosen]
     values = [v for member in held for v in member]
     note = ""
     if restarts:

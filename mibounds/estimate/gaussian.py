@@ -99,7 +99,7 @@ class GaussianStart:
             self.corr[which], self.active[which],
         )  # fmt: skip
 
-    def sides(self, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, nn.Module]:
+    def sides(self, dtype: torch.dtype = torch.float32) -> tuple[_GaussianSide, _GaussianSide]:
         """The x and y embeddings whose dot product is the Gaussian critic, in ``dtype``."""
         r = self.corr
         q = 1.0 - r * r
@@ -143,14 +143,20 @@ class _GaussianSide(nn.Module):
         single = v.dim() == 2
         if single:
             v = v[None]
-        u = torch.bmm(v - self.mean, self.proj)
+        out = self.embed(self.project(v))
+        return out[0] if single else out
+
+    def project(self, v: Tensor) -> Tensor:
+        """The canonical variates of ``(M, N, d)`` samples, ``(M, N, k)``."""
+        return torch.bmm(v - self.mean, self.proj)
+
+    def embed(self, u: Tensor) -> Tensor:
+        """The embeddings of canonical variates ``u``, ``(M, N, k + 2)``."""
         square = (u * u * self.quad).sum(-1, keepdim=True)
         one = torch.ones_like(square)
         if self.cross is None or self.const is None:  # the y side
-            out = torch.cat([one, square, u], -1)
-        else:
-            out = torch.cat([square + self.const, one, u * self.cross], -1)
-        return out[0] if single else out
+            return torch.cat([one, square, u], -1)
+        return torch.cat([square + self.const, one, u * self.cross], -1)
 
 
 class JoinedEncoder(nn.Module):
@@ -199,7 +205,9 @@ def fit_gaussian_start(
     active = torch.ones(len(fits), dtype=torch.bool)
     start = GaussianStart(mean_x, mean_y, proj_x, proj_y, raw, active)
     rows = val_idx[:, :SELECTION_ROWS]
-    xv, yv = x64[rows], y64[rows]
+    # the canonical variates do not depend on the shrinkage: projected once for every rule
+    side_x, side_y = start.sides(torch.float64)
+    u, v = side_x.project(x64[rows]), side_y.project(y64[rows])
     best = torch.full((raw.shape[0],), -math.inf, dtype=torch.float64)
     chosen = torch.zeros_like(raw)
     kept = [(raw - t).clamp_min(0) for t in SOFT_THRESHOLDS]
@@ -207,7 +215,9 @@ def fit_gaussian_start(
     for shrunk in kept:
         for scale in SCALES:
             start.corr = (scale * shrunk).clamp(max=MAX_CORRELATION)
-            value = infonce(start.scores(xv, yv), symmetric=True)
+            side_x, side_y = start.sides(torch.float64)
+            scores = side_x.embed(u) @ side_y.embed(v).transpose(-1, -2)
+            value = infonce(scores, symmetric=True)
             better = value > best
             best = torch.where(better, value, best)
             chosen[better] = start.corr[better]
