@@ -10,13 +10,23 @@ For each loss, feature size d, batch size N and dtype, forward plus backward of:
   :class:`~mibounds.SeparableScores` (fused kernels on a GPU, the sweep elsewhere);
 * ``inf-cl``: Inf-CL's ``cal_inf_loss`` (CLIP only), when the ``inf-cl`` package is installed.
 
-Each row reports the median of three timed runs after a warm-up, the ratio to ``bare`` and, on
-CUDA, the peak memory beyond the inputs. ``--time-limit`` bounds the whole run: rows that would
-start after it are listed as skipped. The table is printed and written to ``--json``.
+Each row reports the median of three timed runs after a warm-up, the ratio to ``bare``, on
+CUDA the peak memory beyond the inputs, and the path the call took (fused kernels, tensor-core
+panels or the sweep; :func:`mibounds.kernels.cost.choose_path`). ``--time-limit`` bounds the
+whole run: rows that would start after it are listed as skipped. The table is printed and
+written to ``--json``.
+
+``--model`` runs nothing: it prints, for the same rows, the path the cost model picks on
+``sm_<--arch>`` and its predicted time as a multiple of ``bare`` (``benchmarks/gpu_model.md``
+holds its output for the default rows; the tests check that it is current).
 
 Example (a GPU)::
 
     python benchmarks/gpu.py --device cuda --json gpu.json --time-limit 480
+
+Example (the cost model's predictions, no GPU needed)::
+
+    python benchmarks/gpu.py --model
 
 Example (a quick run anywhere)::
 
@@ -38,8 +48,53 @@ import torch.nn.functional as F
 
 import mibounds
 from mibounds import contrastive
+from mibounds.kernels import cost, streaming
 
 LOSSES = ("clip", "siglip", "ntxent", "supcon", "infonce", "nwj", "js")
+
+#: The streamed op each loss runs, and its rows per batch row (NT-Xent scores both views).
+OPS = {
+    "clip": ("sym_lse_mean", 1),
+    "siglip": ("offdiag_means", 1),
+    "ntxent": ("row_lse_mean", 2),
+    "supcon": ("row_lse_mean", 1),
+    "infonce": ("row_lse_mean", 1),
+    "nwj": ("offdiag_means", 1),
+    "js": ("offdiag_means", 1),
+}
+
+
+def model_rows(args: argparse.Namespace) -> list[dict]:
+    """The cost model's path and predicted time over ``bare`` for every row of the run."""
+    rows = []
+    for dtype_name in args.dtypes:
+        dtype = getattr(torch, dtype_name)
+        prec = "tf32" if dtype == torch.float32 and args.tf32 else None
+        for d in args.dims:
+            for n in args.sizes:
+                bare = cost.predict("sym_lse_mean", dtype, n, n, d, args.arch, prec)["bare"]
+                for name in args.losses:
+                    op, k = OPS[name]
+                    t = cost.predict(op, dtype, k * n, k * n, d, args.arch, prec)
+                    path = min(("fused", "panels"), key=lambda p: t[p])
+                    rows.append({"loss": name, "n": n, "d": d, "dtype": dtype_name,
+                                 "path": path, "predicted_x_bare": t[path] / bare})  # fmt: skip
+    return rows
+
+
+def format_model(rows: list[dict], arch: int, tf32: bool) -> str:
+    """The cost model's rows as a Markdown table."""
+    lines = [
+        f"cost model, sm_{arch}, float32 at {'TF32' if tf32 else 'IEEE'} precision "
+        f"({cost.RATES[arch].source})",
+        "",
+        "| loss | N | d | dtype | path | predicted x bare |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['loss']} | {r['n']} | {r['d']} | {r['dtype']} | {r['path']} | "
+                     f"{r['predicted_x_bare']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _dense(name: str, u, v, labels):
@@ -161,7 +216,7 @@ def run(args: argparse.Namespace) -> dict:
                 labels = (torch.arange(n) % max(2, n // 16)).to(device)
                 bare = None
                 for name in args.losses:
-                    row = {"loss": name, "n": n, "d": d, "dtype": dtype_name}
+                    row: dict = {"loss": name, "n": n, "d": d, "dtype": dtype_name}
                     if time.perf_counter() - start > args.time_limit:
                         row["skipped"] = "time limit"
                         results.append(row)
@@ -180,11 +235,17 @@ def run(args: argparse.Namespace) -> dict:
                             u.grad = v.grad = None
                             fn(name, u, v, labels).backward()
 
+                        before = streaming.path_usage()
                         try:
                             t, peak = _measure(device, step)
                             row[f"{impl}_s"] = t
                             row[f"{impl}_x_bare"] = t / bare if bare else None
                             row[f"{impl}_peak_mib"] = peak
+                            if impl == "mibounds":
+                                after = streaming.path_usage()
+                                row["path"] = "+".join(
+                                    p for p in cost.PATHS if after.get(p, 0) > before.get(p, 0)
+                                )
                         except Exception as err:  # out of memory and the like: reported
                             row[f"{impl}_error"] = f"{type(err).__name__}: {err}"[:200]
                             if device.type == "cuda":
@@ -221,16 +282,18 @@ def _cell(row: dict, impl: str) -> str:
     return out
 
 
-HEADER = ("loss", "N", "d", "dtype", "bare s", "dense", "mibounds", "inf-cl")
+HEADER = ("loss", "N", "d", "dtype", "bare s", "dense", "mibounds", "path", "inf-cl")
 
 
 def _format_row(row: dict) -> str:
     if "skipped" in row:
-        cells = (row["loss"], row["n"], row["d"], row["dtype"], "skipped: time limit", "", "", "")
+        cells = (row["loss"], row["n"], row["d"], row["dtype"], "skipped: time limit", "", "", "",
+                 "")  # fmt: skip
     else:
         cells = (
             row["loss"], row["n"], row["d"], row["dtype"], f"{row['bare_s']:.4f}",
-            _cell(row, "dense"), _cell(row, "mibounds"), _cell(row, "inf-cl"),
+            _cell(row, "dense"), _cell(row, "mibounds"), row.get("path", "-"),
+            _cell(row, "inf-cl"),
         )  # fmt: skip
     return " | ".join(str(c) for c in cells)
 
@@ -258,8 +321,30 @@ def main(argv: list[str] | None = None) -> int:
                    choices=["bfloat16", "float16", "float32"])  # fmt: skip
     p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     p.add_argument("--time-limit", type=float, default=480.0, help="seconds for the whole run")
-    p.add_argument("--json", required=True, help="where to write the report")
+    p.add_argument("--json", help="where to write the report (required unless --model)")
+    p.add_argument(
+        "--model",
+        action="store_true",
+        help="print the cost model's path and predicted ratio per row; run nothing",
+    )
+    p.add_argument(
+        "--arch",
+        type=int,
+        default=90,
+        choices=sorted(cost.RATES),
+        help="compute capability for --model (default 90)",
+    )
+    p.add_argument(
+        "--tf32",
+        action="store_true",
+        help="--model: float32 at TF32 precision (default: IEEE, torch's default)",
+    )
     args = p.parse_args(argv)
+    if args.model:
+        print(format_model(model_rows(args), args.arch, args.tf32))
+        return 0
+    if args.json is None:
+        p.error("--json is required unless --model is given")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: no CUDA device is available")
     for flag, values in (("--sizes", args.sizes), ("--dims", args.dims)):

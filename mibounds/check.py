@@ -1,10 +1,12 @@
 r"""``mibounds check``: every kernel and every path on one device against the dense reference.
 
 One command verifies a device: each bound and contrastive loss is computed on every path
-(dense scores, the streaming sweep, the sweep with compiled panel bodies, Triton where it
-covers the call, and under ``torch.autocast``), and its value and gradients are compared with
-the dense float64 reference on the CPU. Where Triton should run, the check asserts that it did
-(a kernel that fails its self-check falls back silently otherwise, with one warning). Then a
+(dense scores, the streaming sweep, the sweep with compiled panel bodies, the fused Triton
+kernels and the tensor-core panels where they cover the call, and under ``torch.autocast``
+on the path the cost model picks), and its value and gradients are compared with the dense
+float64 reference on the CPU. Each row names the streamed path that computed it. Where a
+kernel path should run, the check asserts that it did (a kernel that fails its self-check
+falls back otherwise, with one warning). Then a
 short benchmark measures time and peak memory against the bare matrix products and a plain
 dense implementation. Everything ends in one table; the exit status is non-zero on any
 failure.
@@ -104,7 +106,7 @@ def _compare(got, want, rtol: float, atol: float) -> tuple[bool, str]:
 def _paths(device: torch.device) -> list[str]:
     paths = ["dense", "streaming", "compiled"]
     if streaming.triton_on(device):
-        paths.append("triton")
+        paths += ["fused", "panels"]
     paths.append("autocast")
     return paths
 
@@ -132,8 +134,13 @@ def _autocast(like: Tensor) -> Iterator[torch.dtype]:
         yield dtype
 
 
+_KERNEL_PATHS = ("fused", "panels")
+
+
 def _run_path(path: str, fn: Callable[[Tensor, Tensor], Tensor], u: Tensor, v: Tensor):
-    streaming.set_triton(path == "triton")
+    kernel = path in _KERNEL_PATHS
+    streaming.set_triton(True if kernel else None if path == "autocast" else False)
+    streaming.set_path(path if kernel else None)
     backend = streaming.get_backend()
     try:
         if path == "compiled":
@@ -142,6 +149,7 @@ def _run_path(path: str, fn: Callable[[Tensor, Tensor], Tensor], u: Tensor, v: T
     finally:
         streaming.set_backend(backend)
         streaming.set_triton(None)
+        streaming.set_path(None)
 
 
 def check_correctness(device: torch.device, n: int = 96, dims: tuple[int, ...] = (16, 64)):
@@ -150,7 +158,7 @@ def check_correctness(device: torch.device, n: int = 96, dims: tuple[int, ...] =
     rows: list[CheckRow] = []
     tol = {"autocast": (5e-2, 5e-2)}
     paths = _paths(device)
-    if "triton" in paths:
+    if "fused" in paths:
         dims = (*dims, 300)
     for d in dims:
         u64, v64 = _features(n, d, torch.device("cpu"))
@@ -168,7 +176,7 @@ def check_correctness(device: torch.device, n: int = 96, dims: tuple[int, ...] =
             for path in paths:
                 if path == "dense" and not is_bound:
                     continue  # the losses always stream
-                if path == "triton" and name in _SWEEP_ONLY:
+                if path in _KERNEL_PATHS and name in _SWEEP_ONLY:
                     continue
                 rows.append(_check_path(path, name, d, make(path), u, v, want, tol))
     return rows
@@ -180,9 +188,11 @@ _SWEEP_ONLY = ("interpolated", "nce_club")
 
 
 def _check_path(path, name, d, fn, u, v, want, tol) -> CheckRow:
-    """One row: ``fn`` on ``path`` against ``want``; on the fused path, also that a fused
-    kernel computed the call (not the sweep after a failed self-check)."""
+    """One row: ``fn`` on ``path`` against ``want``; on a kernel path, also that a kernel
+    computed the call (not the sweep after a failed self-check). The detail names the
+    streamed paths that ran."""
     before = sum(streaming.triton_usage().values())
+    ran_before = streaming.path_usage()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -191,9 +201,13 @@ def _check_path(path, name, d, fn, u, v, want, tol) -> CheckRow:
         ok, detail = _compare(got, want, rtol, atol)
         fell_back = [w for w in caught if "failed its check" in str(w.message)]
         used = sum(streaming.triton_usage().values()) - before
-        if path == "triton" and (fell_back or used == 0):
+        ran_after = streaming.path_usage()
+        ran = [p for p in ran_after if ran_after[p] > ran_before.get(p, 0)]
+        if ran:
+            detail += f" (ran: {'+'.join(sorted(ran))})"
+        if path in _KERNEL_PATHS and (fell_back or used == 0):
             why = str(fell_back[0].message)[:160] if fell_back else "not used"
-            ok, detail = False, "Triton did not run: " + why
+            ok, detail = False, f"the {path} kernels did not run: " + why
     except Exception as err:  # any failure is a failed row, not a crash
         ok, detail = False, f"{type(err).__name__}: {err}"[:160]
     return CheckRow("correctness", f"{name} d={d}", path, ok, detail)

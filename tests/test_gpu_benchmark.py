@@ -31,7 +31,8 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
         "nwj",
         "js",
     }
-    assert "| loss | N | d | dtype | bare s | dense | mibounds | inf-cl |" in proc.stdout
+    assert "| loss | N | d | dtype | bare s | dense | mibounds | path | inf-cl |" in proc.stdout
+    assert all(row["path"] == "sweep" for row in rows)  # the CPU runs the sweep
 
 
 def test_gpu_benchmark_stops_at_its_time_limit(tmp_path):

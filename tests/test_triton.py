@@ -143,8 +143,11 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_triton_kernels_in_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "MIBOUNDS_TRITON": "1"}
+@pytest.mark.parametrize("path", ["fused", "panels"])
+def test_triton_kernels_in_interpreter(path):
+    """The real dispatch and self-check on each kernel path (fused tiles; tensor-core panels,
+    whose products are float32 ``torch.bmm`` on the CPU) for every op, pairing and dtype."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "MIBOUNDS_TRITON": "1", "MIBOUNDS_PATH": path}
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "triton-interpreter-ok" in proc.stdout
@@ -154,7 +157,8 @@ def test_triton_kernels_in_interpreter():
 @pytest.mark.parametrize("arch", [80, 90])
 def test_every_kernel_variant_compiles_for_the_target(arch):
     """Ahead-of-time compilation for sm_80 and sm_90 (no GPU needed): every variant the
-    dispatcher can launch compiles, fits the target's shared memory and spills no register."""
+    dispatcher can launch compiles, fits the target's shared memory and spills no register;
+    on sm_90 every half-precision and TF32 product runs on ``wgmma`` (none on ``mma.sync``)."""
     tk = pytest.importorskip("mibounds.kernels.triton_kernels")
     if not tk.HAS_TRITON:
         pytest.skip("needs triton")
@@ -167,6 +171,10 @@ def test_every_kernel_variant_compiles_for_the_target(arch):
             continue
         if r["stack"] > 0 or r["shared"] > tk.SHARED_MEMORY_LIMIT[arch]:
             failures.append((kernel, consts, r))
+        tensor_cores = consts.get("_dtype") != torch.float32 or consts.get("PREC") == "tf32"
+        products = kernel in ("_stats_kernel", "_grad_kernel") and tensor_cores
+        if arch >= 90 and products and (r["wgmma"] == 0 or r["mma_sync"] > 0):
+            failures.append((kernel, consts, r, "not on wgmma"))
     assert not failures, failures
 
 

@@ -6,10 +6,13 @@ autograd registration, so an outer ``torch.compile`` treats it as one node. Each
 to ``x``, ``y``, ``tau`` and the bias, computed in the forward pass; the backward only scales
 them by the incoming gradient.
 
-Where a call runs is decided here and nowhere else: the fused Triton kernels
-(:mod:`mibounds.kernels.triton_kernels`) for dot scores of float32, float16 or bfloat16
-features on a CUDA device (after their self-check, :mod:`mibounds.kernels.selfcheck`), the
-PyTorch panel sweep (:mod:`mibounds.kernels.sweep`) for everything else. Under CUDA autocast
+Where a call runs is decided here and nowhere else, by
+:func:`mibounds.kernels.cost.choose_path`: for dot scores of float32, float16 or bfloat16
+features on a CUDA device, the fused Triton kernels (:mod:`mibounds.kernels.triton_kernels`)
+or the tensor-core panels (:mod:`mibounds.kernels.gemm_panels`), whichever the cost model
+predicts faster (each after its self-check, :mod:`mibounds.kernels.selfcheck`); the PyTorch
+panel sweep (:mod:`mibounds.kernels.sweep`) for everything else. :func:`path_usage` counts
+the calls each path computed. Under CUDA autocast
 the features are multiplied in the autocast dtype, as ``torch.matmul`` would.
 """
 
@@ -22,7 +25,8 @@ from torch import Tensor
 
 from mibounds._dtypes import accumulation_dtype as _acc
 from mibounds._dtypes import cuda_autocast_dtype, finite_derivatives_
-from mibounds.kernels import selfcheck, sweep
+from mibounds.kernels import cost, selfcheck, sweep
+from mibounds.kernels import gemm_panels as gp
 from mibounds.kernels import triton_kernels as tk
 from mibounds.kernels.elementwise import _FNS, _TRITON_OF, ELEMENTWISE, _triton_of
 from mibounds.kernels.panels import _SIMS
@@ -30,6 +34,7 @@ from mibounds.pairing import PairLayout
 
 __all__ = [
     "interpolated_terms",
+    "path_usage",
     "offdiag_logmeanexp",
     "offdiag_means",
     "row_logsumexp_mean",
@@ -81,10 +86,26 @@ def _like(out: tuple, x: Tensor, y: Tensor, n_values: int) -> tuple:
     return (*values, dx, dy, finite_derivatives_(dtau), finite_derivatives_(dbias))
 
 
-def _key(op: str, x: Tensor, rl, exclude: int, bias, *extra) -> tuple:
-    """The self-check key of a call: each combination is a different kernel variant."""
+def _key(op: str, path: str, x: Tensor, rl, exclude: int, bias, *extra) -> tuple:
+    """The self-check key of a call: each path and combination is a different variant."""
     pairing = f"labels={rl is not None} exclude={exclude} bias={bias is not None}"
-    return (op, x.dtype, tk.precision(x.dtype), "dot", x.shape[-1], pairing, *extra)
+    return (op, path, x.dtype, tk.precision(x.dtype), "dot", x.shape[-1], pairing, *extra)
+
+
+#: path -> how many op calls it was chosen for (a checked kernel that fell back to the sweep
+#: is counted under its own path; :func:`~mibounds.kernels.selfcheck.triton_usage` tells)
+_PATH_USAGE: dict[str, int] = {}
+
+
+def path_usage() -> dict[str, int]:
+    """How many streamed op calls each path (``"fused"``, ``"panels"``, ``"sweep"``) was
+    chosen for in this process (see :func:`mibounds.kernels.cost.choose_path`).
+
+    Example:
+        >>> isinstance(path_usage(), dict)
+        True
+    """
+    return dict(_PATH_USAGE)
 
 
 def _fused(kernel, n_values: int, **names: int):
@@ -102,19 +123,31 @@ def _fused(kernel, n_values: int, **names: int):
     return run
 
 
-def _dispatch(op: str, args: tuple, fused, sweep_fn, covered: bool = True, *key_extra):
-    """``args`` through the fused kernel where it covers the call (after its self-check),
-    through the sweep everywhere else."""
+def _dispatch(op: str, args: tuple, kernels, sweep_fn, covered: bool = True, *key_extra):
+    """``args`` on the path :func:`~mibounds.kernels.cost.choose_path` picks: ``kernels``
+    maps ``"fused"`` and ``"panels"`` to their implementations (each used after its
+    self-check); the sweep everywhere else."""
     x, y, bias, sim, rl, exclude = args[0], args[1], args[3], args[4], args[5], args[8]
-    if not (covered and _triton_ok(x, y, sim)):
+    ok = covered and _triton_ok(x, y, sim)
+    path = cost.choose_path(op, x.device, x.dtype, x.shape[1], y.shape[1], x.shape[2], ok)
+    _PATH_USAGE[path] = _PATH_USAGE.get(path, 0) + 1
+    if path == "sweep":
         return sweep_fn(*args)
-    key = _key(op, x, rl, exclude, bias, *key_extra)
-    return selfcheck.checked(op, key, fused, sweep_fn, args)
+    key = _key(op, path, x, rl, exclude, bias, *key_extra)
+    return selfcheck.checked(op, key, kernels[path], sweep_fn, args)
 
 
-_ROW_LSE = _fused(tk.lse, 1, weight=10)
-_SYM_LSE = _fused(tk.symmetric_lse, 1, row_weight=10, col_weight=11)
-_NEG_LME = _fused(tk.neg_lme, 1, log_weight=10)
+def _both(name: str, n_values: int, **names: int) -> dict:
+    """The fused and the panel implementation of the kernel function ``name``."""
+    return {
+        "fused": _fused(getattr(tk, name), n_values, **names),
+        "panels": _fused(getattr(gp, name), n_values, **names),
+    }
+
+
+_ROW_LSE = _both("lse", 1, weight=10)
+_SYM_LSE = _both("symmetric_lse", 1, row_weight=10, col_weight=11)
+_NEG_LME = _both("neg_lme", 1, log_weight=10)
 
 
 def _row_lse_mean(
@@ -183,16 +216,19 @@ def _offdiag_means(
     vname, gname, kparam = _means_names(value_fn, grad_fn, param)
     covered = all(n is None or n in tk.TRITON_FUNCTIONS for n in (vname, gname))
 
-    def kernel(xc, yc, t, ng, *, pairs, bias, weight):
-        return tk.means(
-            xc, yc, t, vname, gname, shift, kparam, ng, grad_value, pairs=pairs,
-            weight=weight, positives=positives, bias=bias,
-        )  # fmt: skip
+    def on(module):
+        def kernel(xc, yc, t, ng, *, pairs, bias, weight):
+            return module.means(
+                xc, yc, t, vname, gname, shift, kparam, ng, grad_value, pairs=pairs,
+                weight=weight, positives=positives, bias=bias,
+            )  # fmt: skip
 
-    # need_grad is not the last argument of this op: the fused call is given it explicitly
-    fused = _fused(kernel, 2, weight=10)
+        # need_grad is not the last argument of this op: the call is given it explicitly
+        run = _fused(kernel, 2, weight=10)
+        return lambda *a: run(*a[:11], a[16])
+
     return _dispatch(
-        "offdiag_means", args, lambda *a: fused(*a[:11], a[16]), sweep.offdiag_means_sweep,
+        "offdiag_means", args, {"fused": on(tk), "panels": on(gp)}, sweep.offdiag_means_sweep,
         covered, vname, gname, shift, kparam, grad_value, positives,
     )  # fmt: skip
 

@@ -6,7 +6,10 @@ of the free memory on a GPU). :class:`_Sweep` holds the operands, the pairing an
 gradient is needed, the accumulators that :mod:`mibounds.kernels.sweep` fills during the same
 sweep, with the three matrix products a plain implementation needs (``S_p = X_p Y^T``,
 ``dX_p = G_p Y``, ``dY += G_p^T X_p``). This is the reference of the fused kernels, the path of
-float64 and of every case they do not cover.
+float64 and of every case they do not cover. On a CUDA device, half-precision features are
+multiplied as they are, with float32 results (``torch.bmm(..., out_dtype=torch.float32)``),
+and ``G`` is rounded to their dtype for its two products, as on tensor cores; elsewhere the
+operands are float32 copies.
 
 Similarities handled here are ``"dot"`` and ``"gaussian"`` (:math:`-\|x - y\|^2`); cosine
 scores are dot scores of normalised features, normalised by the caller.
@@ -26,9 +29,12 @@ from mibounds.pairing import PairLayout
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "HALF_MAX",
     "get_backend",
     "get_memory_budget",
+    "out_dtype_products",
     "panel_rows",
+    "product",
     "set_backend",
     "set_memory_budget",
 ]
@@ -132,6 +138,54 @@ GPU_MEMORY_BUDGET_CAP = 4 * 2**30
 
 _SIMS = {"dot": 0, "gaussian": 1}
 
+#: The largest finite value of each half-precision dtype (a gradient of the scores is
+#: clamped to it before a half-precision product).
+HALF_MAX = {torch.bfloat16: 3.3895313892515355e38, torch.float16: 65504.0}
+
+_OUT_DTYPE: dict[str, bool] = {}
+
+
+def out_dtype_products(device: torch.device) -> bool:
+    """Whether ``torch.bmm(a, b, out_dtype=torch.float32)`` multiplies half-precision operands
+    on ``device`` (CUDA builds of recent torch); read once per device type.
+
+    Example:
+        >>> out_dtype_products(torch.device("cpu"))
+        False
+    """
+    if device.type != "cuda":
+        return False
+    if device.type not in _OUT_DTYPE:
+        try:
+            a = torch.ones(1, 2, 2, dtype=torch.bfloat16, device=device)
+            ok = torch.bmm(a, a, out_dtype=torch.float32).dtype == torch.float32
+        except (TypeError, RuntimeError, NotImplementedError):
+            ok = False
+        _OUT_DTYPE[device.type] = ok
+    return _OUT_DTYPE[device.type]
+
+
+def product(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` batched, float32 result: half operands multiplied as they are on CUDA;
+    elsewhere (or without ``out_dtype``) on float32 copies, the same float32 result up to the
+    order of the sums."""
+    if a.dtype == torch.float32 and b.dtype == torch.float32:
+        return torch.bmm(a, b)
+    if a.dtype == b.dtype and out_dtype_products(a.device):
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.bmm(a.float(), b.float())
+
+
+def half_operands(x: Tensor, y: Tensor) -> bool:
+    """Whether the sweep multiplies ``x`` and ``y`` as they are (half precision on a CUDA
+    device whose torch has ``out_dtype`` products), not on float32 copies."""
+    return (
+        x.dtype == y.dtype
+        and x.dtype in HALF_MAX
+        and x.device.type == "cuda"
+        and out_dtype_products(x.device)
+    )
+
 
 def panel_rows(n: int, budget: int | None = None, buffers: int = 4) -> int:
     """Rows per panel so that ``buffers`` float32 ``P x N`` panels fit in ``budget`` bytes.
@@ -169,6 +223,8 @@ class _Sweep:
         dt = _acc(torch.promote_types(x.dtype, y.dtype))
         self.x_dtype, self.y_dtype = x.dtype, y.dtype
         self.x, self.y = x.to(dt), y.to(dt)
+        # half-precision features are multiplied as they are, with float32 results
+        self.half = (x, y) if half_operands(x, y) else None
         self.b, self.n, _ = self.x.shape
         self.m = self.y.shape[1]  # columns: N, the global N, or N plus extra candidates
         self.layout = PairLayout(n_paired=self.n) if layout is None else layout
@@ -196,7 +252,15 @@ class _Sweep:
     def scores(self, r0: int, r1: int) -> Tensor:
         """``S`` for rows ``r0:r1``, ``(B, P, M)``, a fresh buffer the caller may overwrite."""
         xp = self.x[:, r0:r1]
-        if self.sim == 0:
+        if self.half is not None:
+            xh, yh = self.half
+            s = product(xh[:, r0:r1], yh.transpose(1, 2))
+            if self.sim == 0:
+                s = s.mul_(self.inv)
+            else:
+                s = s.mul_(2 * self.inv).sub_((self.sqx[:, r0:r1] * self.inv[:, 0])[:, :, None])
+                s = s.sub_((self.sqy * self.inv[:, 0])[:, None, :]).clamp_max_(0)
+        elif self.sim == 0:
             s = _kernel(_dot_scores)(xp, self.y, self.inv)
         else:
             s = _kernel(_gaussian_scores)(xp, self.y, self.sqx[:, r0:r1], self.sqy, self.inv)
@@ -259,8 +323,15 @@ class _Sweep:
 
     def accumulate(self, g: Tensor, r0: int, r1: int) -> None:
         """Add a panel of ``G = dL/dS`` (rows ``r0:r1``) to the accumulators."""
-        self.gy[:, r0:r1] = torch.bmm(g, self.y)
-        self.gtx.baddbmm_(g.transpose(1, 2), self.x[:, r0:r1])
+        if self.half is not None:  # G in the features' dtype, float32 results
+            xh, yh = self.half
+            lim = HALF_MAX[xh.dtype]
+            gh = g.clamp(-lim, lim).to(xh.dtype)
+            self.gy[:, r0:r1] = product(gh, yh)
+            self.gtx.add_(product(gh.transpose(1, 2), xh[:, r0:r1]))
+        else:
+            self.gy[:, r0:r1] = torch.bmm(g, self.y)
+            self.gtx.baddbmm_(g.transpose(1, 2), self.x[:, r0:r1])
         if self.sim == 1 or self.bias is not None:
             rs = g.sum(-1)
             self.rowsum[:, r0:r1] = rs

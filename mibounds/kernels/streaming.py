@@ -6,8 +6,12 @@ This module is the one place the rest of the library calls; behind it:
 * :mod:`mibounds.kernels.ops`: the ``mibounds::`` custom ops (fake and autograd
   registrations, so an outer ``torch.compile`` treats each as one node), the public entry points
   below, and the decision where a call runs;
+* :mod:`mibounds.kernels.cost`: the cost model that picks each call's path (fused kernels,
+  tensor-core panels or the sweep);
 * :mod:`mibounds.kernels.triton_kernels`: the fused GPU kernels (tiles of ``S`` in registers,
   online log-sum-exp, tensor-core products of half-precision features);
+* :mod:`mibounds.kernels.gemm_panels`: the tensor-core panels for large feature sizes (cuBLAS
+  products with float32 results, one fused elementwise kernel per panel pass);
 * :mod:`mibounds.kernels.selfcheck`: the one-time check of each fused kernel against the sweep;
 * :mod:`mibounds.kernels.panels` and :mod:`mibounds.kernels.sweep`: the PyTorch panel sweep,
   the reference and the path of float64, Gaussian-kernel scores and the CPU;
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 from mibounds.kernels import elementwise as _elementwise
 from mibounds.kernels import panels as _panels
+from mibounds.kernels.cost import choose_path, get_path, set_path
 from mibounds.kernels.elementwise import (
     elementwise,
     elementwise_function,
@@ -32,6 +37,7 @@ from mibounds.kernels.ops import (
     interpolated_terms,
     offdiag_logmeanexp,
     offdiag_means,
+    path_usage,
     row_logsumexp_mean,
     symmetric_logsumexp_mean,
 )
@@ -53,19 +59,23 @@ from mibounds.kernels.selfcheck import (
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "ELEMENTWISE",
+    "choose_path",
     "elementwise",
     "elementwise_function",
     "forward_derivative",
     "get_backend",
     "get_memory_budget",
+    "get_path",
     "interpolated_terms",
     "mark_triton",
     "offdiag_logmeanexp",
     "offdiag_means",
     "panel_rows",
+    "path_usage",
     "row_logsumexp_mean",
     "set_backend",
     "set_memory_budget",
+    "set_path",
     "set_triton",
     "symmetric_logsumexp_mean",
     "triton_enabled",

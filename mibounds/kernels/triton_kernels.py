@@ -101,35 +101,56 @@ def _pow2(d: int, low: int = 16) -> int:
 
 
 def config(
-    kernel: str, dtype: torch.dtype, d: int, prec: str | None = None, arch: int = 90
+    kernel: str,
+    dtype: torch.dtype,
+    d: int,
+    prec: str | None = None,
+    arch: int = 90,
+    mode: int = 0,
 ) -> Config:
     """The tile sizes of ``kernel`` (``"stats"`` or ``"grad"``) for features of ``dtype`` and
-    size ``d`` multiplied at precision ``prec`` (default: :func:`precision`). One table serves
-    compute capability ``arch`` (sm_80 or sm_90 and later): every entry compiles without a
-    spilled register and within the shared memory (the test suite checks it ahead of time).
+    size ``d`` multiplied at precision ``prec`` (default: :func:`precision`) on compute
+    capability ``arch``, for the gradient mode ``mode`` (1: an elementwise function's
+    derivative, whose code takes more registers). Every entry compiles without a spilled
+    register and within the shared memory, and on sm_90 every half-precision and TF32 entry
+    multiplies with ``wgmma`` (the test suite checks all three ahead of time).
 
     The statistics kernel takes 64 x 64 tiles of scores, in feature steps of 64 (half
-    precision), 32 (TF32) or 16 (IEEE float32, whose products run without tensor cores). The
-    gradient kernels hold a ``bm x bdo`` float32 accumulator beside the tile of scores:
-    ``bdo`` is ``d`` rounded up to a power of two, at most 512 for half precision (with 32-row
-    tiles above 128), 64 for TF32 and 128 for IEEE float32, so a feature size up to ``bdo``
-    computes each tile of scores once per gradient and a larger one ``ceil(d / bdo)`` times
-    (the price of O((N + M) d) memory).
+    precision; up to 128 on sm_90, where the row block then stays resident for the whole
+    sweep over the columns), 32 (TF32) or 16 (IEEE float32, whose products run without tensor
+    cores). The gradient kernels hold a ``bm x bdo`` float32 accumulator beside the tile of
+    scores. On sm_90, half precision and TF32 take 64 x 64 tiles (a warpgroup's 64 rows on
+    both sides, so both products run on ``wgmma``) and ``bdo`` up to 128 (64 for the
+    one-way gradients in half precision, 32 for an elementwise function's gradient in
+    TF32). On sm_80 ``bdo`` is ``d`` rounded up to a power of two, at most 512 for half
+    precision (32-row tiles above 128), 64 for TF32 and 128 for IEEE float32. A feature size
+    up to ``bdo`` computes each tile of scores once per gradient and a larger one
+    ``ceil(d / bdo)`` times (the price of O((N + M) d) memory;
+    :func:`mibounds.kernels.cost.choose_path` sends large ``d`` to the tensor-core panels).
 
     Example:
-        >>> config("stats", torch.bfloat16, 512)
+        >>> config("stats", torch.bfloat16, 512, arch=80)
         Config(bm=64, bn=64, bk=64, bdo=0, num_warps=8, num_stages=2)
-        >>> config("grad", torch.bfloat16, 1024).bdo
+        >>> config("grad", torch.bfloat16, 1024, arch=80).bdo
         512
+        >>> config("grad", torch.bfloat16, 1024, arch=90, mode=2)
+        Config(bm=64, bn=64, bk=32, bdo=128, num_warps=8, num_stages=2)
     """
     prec = precision(dtype) if prec is None else prec
     half = dtype in (torch.float16, torch.bfloat16)
     p2 = _pow2(d)
     if kernel == "stats":
         if half:
-            return Config(64, 64, min(64, p2), 0, 8, 2)
+            return Config(64, 64, min(128 if arch >= 90 else 64, p2), 0, 8, 2)
         warps = 8 if arch < 90 else 4
         return Config(64, 64, min(32 if prec == "tf32" else 16, p2), 0, warps, 2)
+    if arch >= 90 and (half or prec == "tf32"):
+        cap = 128
+        if mode != 2 and half:
+            cap = 64
+        elif mode == 1 and prec == "tf32" and not half:
+            cap = 32
+        return Config(64, 64, min(32, p2), min(cap, p2), 8, 2)
     if half:
         if p2 > 128:  # 32-row tiles hold a 32 x 512 accumulator: d <= 512 in one pass
             bn = 32 if dtype == torch.bfloat16 else 16  # float16's G is float32: more registers
@@ -315,6 +336,21 @@ if HAS_TRITON:
         return acc
 
     @triton.jit
+    def _resident_scores(
+        a, y_ptr, cols, m, d, PREC: tl.constexpr, EMU: tl.constexpr, BC: tl.constexpr,
+        BK: tl.constexpr,
+    ):  # fmt: skip
+        # a Y[cols]^T for a row block ``a`` (BR, BK) loaded once (d <= BK): (BR, BC)
+        dims = tl.arange(0, BK)
+        b = tl.load(
+            y_ptr + cols[:, None].to(tl.int64) * d + dims[None, :],
+            mask=(cols[:, None] < m) & (dims[None, :] < d),
+            other=0.0,
+        )
+        acc = tl.zeros((a.shape[0], BC), tl.float32)
+        return _mma(a, tl.trans(b), acc, PREC, EMU)
+
+    @triton.jit
     def _keep(
         rows, cols, n, m, rl_ptr, cl_ptr, offset, n_paired,
         LABELS: tl.constexpr, EXCLUDE: tl.constexpr, SET: tl.constexpr,
@@ -349,10 +385,12 @@ if HAS_TRITON:
         MODE: tl.constexpr, FN1: tl.constexpr, FN2: tl.constexpr, BIAS: tl.constexpr,
         LABELS: tl.constexpr, EXCLUDE: tl.constexpr, SET: tl.constexpr, PREC: tl.constexpr,
         EMU: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+        RESIDENT: tl.constexpr,
     ):  # fmt: skip
         # Per row i of batch index program_id(1), over the columns j of the set: MODE 0,
         # out1[i] = log sum_j e^{S_ij} (-inf for an empty set); MODE 1, out1[i], out2[i] =
-        # sum_j FN1, FN2 of S_ij + shift.
+        # sum_j FN1, FN2 of S_ij + shift. RESIDENT (d <= BK): the row block is loaded once,
+        # before the sweep over the columns, and stays on chip.
         batch = tl.program_id(1).to(tl.int64)
         x_ptr += batch * n * d
         y_ptr += batch * m * d
@@ -367,9 +405,20 @@ if HAS_TRITON:
         mx = tl.full((BM,), float("-inf"), tl.float32)
         z = tl.zeros((BM,), tl.float32)
         z2 = tl.zeros((BM,), tl.float32)
+        if RESIDENT:
+            kdims = tl.arange(0, BK)
+            xa = tl.load(
+                x_ptr + rows[:, None].to(tl.int64) * d + kdims[None, :],
+                mask=rmask[:, None] & (kdims[None, :] < d),
+                other=0.0,
+            )
         for c0 in range(0, m, BN):
             cols = c0 + tl.arange(0, BN)
-            s = _tile_scores(x_ptr, y_ptr, rows, cols, n, m, d, PREC, EMU, BM, BN, BK) * inv_tau + b
+            if RESIDENT:
+                s = _resident_scores(xa, y_ptr, cols, m, d, PREC, EMU, BN, BK)
+            else:
+                s = _tile_scores(x_ptr, y_ptr, rows, cols, n, m, d, PREC, EMU, BM, BN, BK)
+            s = s * inv_tau + b
             keep = _keep(rows, cols, n, m, rl_ptr, cl_ptr, offset, n_paired, LABELS, EXCLUDE, SET)
             if MODE == 0:
                 s = tl.where(keep, s, float("-inf"))
@@ -560,7 +609,7 @@ def _row_stats(
         x, y, out1, out2, la.n, la.m, la.d, la.tau, la.bias, shift, param, la.rl, la.cl,
         la.offset, la.n_paired,
         MODE=mode, FN1=fn1, FN2=fn2, SET=which, BM=cfg.bm, BN=cfg.bn, BK=cfg.bk,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **la.flags,
+        RESIDENT=cfg.bk >= la.d, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **la.flags,
     )  # fmt: skip
     return out1, out2
 
@@ -573,7 +622,7 @@ def _grads(
     """``(dx, dy, dtau, dbias)`` (the last two ``(B,)``) for the gradient ``G`` of the scores
     described by ``mode``: per-row shifts ``c`` ``(B, n)`` and weights ``w`` ``(n,)``, and
     for the symmetric mode the per-column ``c2`` ``(B, m)`` and ``w2`` ``(m,)``."""
-    cfg = config("grad", x.dtype, la.d, arch=_arch(x.device))
+    cfg = config("grad", x.dtype, la.d, arch=_arch(x.device), mode=mode)
     dx = torch.empty_like(x)
     dy = torch.empty_like(y)
     rowsum = torch.empty(la.b, la.n, dtype=torch.float32, device=x.device)
@@ -730,7 +779,8 @@ def kernel_variants(arch: int = 90) -> list[tuple[str, dict[str, object], tuple[
     make on ``sm_<arch>``: each kernel for each feature dtype (float32 at both precisions),
     each tile shape of :func:`config` (:data:`AOT_DIMS`), each set of columns, each pairing
     (plain; labels, the self-pair excluded and a bias; the own key plus a queue) and every
-    elementwise function.
+    elementwise function; and the elementwise kernels of the tensor-core panels
+    (:mod:`mibounds.kernels.gemm_panels`) for each pairing, mode and ``G`` dtype.
 
     Example:
         >>> len(kernel_variants()) > 100
@@ -746,11 +796,12 @@ def kernel_variants(arch: int = 90) -> list[tuple[str, dict[str, object], tuple[
 
     def stats(dt, prec, d, consts):
         cfg = config("stats", dt, d, prec, arch)
-        tile = {"BM": cfg.bm, "BN": cfg.bn, "BK": cfg.bk, "PREC": prec, "EMU": 0, "_dtype": dt}
+        tile = {"BM": cfg.bm, "BN": cfg.bn, "BK": cfg.bk, "PREC": prec, "EMU": 0, "_dtype": dt,
+                "RESIDENT": cfg.bk >= d}  # fmt: skip
         out.append(("_stats_kernel", {**consts, **tile}, (cfg.num_warps, cfg.num_stages)))
 
     def grad(dt, prec, d, consts):
-        cfg = config("grad", dt, d, prec, arch)
+        cfg = config("grad", dt, d, prec, arch, int(consts["MODE"]))
         half_g = dt == torch.bfloat16
         gprec = "tf32" if dt == torch.float16 else prec
         tile = {"BM": cfg.bm, "BN": cfg.bn, "BK": cfg.bk, "BDO": cfg.bdo, "PREC": prec,
@@ -780,6 +831,25 @@ def kernel_variants(arch: int = 90) -> list[tuple[str, dict[str, object], tuple[
     for f1 in (TRITON_FUNCTIONS["exp"], TRITON_FUNCTIONS["exp-clip"]):
         for f2 in (0, TRITON_FUNCTIONS["softplus"]):
             stats(torch.bfloat16, "ieee", big, dict(MODE=1, FN1=f1, FN2=f2, SET=1, **full))
+    # the tensor-core panels' elementwise kernels (no products: any architecture)
+    from mibounds.kernels.gemm_panels import _BC, _BR, _WARPS
+
+    tile: dict[str, object] = {"BR": _BR, "BC": _BC}
+    consts: dict[str, object]
+    for f in (plain, full, flags[2]):
+        for colstats in (0, 1):
+            consts = dict(MODE=0, FN1=0, FN2=0, SET=0, COLSTATS=colstats, **f, **tile)
+            out.append(("_panel_stats_kernel", consts, (_WARPS, 2)))
+        for mode, which in ((0, 0), (2, 0), (0, 1)):
+            for dt in (torch.bfloat16, torch.float16, torch.float32):
+                consts = dict(MODE=mode, FN=0, SET=which, **f, **tile, _dtype=dt)
+                out.append(("_panel_grad_kernel", consts, (_WARPS, 2)))
+    for fn in fns:
+        consts = dict(MODE=1, FN1=fn, FN2=fn, SET=1, COLSTATS=0, **full, **tile)
+        out.append(("_panel_stats_kernel", consts, (_WARPS, 2)))
+        for dt in (torch.bfloat16, torch.float32):
+            consts = dict(MODE=1, FN=fn, SET=2, **full, **tile, _dtype=dt)
+            out.append(("_panel_grad_kernel", consts, (_WARPS, 2)))
     return out
 
 
@@ -807,11 +877,18 @@ def compile_ahead(
     if not isinstance(dt, torch.dtype):
         raise TypeError(f"_dtype must be a torch.dtype, got {dt!r}")
     feat = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}[dt]
-    fn = {"_stats_kernel": _stats_kernel, "_grad_kernel": _grad_kernel}[kernel]
-    ints = ("n", "m", "d", "offset", "n_paired")
+    from mibounds.kernels import gemm_panels
+
+    fn = {
+        "_stats_kernel": _stats_kernel,
+        "_grad_kernel": _grad_kernel,
+        "_panel_stats_kernel": gemm_panels._panel_stats_kernel,
+        "_panel_grad_kernel": gemm_panels._panel_grad_kernel,
+    }[kernel]
+    ints = ("n", "m", "d", "offset", "n_paired", "r0", "p")
     sig: dict[str, str] = {}
     for a in fn.arg_names:
-        if a in ("x_ptr", "y_ptr") or (a == "out_ptr" and kernel == "_grad_kernel"):
+        if a in ("x_ptr", "y_ptr", "g_ptr") or (a == "out_ptr" and kernel == "_grad_kernel"):
             sig[a] = feat
         elif a in ("rl_ptr", "cl_ptr"):
             sig[a] = "*i64"
@@ -836,4 +913,6 @@ def compile_ahead(
         "shared": int(compiled.metadata.shared),
         "registers": int(line.split("REG:")[1].split()[0]),
         "stack": int(line.split("STACK:")[1].split()[0]),
+        "wgmma": compiled.asm["ptx"].count("wgmma.mma_async"),
+        "mma_sync": compiled.asm["ptx"].count("mma.sync"),
     }
