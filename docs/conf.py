@@ -331,6 +331,66 @@ def _public_bases(app, name, obj, options, bases) -> None:
     bases[:] = out
 
 
+def _gpu_model_table() -> str:
+    """benchmarks/gpu_model.md (``python benchmarks/gpu.py --model``) at N = 65,536 as an RST
+    table: the path the cost model picks and its predicted time over the bare products."""
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_model.md")
+    with open(path) as fh:
+        lines = [ln for ln in fh.read().splitlines() if ln.startswith("| ")][1:]
+    lines_out = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        *_row(["loss", "d", "dtype", "path", "predicted time / bare"]),
+    ]
+    for ln in lines:
+        loss, n, d, dtype, path_, ratio = [c.strip() for c in ln.strip("|").split("|")]
+        if n == "65536":
+            lines_out += _row([loss, d, dtype, path_, ratio + "x"])
+    return "\n".join(lines_out) + "\n"
+
+
+def _gpu_measured_table() -> str:
+    """benchmarks/gpu.json (written by ``benchmarks/gpu_check.sh`` on a GPU) as an RST table,
+    or a sentence saying how to produce it when none is committed."""
+    import json
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu.json")
+    if not os.path.exists(path):
+        return (
+            "No measured GPU table is committed yet. ``bash benchmarks/gpu_check.sh`` writes "
+            "``gpu.json``; copied to ``benchmarks/gpu.json``, it appears here at the next "
+            "build.\n"
+        )
+    with open(path) as fh:
+        report = json.load(fh)
+    out = [
+        f"Measured on {report['device']}, torch {report['torch']}.",
+        "",
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        *_row(["loss", "N", "d", "dtype", "path", "time / bare", "dense / bare", "peak MiB"]),
+    ]
+    for r in report["rows"]:
+        if "mibounds_s" not in r:
+            continue
+        dense = r.get("dense_x_bare")
+        peak = r.get("mibounds_peak_mib")
+        out += _row([
+            r["loss"], str(r["n"]), str(r["d"]), r["dtype"], r.get("path", "-"),
+            f"{r['mibounds_x_bare']:.2f}x", "-" if dense is None else f"{dense:.2f}x",
+            "-" if peak is None else f"{peak:.0f}",
+        ])  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+with open(os.path.join(_GEN, "gpu_model.rst"), "w") as _fh:
+    _fh.write(_gpu_model_table())
+with open(os.path.join(_GEN, "gpu_measured.rst"), "w") as _fh:
+    _fh.write(_gpu_measured_table())
+
+
 def setup(app) -> None:
     app.connect("autodoc-process-bases", _public_bases)
 

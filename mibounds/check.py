@@ -26,7 +26,7 @@ from torch import Tensor
 from mibounds import _checks, contrastive
 from mibounds.bounds.lower import dv, fmi, infonce, interpolated, js, mine, nwj, smile, tuba
 from mibounds.bounds.upper import nce_club
-from mibounds.kernels import streaming
+from mibounds.kernels import cost, streaming
 from mibounds.scores import SeparableScores
 
 __all__ = ["CheckRow", "run_check"]
@@ -140,7 +140,7 @@ _KERNEL_PATHS = ("fused", "panels")
 def _run_path(path: str, fn: Callable[[Tensor, Tensor], Tensor], u: Tensor, v: Tensor):
     kernel = path in _KERNEL_PATHS
     streaming.set_triton(True if kernel else None if path == "autocast" else False)
-    streaming.set_path(path if kernel else None)
+    cost.set_path(path if kernel else None)
     backend = streaming.get_backend()
     try:
         if path == "compiled":
@@ -149,7 +149,7 @@ def _run_path(path: str, fn: Callable[[Tensor, Tensor], Tensor], u: Tensor, v: T
     finally:
         streaming.set_backend(backend)
         streaming.set_triton(None)
-        streaming.set_path(None)
+        cost.set_path(None)
 
 
 def check_correctness(device: torch.device, n: int = 96, dims: tuple[int, ...] = (16, 64)):

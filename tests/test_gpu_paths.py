@@ -53,12 +53,12 @@ def test_choose_path_by_cost_forced_and_uncovered(monkeypatch):
     cpu = torch.device("cpu")
     assert cost.choose_path("sym_lse_mean", cpu, torch.float32, 8, 8, 4, False) == "sweep"
     assert cost.choose_path("sym_lse_mean", cpu, torch.float32, 8, 8, 4, True) == "fused"
-    streaming.set_path("panels")
+    cost.set_path("panels")
     try:
         assert cost.choose_path("row_lse_mean", cpu, torch.float32, 8, 8, 4, True) == "panels"
         assert cost.choose_path("row_lse_mean", cpu, torch.float32, 8, 8, 4, False) == "sweep"
     finally:
-        streaming.set_path(None)
+        cost.set_path(None)
     monkeypatch.setenv("MIBOUNDS_PATH", "sweep")
     assert cost.choose_path("row_lse_mean", cpu, torch.float32, 8, 8, 4, True) == "sweep"
     # on a CUDA device the cheaper predicted path: small d fused, large d on panels
@@ -76,10 +76,10 @@ def test_choose_path_by_cost_forced_and_uncovered(monkeypatch):
 
 def test_bad_path_names_are_refused(monkeypatch):
     with pytest.raises(ValueError, match=r"path must be one of .* got 'cublas'"):
-        streaming.set_path("cublas")
+        cost.set_path("cublas")
     monkeypatch.setenv("MIBOUNDS_PATH", "triton")
     with pytest.raises(ValueError, match="MIBOUNDS_PATH must be one of .* got 'triton'"):
-        streaming.get_path()
+        cost.get_path()
 
 
 @pytest.mark.parametrize("sim", [0, 1])

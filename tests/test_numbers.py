@@ -416,3 +416,18 @@ def test_readme_status_figure_matches_the_coverage_json():
     _close(a, g20["estimate"], 2)
     _close(c, g50["estimate"], 2)
     assert (float(b), float(d)) == (g20["truth"], g50["truth"])
+
+
+def test_readme_gpu_predictions_match_the_model_table():
+    table = (ROOT / "benchmarks" / "gpu_model.md").read_text()
+
+    def predicted(d: int) -> float:
+        row = re.search(rf"\| clip \| 65536 \| {d} \| bfloat16 \| \w+ \| (\d+\.\d\d) \|", table)
+        assert row, d
+        return float(row.group(1))
+
+    text = re.sub(r"\s+", " ", README)
+    a, b = _number(text, r"predicts CLIP in bfloat16 at (\d\.\d) times the bare products for "
+                         r"d = 512 and (\d\.\d) times for d = 1024")  # fmt: skip
+    _close(a, predicted(512), 1)
+    _close(b, predicted(1024), 1)

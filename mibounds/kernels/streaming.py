@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from mibounds.kernels import elementwise as _elementwise
 from mibounds.kernels import panels as _panels
-from mibounds.kernels.cost import choose_path, get_path, set_path
 from mibounds.kernels.elementwise import (
     elementwise,
     elementwise_function,
@@ -59,13 +58,11 @@ from mibounds.kernels.selfcheck import (
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "ELEMENTWISE",
-    "choose_path",
     "elementwise",
     "elementwise_function",
     "forward_derivative",
     "get_backend",
     "get_memory_budget",
-    "get_path",
     "interpolated_terms",
     "mark_triton",
     "offdiag_logmeanexp",
@@ -75,7 +72,6 @@ __all__ = [
     "row_logsumexp_mean",
     "set_backend",
     "set_memory_budget",
-    "set_path",
     "set_triton",
     "symmetric_logsumexp_mean",
     "triton_enabled",
