@@ -438,6 +438,37 @@ class _PairedBatch(abc.ABC):
     def all_pairs_mean(self) -> Tensor:
         """The mean of every score (the diagonal included)."""
 
+    def nce_rows(self, symmetric: bool = False) -> Tensor:
+        r"""Per-row InfoNCE terms :math:`\bar S_{i,P_i} - \log\sum_{j\in C_i} e^{S_{ij}} +
+        \log|C_i|` (mean score over the row's positives, log-sum-exp over its candidates), 0
+        for a row without a positive; ``(..., N)``. With ``symmetric`` (square scores),
+        the average of row ``i``'s and column ``i``'s terms. Their mean over the rows with a
+        positive is :func:`mibounds.infonce`; their sum, its ``"sum"`` reduction. Streamed
+        for separable scores; dense scores get the same terms from the whole matrix."""
+        terms = self._nce_terms(self.npos, self.ncand, False)
+        if symmetric:
+            if self.m != self.n:
+                raise ValueError(
+                    "symmetric per-sample terms need square scores (one column per row); got "
+                    f"{self.n} rows and {self.m} columns"
+                )
+            _, npos_c, ncand_c = self._column_counts()
+            terms = 0.5 * (terms + self._nce_terms(npos_c, ncand_c, True))
+        return terms.to(self.dtype)
+
+    def _nce_terms(self, npos: Tensor, ncand: Tensor, columns: bool) -> Tensor:
+        if self.plain:
+            joint = self.positives()
+        else:
+            joint = self.positive_sums(columns) / npos.clamp_min(1)
+        terms = joint - self.row_terms(columns=columns) + torch.log(ncand)
+        return torch.where(npos > 0, terms, 0.0)
+
+    @abc.abstractmethod
+    def row_terms(self, keep: str = "cand", fn: str | None = None, columns: bool = False) -> Tensor:
+        """Per row (or per column), the log-sum-exp (``fn=None``) or the sum of ``fn`` over
+        its candidates, negatives or positives (``keep``)."""
+
     @abc.abstractmethod
     def _lse(self, row_w: Tensor | None, col_w: Tensor | None, symmetric: bool = False) -> Tensor:
         """Weighted row (and column) log-sum-exp over the candidates."""
@@ -584,31 +615,6 @@ class SeparableBatch(_PairedBatch):
             x, y, layout = y, x, layout.transposed(self.n, self.m)
         return row_terms(x, y, self.tau, self.sim, layout=layout, keep=keep, fn=fn, bias=self.bias)
 
-    def nce_rows(self, symmetric: bool = False) -> Tensor:
-        r"""Per-row InfoNCE terms :math:`\bar S_{i,P_i} - \log\sum_{j\in C_i} e^{S_{ij}} +
-        \log|C_i|` (mean score over the row's positives, log-sum-exp over its candidates), 0
-        for a row without a positive; ``(..., N)``, streamed. With ``symmetric`` (square scores),
-        the average of row ``i``'s and column ``i``'s terms. Their mean over the rows with a
-        positive is :func:`mibounds.infonce`; their sum, its ``"sum"`` reduction."""
-        terms = self._nce_terms(self.npos, self.ncand, False)
-        if symmetric:
-            if self.m != self.n:
-                raise ValueError(
-                    "symmetric per-sample terms need square scores (one column per row); got "
-                    f"{self.n} rows and {self.m} columns"
-                )
-            _, npos_c, ncand_c = self._column_counts()
-            terms = 0.5 * (terms + self._nce_terms(npos_c, ncand_c, True))
-        return terms.to(self.dtype)
-
-    def _nce_terms(self, npos: Tensor, ncand: Tensor, columns: bool) -> Tensor:
-        if self.plain:
-            joint = self.positives()
-        else:
-            joint = self.positive_sums(columns) / npos.clamp_min(1)
-        terms = joint - self.row_terms(columns=columns) + torch.log(ncand)
-        return torch.where(npos > 0, terms, 0.0)
-
     def interpolated_terms(self, log_baseline: Tensor, alpha: float) -> Tensor:
         """The streamed terms of :func:`mibounds.interpolated` beyond its diagonal mean (see
         :func:`mibounds.kernels.streaming.interpolated_terms`)."""
@@ -694,6 +700,14 @@ class DenseBatch(_PairedBatch):
             g_sum = g_sum - g_sum.detach()
         return v_sum, g_sum
 
+    def row_terms(self, keep: str = "cand", fn: str | None = None, columns: bool = False) -> Tensor:
+        drop = self._mask(keep)
+        dim = -2 if columns else -1
+        if fn is None:
+            return torch.logsumexp(self.s.masked_fill(drop, -math.inf), dim=dim)
+        safe = self.s.masked_fill(drop, 0.0)
+        return streaming.elementwise_function(fn)(safe, 0.0).masked_fill(drop, 0.0).sum(dim)
+
     def _lme(self, log_w: Tensor | None) -> Tensor:
         assert log_w is not None
         masked = self.s.masked_fill(self._mask("neg"), -math.inf) + log_w[:, None]
@@ -738,13 +752,22 @@ def batch_statistics(
     return None
 
 
-def separable_rows(scores: Scores, gather: distributed.GroupArg = False) -> SeparableBatch | None:
-    """The streamed statistics of separable scores of one process, for per-row
-    (``reduction="none"``) terms; ``None`` for other scores."""
-    if not isinstance(scores, SeparableScores):
-        return None
-    batch_statistics(scores, gather, "none")  # refuses per-sample terms while gathering
-    return SeparableBatch(scores)
+def separable_rows(
+    scores: Scores, gather: distributed.GroupArg = False
+) -> SeparableBatch | DenseBatch | None:
+    """The statistics of one process's scores for per-row (``reduction="none"``) terms:
+    streamed for separable scores, from the matrix for dense scores with a pairing (or
+    rectangular ones); ``None`` for plain square dense scores (the bounds' own per-row path)."""
+    if isinstance(scores, SeparableScores):
+        batch_statistics(scores, gather, "none")  # refuses per-sample terms while gathering
+        return SeparableBatch(scores)
+    if isinstance(scores, DenseScores) and not is_plain(scores):
+        batch_statistics(scores, gather, "none")
+        return DenseBatch(scores)
+    if isinstance(scores, Tensor) and scores.dim() >= 2 and scores.shape[-1] != scores.shape[-2]:
+        batch_statistics(scores, gather, "none")
+        return DenseBatch(scores)
+    return None
 
 
 def log_count(n: int, like: Tensor) -> Tensor:

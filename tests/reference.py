@@ -278,13 +278,15 @@ def supcon_loss(
     ref: Tensor | None = None,
     ref_labels: Tensor | None = None,
     per_anchor: bool = False,
+    distance: tuple = ("cosine",),
+    normalize: bool = True,
 ) -> Tensor:
-    """Khosla et al.'s L_out, anchor by anchor, on cosine similarities; with ``ref``, every
-    reference is a candidate of every anchor (pytorch-metric-learning's ref_emb).
-    ``per_anchor``: the ``(N,)`` losses, 0 for an anchor without a positive."""
-    z = torch.nn.functional.normalize(z, dim=1)
+    """Khosla et al.'s L_out, anchor by anchor, on cosine similarities (or ``distance`` as in
+    :func:`pair_score`); with ``ref``, every reference is a candidate of every anchor
+    (pytorch-metric-learning's ref_emb). ``per_anchor``: the ``(N,)`` losses, 0 for an anchor
+    without a positive."""
     own = ref is None
-    r = z if own else torch.nn.functional.normalize(ref, dim=1)
+    z, r = _pml_vectors(z, ref, normalize)
     rl = labels if own else ref_labels
     losses = []
     for a in range(z.shape[0]):
@@ -293,13 +295,32 @@ def supcon_loss(
         if not pos:
             losses.append(None)
             continue
-        s = [z[a] @ r[k] / temperature for k in others]
+        s = [pair_score(z[a], r[k], temperature, distance) for k in others]
         log_denom = torch.logsumexp(torch.stack(s), 0)
-        losses.append(_mean([-(z[a] @ r[p] / temperature - log_denom) for p in pos]))
+        losses.append(
+            _mean([-(pair_score(z[a], r[p], temperature, distance) - log_denom) for p in pos])
+        )
     if per_anchor:
         return torch.stack([z.sum() * 0 if v is None else v for v in losses])
     counted = [v for v in losses if v is not None]
     return _mean(counted) if counted else z.sum() * 0
+
+
+def pair_score(a: Tensor, b: Tensor, temperature, distance: tuple = ("cosine",)) -> Tensor:
+    """pytorch-metric-learning's score of one pair over the temperature: the cosine or dot
+    similarity (of the vectors as given), or minus the Lp distance to a power,
+    ``distance = ("lp", p, power)``."""
+    if distance[0] == "lp":
+        _, p, power = distance
+        return -((torch.sum(torch.abs(a - b) ** p) ** (1.0 / p)) ** power) / temperature
+    return a @ b / temperature
+
+
+def _pml_vectors(z: Tensor, ref: Tensor | None, normalize: bool) -> tuple[Tensor, Tensor]:
+    if normalize:
+        z = torch.nn.functional.normalize(z, dim=1)
+        ref = None if ref is None else torch.nn.functional.normalize(ref, dim=1)
+    return z, (z if ref is None else ref)
 
 
 def pml_ntxent(
@@ -309,13 +330,15 @@ def pml_ntxent(
     ref: Tensor | None = None,
     ref_labels: Tensor | None = None,
     pairs: tuple | None = None,
+    distance: tuple = ("cosine",),
+    normalize: bool = True,
 ) -> Tensor:
     """pytorch-metric-learning's NTXentLoss, pair by pair: the losses of the positive pairs
     ``-log(e^{s_ap} / (e^{s_ap} + sum over the anchor's negative pairs e^{s_an}))``, in
-    (anchor, reference) order, or of the listed ``pairs = (a1, p, a2, n)``."""
-    z = torch.nn.functional.normalize(z, dim=1)
+    (anchor, reference) order, or of the listed ``pairs = (a1, p, a2, n)``; ``distance`` as
+    in :func:`pair_score`, on normalised vectors unless ``normalize`` is False."""
     own = ref is None
-    r = z if own else torch.nn.functional.normalize(ref, dim=1)
+    z, r = _pml_vectors(z, ref, normalize)
     if pairs is None:
         rl = labels if own else ref_labels
         pos, neg = [], []
@@ -330,10 +353,29 @@ def pml_ntxent(
         pos, neg = list(zip(a1, p, strict=True)), list(zip(a2, n, strict=True))
     losses = []
     for a, p in pos:
-        s_ap = z[a] @ r[p] / temperature
-        terms = [s_ap] + [z[a] @ r[k] / temperature for b, k in neg if b == a]
+        s_ap = pair_score(z[a], r[p], temperature, distance)
+        terms = [s_ap] + [pair_score(z[a], r[k], temperature, distance) for b, k in neg if b == a]
         losses.append(torch.logsumexp(torch.stack(terms), 0) - s_ap)
     return torch.stack(losses) if losses else z.new_zeros(0)
+
+
+def pml_reduce(losses: Tensor, reducer: str, anchors: list[int] | None = None, n: int = 0):
+    """pytorch-metric-learning's reducers, written out: ``"mean"``; ``"avg_non_zero"`` (the
+    mean of the positive losses, 0 if none); ``"per_anchor"`` / ``"per_anchor_avg_non_zero"``
+    (each anchor's mean pair loss, 0 for an anchor without pairs, ``anchors`` listing the
+    anchor of each loss, then the mean or the non-zero mean over the ``n`` anchors)."""
+    if reducer.startswith("per_anchor"):
+        assert anchors is not None
+        per = []
+        for a in range(n):
+            mine = [losses[k] for k, b in enumerate(anchors) if b == a]
+            per.append(_mean(mine) if mine else losses.sum() * 0)
+        losses = torch.stack(per)
+        reducer = reducer[len("per_anchor_") :] or "mean"
+    if reducer == "avg_non_zero":
+        kept = [v for v in losses if float(v.detach()) > 0]
+        return _mean(kept) if kept else losses.sum() * 0
+    return losses.mean()
 
 
 def pml_supcon_listed(z: Tensor, temperature, pairs: tuple, ref: Tensor | None = None) -> Tensor:

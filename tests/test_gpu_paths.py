@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mibounds.kernels import cost, panels, streaming, sweep
+from mibounds.kernels import cost, panels, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

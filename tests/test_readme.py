@@ -27,5 +27,5 @@ def test_readme_setup_commands():
     assert any(b.strip().endswith("mibounds validate") for b in blocks)
     assert any("python -m pytest" in b for b in blocks)
     ci = (README.parent / ".ci" / "run").read_text()
-    assert 'pip install -q -e ".[test,docs,examples,dev,triton]"' in ci
+    assert 'pip install -q -e ".[test,docs,examples,dev,triton,peers]"' in ci
     assert "python -m pytest -n auto" in ci
