@@ -368,6 +368,44 @@ class _PairedBatch(abc.ABC):
             return self._lse(None, None, symmetric=True) - consts
         return self._lse(w_row, w_col, symmetric=True) - consts
 
+    def nce_loss(self, symmetric: bool = False) -> Tensor:
+        r"""The InfoNCE family's cross-entropy: the mean over the rows with a positive of
+        :math:`\log\sum_{j\in C_i} e^{S_{ij}} - \bar S_{i,P_i}` (each row's
+        :math:`\log|C_i| - I_i`; averaged with the columns' if ``symmetric``). Its value is
+        formed per row from the row's own scores, not as the difference of two rounded means
+        (as accurate as a dense cross-entropy); its gradient is that of the log-sum-exp less
+        the positives'."""
+        joint = self.joint()
+        if symmetric:
+            joint = 0.5 * (joint + self.joint_columns())
+        return self._lse_minus_positives(symmetric) - (joint - joint.detach())
+
+    def nce_log_count(self, symmetric: bool = False) -> Tensor:
+        """The mean over the rows with a positive of the log of their candidate counts
+        (averaged with the columns' if ``symmetric``): the most an InfoNCE estimate reaches."""
+        if not symmetric:
+            return (self.w_joint * torch.log(self.ncand)).sum(-1)
+        w_row, w_col, ncand_c = self._symmetric_weights()
+        return (w_row * torch.log(self.ncand)).sum(-1) + (w_col * torch.log(ncand_c)).sum(-1)
+
+    def _symmetric_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The rows' and the columns' weights of a symmetric bound, and the columns'
+        candidate counts."""
+        cols, _, ncand_c = self._column_counts()
+        return 0.5 * self.w_joint, 0.5 * cols / cols.sum().clamp_min(1), ncand_c
+
+    def _lse_minus_positives(self, symmetric: bool = False) -> Tensor:
+        """The value of :meth:`nce_loss` with the log-sum-exp's gradient (the difference of
+        the means here; streamed batches form it per row)."""
+        if not symmetric:
+            lse = self._lse(None if self.plain else self.w_joint, None)
+            return lse - self.joint().detach()
+        joint = 0.5 * (self.joint() + self.joint_columns()).detach()
+        if self.plain:
+            return self._lse(None, None, symmetric=True) - joint
+        w_row, w_col, _ = self._symmetric_weights()
+        return self._lse(w_row, w_col, symmetric=True) - joint
+
     def joint_columns(self) -> Tensor:
         """The column version of :meth:`joint` (identity), for symmetric bounds."""
         if self.plain:
@@ -578,6 +616,19 @@ class SeparableBatch(_PairedBatch):
         return streaming.row_logsumexp_mean(
             self.x, self.y, self.tau, self.sim, layout=layout, weight=row_w, bias=self.bias
         )
+
+    def _lse_minus_positives(self, symmetric: bool = False) -> Tensor:
+        layout = None if self.plain else self.layout
+        if symmetric:
+            w_row, w_col = (None, None) if self.plain else self._symmetric_weights()[:2]
+            return streaming.symmetric_logsumexp_mean(
+                self.x, self.y, self.tau, self.sim, layout=layout, row_weight=w_row,
+                col_weight=w_col, bias=self.bias, minus_positives=True,
+            )  # fmt: skip
+        return streaming.row_logsumexp_mean(
+            self.x, self.y, self.tau, self.sim, layout=layout,
+            weight=None if self.plain else self.w_joint, bias=self.bias, minus_positives=True,
+        )  # fmt: skip
 
     def lse_mean(self, symmetric: bool = False) -> Tensor:
         r"""Streamed :math:`\frac1N\sum_i \log\sum_j e^{S_{ij}}` (plain pairing), averaged with

@@ -92,7 +92,7 @@ def test_sweep_multiplies_half_features_as_they_are(monkeypatch, sim, dtype):
     x = F.normalize(torch.randn(2, 50, 16, generator=g), dim=-1).to(dtype)
     y = F.normalize(torch.randn(2, 50, 16, generator=g), dim=-1).to(dtype)
     args = (x, y, torch.tensor(0.3), torch.tensor(-0.5), sim, None, None, 0, 0, 50, None, None,
-            True)  # fmt: skip
+            False, True)  # fmt: skip
     want = sweep.sym_lse_mean_sweep(*args)
     calls = []
 

@@ -327,3 +327,67 @@ def test_against_pytorch_metric_learning():
         e = torch.randn(len(labels_), 2)
         for cls in ("NTXentLoss", "SupConLoss"):
             assert float(getattr(pml_ns, cls)(0.1)(e, torch.tensor(labels_))) == 0.0
+
+
+# --- float32 accuracy: at least that of the dense loss --------------------------------------
+
+
+def test_lightly_exact_cases_in_float32():
+    """lightly's own exact-value cases: embeddings all on one line give log(2N - 1) (one
+    candidate each: exactly 0), within lightly's tolerance (relative 1e-6) on every draw."""
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 8, 16):
+        for tau in (0.1, 1.0, 7.0):
+            for _ in range(50):
+                a, b = torch.rand(n, 1, generator=g), torch.rand(n, 1, generator=g)
+                out0, out1 = torch.cat([a, 2 * a], 1), torch.cat([b, 2 * b], 1)
+                got = float(NTXentLoss(tau)(out0, out1))
+                if n == 1:
+                    assert got == 0.0
+                else:
+                    assert got == pytest.approx(math.log(2 * n - 1), rel=1e-6)
+
+
+def _dense_ntxent(u, v, tau):
+    """NT-Xent as a dense cross-entropy (lightly's formula), in the features' dtype."""
+    z = F.normalize(torch.cat([u, v]), dim=1)
+    s = z @ z.T / tau
+    s.fill_diagonal_(-math.inf)
+    n = u.shape[0]
+    return F.cross_entropy(s, torch.cat([torch.arange(n, 2 * n), torch.arange(n)]))
+
+
+def _dense_supcon(z, labels, tau):
+    zn = F.normalize(z, dim=1)
+    s = (zn @ zn.T / tau).fill_diagonal_(-math.inf)
+    pos = (labels[:, None] == labels[None, :]).fill_diagonal_(False)
+    logp = s - torch.logsumexp(s, 1, keepdim=True)
+    per = -(logp.masked_fill(~pos, 0).sum(1) / pos.sum(1).clamp_min(1))
+    return per[pos.any(1)].mean()
+
+
+def test_float32_at_least_as_accurate_as_the_dense_loss():
+    """Over random draws, the streamed float32 losses are no further from float64 than the
+    dense float32 computation their peers use (the largest error over the draws, with one
+    float32 rounding of slack)."""
+    g = torch.Generator().manual_seed(0)
+    worst = {"ntxent": [0.0, 0.0], "supcon": [0.0, 0.0]}
+    for draw in range(100):
+        n, d = 4 + draw % 13, 3 + draw % 7
+        u = torch.randn(n, d, generator=g, dtype=torch.float64)
+        v = u + 0.3 * torch.randn(n, d, generator=g, dtype=torch.float64)
+        tau = (0.05, 0.1, 0.5, 1.0)[draw % 4]
+        truth = float(_dense_ntxent(u, v, tau))
+        ours = float(NTXentLoss(tau)(u.float(), v.float()))
+        dense = float(_dense_ntxent(u.float(), v.float(), tau))
+        worst["ntxent"][0] = max(worst["ntxent"][0], abs(ours - truth) / truth)
+        worst["ntxent"][1] = max(worst["ntxent"][1], abs(dense - truth) / truth)
+        labels = torch.arange(2 * n) % max(2, n // 2)
+        z = torch.cat([u, v])
+        truth = float(_dense_supcon(z, labels, tau))
+        ours = float(SupConLoss(tau)(z.float(), labels))
+        dense = float(_dense_supcon(z.float(), labels, tau))
+        worst["supcon"][0] = max(worst["supcon"][0], abs(ours - truth) / truth)
+        worst["supcon"][1] = max(worst["supcon"][1], abs(dense - truth) / truth)
+    for name, (ours_err, dense_err) in worst.items():
+        assert ours_err <= dense_err + 1.2e-7, (name, ours_err, dense_err)

@@ -20,7 +20,7 @@ def _args(n=9, d=4, b=2):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b, n, d, generator=g)
     y = torch.randn(b, n, d, generator=g)
-    return (x, y, torch.tensor(0.5), None, 0, None, None, 0, 0, n, None, True)
+    return (x, y, torch.tensor(0.5), None, 0, None, None, 0, 0, n, None, False, True)
 
 
 @pytest.fixture(autouse=True)
@@ -136,9 +136,9 @@ def _call(op: str, n=9, m=9, d=4, labels=False, exclude=0, bias=False, weights=T
     head = (x, y, torch.tensor(0.5), b, 0, rl, cl, offset, exclude, n)
     w = torch.rand(n, generator=g) if weights else None
     if op == "row_lse_mean":
-        return (*head, w, True)
+        return (*head, w, False, True)
     if op == "sym_lse_mean":
-        return (*head, w, torch.rand(m, generator=g) if weights else None, True)
+        return (*head, w, torch.rand(m, generator=g) if weights else None, False, True)
     if op == "offdiag_lme":
         return (*head, None if w is None else torch.log(w), True)
     fid = streaming.ELEMENTWISE["exp"]

@@ -126,7 +126,9 @@ def test_no_grad_computes_statistics_only():
     assert not v.requires_grad
     xf, yf = x.reshape(-1, 37, 5), y.reshape(-1, 37, 5)
     plain = (None, 0, None, None, 0, 0, 37)  # bias, sim, labels, offset, exclude, n_paired
-    _, dx, dy, *_ = torch.ops.mibounds.row_lse_mean(xf, yf, torch.tensor(1.0), *plain, None, False)
+    _, dx, dy, *_ = torch.ops.mibounds.row_lse_mean(
+        xf, yf, torch.tensor(1.0), *plain, None, False, False
+    )
     assert dx.numel() == 0 and dy.numel() == 0
 
 
@@ -157,8 +159,10 @@ PLAIN = (None, None, 0, 0, 9)  # labels, column labels, offset, exclude, n_paire
 @pytest.mark.parametrize(
     ("op", "extra"),
     [
-        ("row_lse_mean", (None, True)),
-        ("sym_lse_mean", (None, None, True)),
+        ("row_lse_mean", (None, False, True)),
+        ("row_lse_mean", (None, True, True)),
+        ("sym_lse_mean", (None, None, False, True)),
+        ("sym_lse_mean", (None, None, True, True)),
         ("offdiag_lme", (None, True)),
         ("offdiag_means", (None, 0, 1, -1.0, 0.0, False, True, True)),
         ("offdiag_means", (None, 2, 1, 0.0, 2.0, False, True, False)),
@@ -177,7 +181,7 @@ def test_opcheck(op, extra, sim_id):
 @pytest.mark.parametrize(
     ("op", "extra"),
     [
-        ("row_lse_mean", (None, True)),
+        ("row_lse_mean", (None, False, True)),
         ("offdiag_lme", (None, True)),
         ("offdiag_means", (None, 0, 1, 0.0, 0.0, False, True, True)),
     ],
@@ -196,8 +200,10 @@ def test_opcheck_rectangular(op, extra):
 @pytest.mark.parametrize(
     ("op", "extra"),
     [
-        ("row_lse_mean", (True,)),
-        ("sym_lse_mean", (True,)),
+        ("row_lse_mean", (False, True)),
+        ("row_lse_mean", (True, True)),
+        ("sym_lse_mean", (False, True)),
+        ("sym_lse_mean", (True, True)),
         ("offdiag_lme", (True,)),
         ("offdiag_means", (0, 1, 0.0, 0.0, False, True, True)),
         ("offdiag_means", (-1, 4, 0.0, 0.0, True, True, True)),
@@ -293,3 +299,40 @@ def test_float_bias_keeps_float64_precision_and_float32_scores():
     torch.testing.assert_close(lazy, mibounds.infonce(x @ y.T + 0.1), rtol=1e-14, atol=0)
     s32 = mibounds.SeparableScores(x.float(), y.float(), bias=0.1)
     assert s32.dense().dtype == torch.float32 and mibounds.infonce(s32).dtype == torch.float32
+
+
+@pytest.mark.parametrize("labels", [False, True])
+def test_log_sum_exp_less_the_positives(labels):
+    """``minus_positives``: each row's (and column's) log-sum-exp less the mean score of its
+    positives, against the dense formula; the gradient stays the log-sum-exp's."""
+    from mibounds.pairing import PairLayout
+
+    x, y = _xy(torch.float64, lead=(), n=9, d=3)
+    s = x @ y.T / 0.3
+    lab = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2, 0])
+    if labels:
+        layout = PairLayout(lab, lab, 0, 1, 9)
+        cand = ~torch.eye(9, dtype=torch.bool)
+        pos = (lab[:, None] == lab[None, :]) & cand
+    else:
+        layout, cand, pos = None, torch.ones(9, 9, dtype=torch.bool), torch.eye(9, dtype=torch.bool)
+    w = torch.rand(9, dtype=torch.float64)
+    lse = torch.logsumexp(s.masked_fill(~cand, -math.inf), -1)
+    mean_pos = (s * pos).sum(-1) / pos.sum(-1).clamp_min(1)
+    row = torch.where(pos.any(-1), lse - mean_pos, lse)
+    got = streaming.row_logsumexp_mean(x, y, 0.3, "dot", layout=layout, weight=w,
+                                       minus_positives=True)  # fmt: skip
+    torch.testing.assert_close(got, (w * row).sum())
+    col_lse = torch.logsumexp(s.masked_fill(~cand, -math.inf), 0)
+    col_pos = (s * pos).sum(0) / pos.sum(0).clamp_min(1)
+    col = torch.where(pos.any(0), col_lse - col_pos, col_lse)
+    v = torch.rand(9, dtype=torch.float64)
+    got = streaming.symmetric_logsumexp_mean(
+        x, y, 0.3, "dot", layout=layout, row_weight=w, col_weight=v, minus_positives=True
+    )
+    torch.testing.assert_close(got, (w * row).sum() + (v * col).sum())
+    # the gradient is the log-sum-exp's
+    xg = x.clone().requires_grad_(True)
+    a = streaming.row_logsumexp_mean(xg, y, 0.3, "dot", layout=layout, minus_positives=True)
+    b = streaming.row_logsumexp_mean(xg, y, 0.3, "dot", layout=layout)
+    torch.testing.assert_close(torch.autograd.grad(a, xg)[0], torch.autograd.grad(b, xg)[0])

@@ -110,6 +110,9 @@ def infonce(
     if reduction == "none" and (rows := separable_rows(scores, gather)) is not None:
         return rows.nce_rows(symmetric)
     st = batch_statistics(scores, gather, reduction)
+    if isinstance(st, SeparableBatch):
+        # log|C| - (log-sum-exp - positives), the second formed row by row (no cancellation)
+        return _finish(st.nce_log_count(symmetric) - st.nce_loss(symmetric), st, reduction)
     if st is not None:
         joint = st.joint()
         if symmetric:

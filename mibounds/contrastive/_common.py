@@ -13,7 +13,7 @@ from mibounds import _checks
 from mibounds._dtypes import upcast
 from mibounds.distributed import GroupArg, all_gather, batch_layout
 from mibounds.pairing import _check_labels
-from mibounds.reductions import separable_rows
+from mibounds.reductions import SeparableBatch, batch_statistics, separable_rows
 from mibounds.scores import SeparableScores
 
 
@@ -106,6 +106,13 @@ def _anchor_losses(s: SeparableScores, symmetric: bool = False) -> Tensor:
     assert st is not None
     terms = st.nce_rows(symmetric)
     return torch.where(st.npos > 0, torch.log(st.ncand).to(terms.dtype) - terms, 0.0)
+
+
+def _nce_loss(s: SeparableScores, symmetric: bool = False) -> Tensor | None:
+    """The InfoNCE family's mean loss of one process's scores, formed row by row (see
+    :meth:`~mibounds.reductions.SeparableBatch.nce_loss`); ``None`` for gathered scores."""
+    st = batch_statistics(s, s.gather)
+    return st.nce_loss(symmetric) if isinstance(st, SeparableBatch) else None
 
 
 def _reduce(losses: Tensor, reduction: str) -> Tensor:

@@ -4,7 +4,6 @@ NTXentLoss``)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ from mibounds.contrastive._common import (
     _anchor_losses,
     _features,
     _global_rows,
+    _nce_loss,
     _rank_rows,
     _reduce,
     _reduction,
@@ -165,9 +165,10 @@ class NTXentLoss(nn.Module):
         s = self._rank_scores(out0, out1) if local else self._scores(out0, out1)
         if self.reduction != "mean":
             return _reduce(_anchor_losses(s), self.reduction).to(out0.dtype)
-        if local:
-            return (math.log(s.y.shape[0] - 1) - infonce(s)).to(out0.dtype)
-        return (torch.log(_global_rows(s) - 1) - infonce(s)).to(out0.dtype)
+        loss = _nce_loss(s)  # one process's scores: formed row by row
+        if loss is None:
+            loss = torch.log(_global_rows(s) - 1) - infonce(s)
+        return loss.to(out0.dtype)
 
     def _across_ranks(self) -> bool:
         """lightly's ``gather_distributed`` with more than one process (in a single process,
@@ -219,7 +220,9 @@ class NTXentLoss(nn.Module):
         s = self._bank_scores(out0, out1, update=True)
         if self.reduction != "mean":
             return _reduce(_anchor_losses(s), self.reduction).to(out0.dtype)
-        return (math.log(self.bank_size + 1) - infonce(s)).to(out0.dtype)
+        loss = _nce_loss(s)
+        assert loss is not None
+        return loss.to(out0.dtype)
 
     @torch.no_grad()
     def _enqueue(self, keys: Tensor) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -13,6 +12,7 @@ from mibounds.bounds.lower import infonce
 from mibounds.contrastive._common import (
     _anchor_losses,
     _features,
+    _nce_loss,
     _reduce,
     _reduction,
     _same_shape,
@@ -86,7 +86,9 @@ class MoCoLoss(nn.Module):
         s = self._scores(query, key, queue)
         if self.reduction != "mean":
             return _reduce(_anchor_losses(s), self.reduction).to(query.dtype)
-        return (math.log(s.y.shape[-2] - s.x.shape[-2] + 1) - infonce(s)).to(query.dtype)
+        loss = _nce_loss(s)
+        assert loss is not None
+        return loss.to(query.dtype)
 
     def mi(self, query: Tensor, key: Tensor, queue: Tensor) -> Tensor:
         r"""The InfoNCE estimate :math:`\log(K+1) - \mathcal{L}` in nats.

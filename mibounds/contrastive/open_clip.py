@@ -18,6 +18,7 @@ from mibounds.contrastive._common import (
     _global_rows,
     _local_scores,
     _min_rows,
+    _nce_loss,
     _reduce,
     _reduction,
     _same_shape,
@@ -173,7 +174,8 @@ class CLIPLoss(nn.Module):
         if self.local:
             loss = self._local_loss(s)
         elif self.reduction == "mean":
-            loss = torch.log(_global_rows(s)) - infonce(s, symmetric=True)
+            nce = _nce_loss(s, symmetric=True)  # one process: formed row by row
+            loss = torch.log(_global_rows(s)) - infonce(s, symmetric=True) if nce is None else nce
         else:
             loss = _reduce(_anchor_losses(s, symmetric=True), self.reduction)
         return _output(loss.to(image_features.dtype), output_dict)

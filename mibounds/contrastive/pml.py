@@ -22,6 +22,7 @@ from mibounds.contrastive._common import (
     _global_rows,
     _labels,
     _min_rows,
+    _nce_loss,
     _reduce,
     _reduction,
 )
@@ -373,6 +374,10 @@ class SupConLoss(nn.Module):
             losses = _anchor_losses(s)
             losses = torch.where(torch.as_tensor(has_negative), losses, 0.0)
             return _reduce(losses, self.reduction).to(embeddings.dtype)
+        nce = _nce_loss(s)  # one process: formed row by row
+        if nce is not None:
+            nce = torch.where(torch.as_tensor(has_negative), nce, 0.0)
+            return nce.to(embeddings.dtype)
         value = infonce(s)
         # the mean over the anchors with a positive of log|C_a| - I_a, or 0 if there is none
         st = batch_statistics(s, s.gather)

@@ -45,7 +45,7 @@ def kernel_variants(arch: int = 90) -> list[tuple[str, dict[str, object], tuple[
     def stats(dt, prec, d, consts):
         cfg = config("stats", dt, d, prec, arch)
         tile = {"BM": cfg.bm, "BN": cfg.bn, "BK": cfg.bk, "PREC": prec, "EMU": 0, "_dtype": dt,
-                "RESIDENT": cfg.bk >= d}  # fmt: skip
+                "RESIDENT": cfg.bk >= d, "MINUS_POS": consts.pop("MINUS_POS", 0)}  # fmt: skip
         out.append(("_stats_kernel", {**consts, **tile}, (cfg.num_warps, cfg.num_stages)))
 
     def grad(dt, prec, d, consts):
@@ -63,6 +63,7 @@ def kernel_variants(arch: int = 90) -> list[tuple[str, dict[str, object], tuple[
         for d in AOT_DIMS:
             for which in (0, 1):
                 stats(dt, prec, d, dict(MODE=0, FN1=0, FN2=0, SET=which, **full))
+            stats(dt, prec, d, dict(MODE=0, FN1=0, FN2=0, SET=0, MINUS_POS=1, **full))
             grad(dt, prec, d, dict(MODE=0, FN=0, SET=1, **full))
             grad(dt, prec, d, dict(MODE=2, FN=0, SET=0, **full))
             grad(dt, prec, d, dict(MODE=1, FN=1, SET=1, **full))
@@ -83,15 +84,16 @@ def kernel_variants(arch: int = 90) -> list[tuple[str, dict[str, object], tuple[
     tile: dict[str, object] = {"BR": gemm_panels._BR, "BC": gemm_panels._BC}
     consts: dict[str, object]
     for f in (plain, full, flags[2]):
-        for colstats in (0, 1):
-            consts = dict(MODE=0, FN1=0, FN2=0, SET=0, COLSTATS=colstats, **f, **tile)
+        for colstats, minus_pos in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            consts = dict(MODE=0, FN1=0, FN2=0, SET=0, COLSTATS=colstats, MINUS_POS=minus_pos,
+                          **f, **tile)  # fmt: skip
             out.append(("_panel_stats_kernel", consts, (gemm_panels._WARPS, 2)))
         for mode, which in ((0, 0), (2, 0), (0, 1)):
             for dt in (torch.bfloat16, torch.float16, torch.float32):
                 consts = dict(MODE=mode, FN=0, SET=which, **f, **tile, _dtype=dt)
                 out.append(("_panel_grad_kernel", consts, (gemm_panels._WARPS, 2)))
     for fn in fns:
-        consts = dict(MODE=1, FN1=fn, FN2=fn, SET=1, COLSTATS=0, **full, **tile)
+        consts = dict(MODE=1, FN1=fn, FN2=fn, SET=1, COLSTATS=0, MINUS_POS=0, **full, **tile)
         out.append(("_panel_stats_kernel", consts, (gemm_panels._WARPS, 2)))
         for dt in (torch.bfloat16, torch.float32):
             consts = dict(MODE=1, FN=fn, SET=2, **full, **tile, _dtype=dt)

@@ -27,6 +27,7 @@ copies, which is exactly the float32 result of a tensor-core product of the same
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -69,15 +70,16 @@ if tk.HAS_TRITON:
 
     @triton.jit
     def _panel_stats_kernel(
-        s_ptr, out1_ptr, out2_ptr, cmax_ptr, csum_ptr, r0, p, n, m, tau_ptr, bias_ptr, shift,
-        param, rl_ptr, cl_ptr, offset, n_paired,
+        s_ptr, out1_ptr, out2_ptr, cmax_ptr, csum_ptr, cpos_ptr, cnpos_ptr, r0, p, n, m, tau_ptr,
+        bias_ptr, shift, param, rl_ptr, cl_ptr, offset, n_paired,
         MODE: tl.constexpr, FN1: tl.constexpr, FN2: tl.constexpr, BIAS: tl.constexpr,
         LABELS: tl.constexpr, EXCLUDE: tl.constexpr, SET: tl.constexpr,
-        COLSTATS: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
+        COLSTATS: tl.constexpr, MINUS_POS: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
     ):  # fmt: skip
         # One read of a panel of raw products (rows r0 .. r0 + p of batch index program_id(1)):
         # S = raw / tau + b on the set; MODE 0, out1[row] = log sum_j e^{S_ij} and, with
-        # COLSTATS, this block's column maximum and sum of e^{S - max} per column; MODE 1,
+        # COLSTATS, this block's column maximum and sum of e^{S - max} per column, and with
+        # MINUS_POS out2[row] = (max - mean positive score) + log sum_j e^{S_ij - max}; MODE 1,
         # out1[row], out2[row] = sums of FN1, FN2 of S + shift.
         batch = tl.program_id(1).to(tl.int64)
         block = tl.program_id(0)
@@ -86,6 +88,8 @@ if tk.HAS_TRITON:
         out2_ptr += batch * n
         cmax_ptr += (batch * tl.num_programs(0) + block) * m
         csum_ptr += (batch * tl.num_programs(0) + block) * m
+        cpos_ptr += (batch * tl.num_programs(0) + block) * m
+        cnpos_ptr += (batch * tl.num_programs(0) + block) * m
         inv_tau = 1.0 / tl.load(tau_ptr)
         b = 0.0
         if BIAS:
@@ -96,6 +100,7 @@ if tk.HAS_TRITON:
         mx = tl.full((BR,), float("-inf"), tl.float32)
         z = tl.zeros((BR,), tl.float32)
         z2 = tl.zeros((BR,), tl.float32)
+        npos = tl.zeros((BR,), tl.float32)
         for c0 in range(0, m, BC):
             cols = c0 + tl.arange(0, BC)
             cmask = cols < m
@@ -108,6 +113,15 @@ if tk.HAS_TRITON:
             keep = tk._keep(
                 rows, cols, r0 + p, m, rl_ptr, cl_ptr, offset, n_paired, LABELS, EXCLUDE, SET
             )
+            if MINUS_POS:
+                pos = tk._keep(
+                    rows, cols, r0 + p, m, rl_ptr, cl_ptr, offset, n_paired, LABELS, EXCLUDE, 2
+                )
+                z2 += tl.sum(tl.where(pos, s, 0.0), axis=1)
+                npos += tl.sum(pos.to(tl.float32), axis=1)
+                if COLSTATS:  # the columns' positives, for their own terms
+                    tl.store(cpos_ptr + cols, tl.sum(tl.where(pos, s, 0.0), axis=0), mask=cmask)
+                    tl.store(cnpos_ptr + cols, tl.sum(pos.to(tl.float32), axis=0), mask=cmask)
             if MODE == 0:
                 s = tl.where(keep, s, float("-inf"))
                 m_new = tl.maximum(mx, tl.max(s, axis=1))
@@ -125,8 +139,12 @@ if tk.HAS_TRITON:
                 z += tl.sum(tl.where(keep, tk._fn(t, param, FN1), 0.0), axis=1)
                 z2 += tl.sum(tl.where(keep, tk._fn(t, param, FN2), 0.0), axis=1)
         if MODE == 0:
-            lse = tl.where(z > 0.0, mx + tl.log(tl.where(z > 0.0, z, 1.0)), float("-inf"))
+            log_z = tl.log(tl.where(z > 0.0, z, 1.0))
+            lse = tl.where(z > 0.0, mx + log_z, float("-inf"))
             tl.store(out1_ptr + rows, lse, mask=lmask)
+            if MINUS_POS:
+                below = tl.where(npos > 0.0, mx - z2 / tl.maximum(npos, 1.0), mx)
+                tl.store(out2_ptr + rows, tl.where(z > 0.0, below + log_z, lse), mask=lmask)
         else:
             tl.store(out1_ptr + rows, z, mask=lmask)
             tl.store(out2_ptr + rows, z2, mask=lmask)
@@ -210,27 +228,32 @@ class _Panels:
     def stats(
         self, raw: Tensor, r0: int, which: int, mode: int, out1: Tensor, out2: Tensor,
         colstats: bool = False, fn1: int = 0, fn2: int = 0, shift: float = 0.0,
-        param: float = 0.0,
-    ) -> tuple[Tensor, Tensor] | None:  # fmt: skip
+        param: float = 0.0, minus_pos: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor | None] | None:  # fmt: skip
         """Row statistics of a panel into ``out1``/``out2`` ``(B, n)``; with ``colstats``
-        the panel's column log-sum-exp ``(B, m)``."""
+        the panel's column maximum and sum of ``e^{S - max}`` ``(B, m)``, and with
+        ``minus_pos`` too the columns' positive scores' sums and counts ``(B, 2, m)``."""
         la, p = self.la, raw.shape[1]
         blocks = triton.cdiv(p, _BR)
         shape = (self.b, blocks, self.m) if colstats else (1,)
         cmax = torch.empty(shape, dtype=torch.float32, device=raw.device)
         csum = torch.empty_like(cmax)
+        cpos = torch.empty_like(cmax)
+        cnpos = torch.empty_like(cmax)
         _panel_stats_kernel[(blocks, self.b)](
-            raw, out1, out2, cmax, csum, r0, p, self.n, self.m, la.tau, la.bias, shift, param,
+            raw, out1, out2, cmax, csum, cpos, cnpos, r0, p, self.n, self.m, la.tau, la.bias,
+            shift, param,
             la.rl, la.cl, la.offset, la.n_paired,
-            MODE=mode, FN1=fn1, FN2=fn2, SET=which, COLSTATS=colstats, BR=_BR, BC=_BC,
-            num_warps=_WARPS, **self.flags,
+            MODE=mode, FN1=fn1, FN2=fn2, SET=which, COLSTATS=colstats, MINUS_POS=minus_pos,
+            BR=_BR, BC=_BC, num_warps=_WARPS, **self.flags,
         )  # fmt: skip
         if not colstats:
             return None
         top = cmax.amax(1)
         top_safe = torch.where(torch.isneginf(top), 0.0, top)
         total = (csum * torch.exp(cmax - top_safe[:, None, :])).sum(1)
-        return torch.where(total > 0, top_safe + torch.log(total), -math.inf), total
+        positives = torch.stack([cpos.sum(1), cnpos.sum(1)], 1) if minus_pos else None
+        return top, total, positives
 
     def grad_panel(
         self, raw: Tensor, r0: int, which: int, mode: int, c: Tensor, w: Tensor,
@@ -279,7 +302,7 @@ class _Panels:
 
 def _one_way(
     pp: _Panels, need_grad: bool, which: int, mode: int, w: Tensor, fn1: int = 0, fn2: int = 0,
-    fn: int = 0, shift: float = 0.0, param: float = 0.0,
+    fn: int = 0, shift: float = 0.0, param: float = 0.0, minus_pos: bool = False,
 ) -> tuple[Tensor, Tensor, tuple]:  # fmt: skip
     """One sweep for a reduction whose gradient on a panel needs only that panel's row
     statistics: the row statistics ``(B, n)`` and, with ``need_grad``, the gradients."""
@@ -288,7 +311,8 @@ def _one_way(
     gdt = pp.g_dtype(mode)
     for r0, r1 in pp.panels(gdt):
         raw = pp.scores(r0, r1)
-        pp.stats(raw, r0, which, mode, out1, out2, fn1=fn1, fn2=fn2, shift=shift, param=param)
+        pp.stats(raw, r0, which, mode, out1, out2, fn1=fn1, fn2=fn2, shift=shift, param=param,
+                 minus_pos=minus_pos)  # fmt: skip
         if bufs is not None:
             c = out1 if mode == 0 else w
             pp.grad_panel(raw, r0, which, mode, c, w, c, w, bufs[2], bufs[0], bufs[1],
@@ -299,7 +323,7 @@ def _one_way(
 
 def lse(
     x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, *, pairs: tk.Pairs = tk.PLAIN,
-    weight: Tensor | None = None, bias: Tensor | None = None,
+    weight: Tensor | None = None, bias: Tensor | None = None, minus_pos: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     r""":func:`mibounds.kernels.triton_kernels.lse` on tensor-core panels: one sweep, three
     products.
@@ -311,8 +335,8 @@ def lse(
     tk._require()
     pp = _Panels(x, y, tau, pairs, bias)
     w = tk._row_weights(weight, pp.n, 1.0 / pp.n, x)
-    row_lse, _, grads = _one_way(pp, need_grad, 0, 0, w)
-    value = torch.where(w > 0, w * row_lse, 0.0).sum(-1)
+    row_lse, below, grads = _one_way(pp, need_grad, 0, 0, w, minus_pos=minus_pos)
+    value = torch.where(w > 0, w * (below if minus_pos else row_lse), 0.0).sum(-1)
     return (value, *grads)
 
 
@@ -340,26 +364,56 @@ def means(
     return ((s1 * w).sum(-1), (s2 * w).sum(-1), *grads)
 
 
-def _two_sweeps(
-    pp: _Panels, need_grad: bool, which: int, colstats: bool
-) -> tuple[Tensor, Tensor | None, list[tuple[int, int]]]:
-    """The first sweep of a reduction whose gradient needs every panel's statistics: the row
-    log-sum-exp ``(B, n)`` and, with ``colstats``, the column log-sum-exp ``(B, m)``."""
+class _Sweep1(NamedTuple):
+    """What the first sweep gathers: per row the log-sum-exp and, with ``minus_pos``, the
+    same less the positives' mean; per column (``colstats``) the same two; the panels."""
+
+    rows: Tensor
+    rows_below: Tensor
+    cols: Tensor | None
+    cols_below: Tensor | None
+    spans: list[tuple[int, int]]
+
+
+def _two_sweeps(pp: _Panels, which: int, colstats: bool, minus_pos: bool = False) -> _Sweep1:
+    """The first sweep of a reduction whose gradient needs every panel's statistics."""
     out1, out2 = pp.rows()
-    col_lse = torch.full((pp.b, pp.m), -math.inf, device=pp.x.device) if colstats else None
+    dev = pp.x.device
+    top = torch.full((pp.b, pp.m), -math.inf, device=dev)  # running column maximum
+    total = torch.zeros(pp.b, pp.m, device=dev)  # sum of e^{S - top}
+    pos = torch.zeros(pp.b, 2, pp.m, device=dev)  # the columns' positive sums and counts
     spans = list(pp.panels(pp.g_dtype(0)))
     for r0, r1 in spans:
         raw = pp.scores(r0, r1)
-        got = pp.stats(raw, r0, which, 0, out1, out2, colstats=colstats)
-        if got is not None and col_lse is not None:
-            col_lse = torch.logaddexp(col_lse, got[0])
-    return out1, col_lse, spans
+        got = pp.stats(raw, r0, which, 0, out1, out2, colstats=colstats, minus_pos=minus_pos)
+        if got is not None:
+            p_top, p_total, p_pos = got
+            new = torch.maximum(top, p_top)
+            safe = torch.where(torch.isneginf(new), 0.0, new)
+            total = total * torch.exp(torch.where(torch.isneginf(top), -math.inf, top - safe))
+            total = total + p_total * torch.exp(
+                torch.where(torch.isneginf(p_top), -math.inf, p_top - safe)
+            )
+            top = new
+            if p_pos is not None:
+                pos = pos + p_pos
+    if not colstats:
+        return _Sweep1(out1, out2 if minus_pos else out1, None, None, spans)
+    has = total > 0
+    log_total = torch.log(torch.where(has, total, 1.0))
+    cols = torch.where(has, top + log_total, -math.inf)
+    cols_below = cols
+    if minus_pos:
+        mean = pos[:, 0] / pos[:, 1].clamp_min(1)
+        shifted = torch.where(pos[:, 1] > 0, top - mean, top)
+        cols_below = torch.where(has, shifted + log_total, -math.inf)
+    return _Sweep1(out1, out2 if minus_pos else out1, cols, cols_below, spans)
 
 
 def symmetric_lse(
     x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, *, pairs: tk.Pairs = tk.PLAIN,
     row_weight: Tensor | None = None, col_weight: Tensor | None = None,
-    bias: Tensor | None = None,
+    bias: Tensor | None = None, minus_pos: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     r""":func:`mibounds.kernels.triton_kernels.symmetric_lse` on tensor-core panels: a
     statistics sweep (rows and columns from one read of each panel), then a gradient sweep
@@ -373,10 +427,11 @@ def symmetric_lse(
     pp = _Panels(x, y, tau, pairs, bias)
     u = tk._row_weights(row_weight, pp.n, 0.5 / pp.n, x)
     v = tk._row_weights(col_weight, pp.m, 0.5 / pp.n, x)
-    row_lse, col_lse, spans = _two_sweeps(pp, need_grad, 0, True)
-    assert col_lse is not None
-    value = torch.where(u > 0, u * row_lse, 0.0).sum(-1)
-    value = value + torch.where(v > 0, v * col_lse, 0.0).sum(-1)
+    first = _two_sweeps(pp, 0, True, minus_pos)
+    row_lse, col_lse, spans = first.rows, first.cols, first.spans
+    assert col_lse is not None and first.cols_below is not None
+    value = torch.where(u > 0, u * first.rows_below, 0.0).sum(-1)
+    value = value + torch.where(v > 0, v * first.cols_below, 0.0).sum(-1)
     if not need_grad:
         return (value, *tk._empty(x, y))
     dx, dy, rowsum = pp.grad_buffers()
@@ -401,7 +456,8 @@ def neg_lme(
     tk._require()
     pp = _Panels(x, y, tau, pairs, bias)
     lw = tk._row_weights(log_weight, pp.n, -math.log(pp.n * (pp.m - 1)), x)
-    row_lse, _, spans = _two_sweeps(pp, need_grad, 1, False)
+    first = _two_sweeps(pp, 1, False)
+    row_lse, spans = first.rows, first.spans
     value = torch.logsumexp(row_lse + lw, -1)
     if not need_grad:
         return (value, *tk._empty(x, y))

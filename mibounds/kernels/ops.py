@@ -145,8 +145,8 @@ def _both(name: str, n_values: int, **names: int) -> dict:
     }
 
 
-_ROW_LSE = _both("lse", 1, weight=10)
-_SYM_LSE = _both("symmetric_lse", 1, row_weight=10, col_weight=11)
+_ROW_LSE = _both("lse", 1, weight=10, minus_pos=11)
+_SYM_LSE = _both("symmetric_lse", 1, row_weight=10, col_weight=11, minus_pos=12)
 _NEG_LME = _both("neg_lme", 1, log_weight=10)
 
 
@@ -162,21 +162,23 @@ def _row_lse_mean(
     exclude: int,
     n_paired: int,
     row_w: Tensor | None,
+    minus_pos: bool,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    args = (x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, need_grad)
-    return _dispatch("row_lse_mean", args, _ROW_LSE, sweep.row_lse_mean_sweep)
+    args = (x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, minus_pos, need_grad)
+    return _dispatch("row_lse_mean", args, _ROW_LSE, sweep.row_lse_mean_sweep, True, minus_pos)
 
 
 def _sym_lse_mean(
     x: Tensor, y: Tensor, tau: Tensor, bias: Tensor | None, sim: int, rl: Tensor | None,
     cl: Tensor | None, offset: int, exclude: int, n_paired: int, row_w: Tensor | None,
-    col_w: Tensor | None, need_grad: bool,
+    col_w: Tensor | None, minus_pos: bool, need_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    args = (x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, col_w, need_grad)
+    args = (x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, col_w, minus_pos,
+            need_grad)  # fmt: skip
     # the own-key-plus-queue exclusion is one-way (MoCo): the sweep takes it
     covered = exclude != 2
-    return _dispatch("sym_lse_mean", args, _SYM_LSE, sweep.sym_lse_mean_sweep, covered)
+    return _dispatch("sym_lse_mean", args, _SYM_LSE, sweep.sym_lse_mean_sweep, covered, minus_pos)
 
 
 def _offdiag_lme(
@@ -247,12 +249,12 @@ _interpolated_terms = torch.library.custom_op("mibounds::interpolated_terms", mu
 
 
 @_row_lse_mean_op.register_fake
-def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, need_grad):
+def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, minus_pos, need_grad):
     return _fake_outputs(x, y, need_grad, 1)
 
 
 @_sym_lse_mean_op.register_fake
-def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, col_w, need_grad):
+def _(x, y, tau, bias, sim, rl, cl, offset, exclude, n_paired, row_w, col_w, minus_pos, need_grad):
     return _fake_outputs(x, y, need_grad, 1)
 
 
@@ -460,10 +462,15 @@ def row_logsumexp_mean(
     layout: PairLayout | None = None,
     weight: Tensor | None = None,
     bias: Tensor | None = None,
+    minus_positives: bool = False,
 ) -> Tensor:
     r""":math:`\sum_i w_i \log\sum_{j\in C_i} e^{S_{ij}}` for ``S = sim(x, y) / tau + bias``,
     shape ``(...)``: without ``weight`` the mean over rows; without ``layout`` every column is
     a candidate (:math:`C_i` are the candidates of :class:`~mibounds.pairing.PairLayout`).
+
+    With ``minus_positives`` each row's term is less the mean score of its positives, formed
+    without rounding the log-sum-exp first (the InfoNCE family's cross-entropy); the gradient
+    is still that of the log-sum-exp alone (the caller adds the positives' own).
 
     The column version is ``row_logsumexp_mean(y, x, ...)`` (the similarities are symmetric).
 
@@ -477,8 +484,9 @@ def row_logsumexp_mean(
     t, b = _tau(tau, x), _bias(bias)
     with _autocast_off(x):
         value, *_ = _row_lse_mean_op(
-            xf, yf, t, b, _SIMS[sim], *_pair_args(layout, x), weight, _need_grad(x, y, t, b)
-        )
+            xf, yf, t, b, _SIMS[sim], *_pair_args(layout, x), weight, bool(minus_positives),
+            _need_grad(x, y, t, b),
+        )  # fmt: skip
     return value.reshape(lead)
 
 
@@ -492,10 +500,13 @@ def symmetric_logsumexp_mean(
     row_weight: Tensor | None = None,
     col_weight: Tensor | None = None,
     bias: Tensor | None = None,
+    minus_positives: bool = False,
 ) -> Tensor:
     r"""Weighted row plus column log-sum-exp over the candidates, ``(...)``: two sweeps, four
     matrix products (the symmetric InfoNCE partition terms). Without weights, the average of
-    the row and the column :math:`\frac1N\sum \log\sum e^{S}`.
+    the row and the column :math:`\frac1N\sum \log\sum e^{S}`. With ``minus_positives``,
+    each row's and column's term less the mean score of its positives (see
+    :func:`row_logsumexp_mean`).
 
     Example:
         >>> x, y = torch.randn(5, 3), torch.randn(5, 3)
@@ -509,8 +520,9 @@ def symmetric_logsumexp_mean(
     args = _pair_args(layout, x)
     with _autocast_off(x):
         value, *_ = _sym_lse_mean_op(
-            xf, yf, t, b, _SIMS[sim], *args, row_weight, col_weight, _need_grad(x, y, t, b)
-        )
+            xf, yf, t, b, _SIMS[sim], *args, row_weight, col_weight, bool(minus_positives),
+            _need_grad(x, y, t, b),
+        )  # fmt: skip
     return value.reshape(lead)
 
 

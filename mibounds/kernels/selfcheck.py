@@ -128,8 +128,8 @@ class OpSpec(NamedTuple):
 #: The ops the kernels implement. Every op starts ``(x, y, tau, bias, sim, rl, cl, offset,
 #: exclude, n_paired, ...)``.
 SPECS = {
-    "row_lse_mean": OpSpec(10, -1, -1, 11, -1, 1),
-    "sym_lse_mean": OpSpec(10, 11, -1, 12, -1, 1),
+    "row_lse_mean": OpSpec(10, -1, -1, 12, -1, 1),
+    "sym_lse_mean": OpSpec(10, 11, -1, 13, -1, 1),
     "offdiag_lme": OpSpec(-1, -1, 10, 11, -1, 1),
     "offdiag_means": OpSpec(10, -1, -1, 16, 11, 2),
 }

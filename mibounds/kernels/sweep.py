@@ -52,23 +52,47 @@ def row_lse_mean_sweep(
     exclude: int,
     n_paired: int,
     row_w: Tensor | None,
+    minus_pos: bool,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     r""":math:`\sum_i w_i \log\sum_{j \in C_i} e^{S_{ij}}` over each row's candidates
-    :math:`C_i`; ``row_w=None`` is the plain mean (:math:`w_i = 1/n`)."""
+    :math:`C_i`; ``row_w=None`` is the plain mean (:math:`w_i = 1/n`).
+
+    With ``minus_pos`` the value is :math:`\sum_i w_i (\log\sum_{j \in C_i} e^{S_{ij}} -
+    \bar S_{i,P_i})`, each row's log-sum-exp less the mean of its positives' scores (a row
+    without a positive keeps its log-sum-exp), formed per row as :math:`(m_i - \bar S_{i,P_i})
+    + \log\sum_j e^{S_{ij} - m_i}` from the row maximum :math:`m_i`, so the scores' magnitude
+    does not round it (the cross-entropy of the InfoNCE family, as accurate as
+    ``torch.nn.functional.cross_entropy``); the gradient is still that of the log-sum-exp."""
     sw = _Sweep(x, y, tau, sim, need_grad, _layout(rl, cl, offset, exclude, n_paired), bias)
     w = _weights(row_w, sw.x, 1.0 / sw.n)
     value = sw.x.new_zeros(sw.b)
     for r0, r1 in sw.panels():
         s = sw.scores(r0, r1)
+        pos = _positive_mean(sw, s, r0, r1) if minus_pos else None
         sw.drop(s, r0, r1, "cand", -math.inf)
         p, lse = _kernel(_softmax_lse)(s)
+        if pos is not None:  # (max - positives) + log sum e^{S - max}, never the sum of both
+            lse = (s.amax(-1) - pos) - torch.log(p.amax(-1))
         wp = w[r0:r1]
         value += lse.sum(-1) if row_w is None else (lse * wp).sum(-1)
         if need_grad:
             sw.accumulate(p.mul_(wp[:, None]), r0, r1)  # d(sum w lse)/dS = w softmax
     grads = sw.finish() if need_grad else sw.no_grads()
     return (value / sw.n if row_w is None else value, *grads)
+
+
+def _positive_mean(sw: _Sweep, s: Tensor, r0: int, r1: int) -> Tensor:
+    """Per row of the panel ``s`` (rows ``r0:r1``), the mean score of its positives, ``(B,
+    P)``; 0 for a row without one."""
+    if sw.plain:
+        rows, cols = sw.diag(r0, r1)
+        return s[:, rows, cols]
+    drop = sw.layout.drop_mask(r0, r1, sw.m, "pos", s.device)
+    if drop is None:
+        return s.mean(-1)
+    kept = (~drop).to(s.dtype)
+    return (s * kept).sum(-1) / kept.sum(-1).clamp_min(1)
 
 
 # --- symmetric: the row and the column log-sum-exp ------------------------------------------
@@ -87,10 +111,13 @@ def sym_lse_mean_sweep(
     n_paired: int,
     row_w: Tensor | None,
     col_w: Tensor | None,
+    minus_pos: bool,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     r""":math:`\sum_i u_i \log\sum_{j\in C_i} e^{S_{ij}} + \sum_j v_j \log\sum_{i \in C^j}
-    e^{S_{ij}}` in two sweeps and four matrix products: the first gathers the row and the
+    e^{S_{ij}}` (with ``minus_pos``, each row's and column's term less the mean score of its
+    positives, formed from its own maximum as in :func:`row_lse_mean_sweep`; the gradient is
+    the log-sum-exps') in two sweeps and four matrix products: the first gathers the row and the
     (online) column log-sum-exp, the second forms the gradient of both terms at once. Without
     weights, :math:`u = v = 1/(2n)` (CLIP's average of the two directions).
 
@@ -109,10 +136,15 @@ def sym_lse_mean_sweep(
     col_softmax = _col_softmax_lse if sw.plain else _col_softmax_lse_empty
     row_lse = sw.x.new_empty(sw.b, n)
     col_lse = sw.x.new_full((sw.b, m), -math.inf)
+    below = _Below(sw) if minus_pos else None
     shared: list[bool] = []
     for r0, r1 in sw.panels():
         s = sw.scores(r0, r1)
+        if below is not None:
+            below.positives(s, r0, r1)
         sw.drop(s, r0, r1, "cand", -math.inf)
+        if below is not None:
+            below.panel(s, r0, r1, col_softmax)
         c = _shared_shift(s)
         shared.append(c is not None)
         if c is not None:
@@ -126,7 +158,8 @@ def sym_lse_mean_sweep(
             panel_col_lse = _kernel(col_softmax)(s)[1]
         col_lse = torch.logaddexp(col_lse, panel_col_lse)
     counted = v != 0
-    value = (row_lse * u).sum(-1) + torch.where(counted, col_lse * v, 0.0).sum(-1)
+    rows, cols = (row_lse, col_lse) if below is None else below.terms()
+    value = (rows * u).sum(-1) + torch.where(counted, cols * v, 0.0).sum(-1)
     if not need_grad:
         return (value, *sw.no_grads())
     for k, (r0, r1) in enumerate(sw.panels()):
@@ -148,6 +181,61 @@ def sym_lse_mean_sweep(
             g.add_(torch.softmax(s, dim=-1).mul_(u[r0:r1, None]))
         sw.accumulate(g, r0, r1)
     return (value, *sw.finish())
+
+
+class _Below:
+    """The row and column log-sum-exps less their positives' mean scores, each formed from
+    its own maximum (no rounding of a large log-sum-exp before the subtraction): per row
+    :math:`(m_i - \bar S_{i,P_i}) + \\log\\sum_j e^{S_{ij} - m_i}`, per column the same with
+    the column's running maximum and sum merged over the panels."""
+
+    def __init__(self, sw: _Sweep) -> None:
+        self.sw = sw
+        b, n, m = sw.b, sw.n, sw.m
+        self.rows = sw.x.new_empty(b, n)
+        self.pos_rows = sw.x.new_zeros(b, n)
+        self.col_max = sw.x.new_full((b, m), -math.inf)
+        self.col_log = sw.x.new_full((b, m), -math.inf)  # log sum e^{S - col_max}
+        self.col_pos = sw.x.new_zeros(b, m)
+        self.col_npos = sw.x.new_zeros(m)
+
+    def positives(self, s: Tensor, r0: int, r1: int) -> None:
+        """The positives' scores of a panel (before the non-candidates are dropped)."""
+        sw = self.sw
+        self.pos_rows[:, r0:r1] = _positive_mean(sw, s, r0, r1)
+        if sw.plain:
+            rows, cols = sw.diag(r0, r1)
+            self.col_pos[:, cols] += s[:, rows, cols]
+            self.col_npos[cols] += 1
+            return
+        drop = sw.layout.drop_mask(r0, r1, sw.m, "pos", s.device)
+        kept = torch.ones_like(s[0]) if drop is None else (~drop).to(s.dtype).expand_as(s[0])
+        self.col_pos += (s * kept).sum(1)
+        self.col_npos += kept.sum(0)
+
+    def panel(self, s: Tensor, r0: int, r1: int, col_softmax) -> None:
+        """Rows ``r0:r1`` of the candidates' scores ``s`` (``-inf`` elsewhere)."""
+        top = s.amax(-1)
+        p = torch.softmax(s, dim=-1)
+        self.rows[:, r0:r1] = (top - self.pos_rows[:, r0:r1]) - torch.log(p.amax(-1))
+        p_col, _ = col_softmax(s)
+        m_p = s.amax(1)
+        l_p = -torch.log(p_col.amax(1))  # log sum_i e^{S_ij - m_p}; -inf for an empty column
+        new = torch.maximum(self.col_max, m_p)
+        safe = torch.where(torch.isneginf(new), 0.0, new)
+        self.col_log = torch.logaddexp(
+            self.col_log + torch.where(torch.isneginf(self.col_max), 0.0, self.col_max - safe),
+            l_p + torch.where(torch.isneginf(m_p), 0.0, m_p - safe),
+        )
+        self.col_max = new
+
+    def terms(self) -> tuple[Tensor, Tensor]:
+        """Per row and per column, the log-sum-exp less the positives' mean (a line without
+        a positive keeps its log-sum-exp)."""
+        mean = self.col_pos / self.col_npos.clamp_min(1)
+        has = self.col_npos > 0
+        cols = torch.where(has, self.col_max - mean, self.col_max) + self.col_log
+        return self.rows, cols
 
 
 # --- log-mean-exp over the negatives ---------------------------------------------------------

@@ -382,12 +382,13 @@ if HAS_TRITON:
         MODE: tl.constexpr, FN1: tl.constexpr, FN2: tl.constexpr, BIAS: tl.constexpr,
         LABELS: tl.constexpr, EXCLUDE: tl.constexpr, SET: tl.constexpr, PREC: tl.constexpr,
         EMU: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-        RESIDENT: tl.constexpr,
+        RESIDENT: tl.constexpr, MINUS_POS: tl.constexpr,
     ):  # fmt: skip
         # Per row i of batch index program_id(1), over the columns j of the set: MODE 0,
         # out1[i] = log sum_j e^{S_ij} (-inf for an empty set); MODE 1, out1[i], out2[i] =
         # sum_j FN1, FN2 of S_ij + shift. RESIDENT (d <= BK): the row block is loaded once,
-        # before the sweep over the columns, and stays on chip.
+        # before the sweep over the columns, and stays on chip. MINUS_POS (MODE 0): out2[i] =
+        # (max_i - mean of the row's positive scores) + log sum_j e^{S_ij - max_i}.
         batch = tl.program_id(1).to(tl.int64)
         x_ptr += batch * n * d
         y_ptr += batch * m * d
@@ -402,6 +403,7 @@ if HAS_TRITON:
         mx = tl.full((BM,), float("-inf"), tl.float32)
         z = tl.zeros((BM,), tl.float32)
         z2 = tl.zeros((BM,), tl.float32)
+        npos = tl.zeros((BM,), tl.float32)
         if RESIDENT:
             kdims = tl.arange(0, BK)
             xa = tl.load(
@@ -417,6 +419,10 @@ if HAS_TRITON:
                 s = _tile_scores(x_ptr, y_ptr, rows, cols, n, m, d, PREC, EMU, BM, BN, BK)
             s = s * inv_tau + b
             keep = _keep(rows, cols, n, m, rl_ptr, cl_ptr, offset, n_paired, LABELS, EXCLUDE, SET)
+            if MINUS_POS:
+                pos = _keep(rows, cols, n, m, rl_ptr, cl_ptr, offset, n_paired, LABELS, EXCLUDE, 2)
+                z2 += tl.sum(tl.where(pos, s, 0.0), axis=1)
+                npos += tl.sum(pos.to(tl.float32), axis=1)
             if MODE == 0:
                 s = tl.where(keep, s, float("-inf"))
                 m_new = tl.maximum(mx, tl.max(s, axis=1))
@@ -428,8 +434,12 @@ if HAS_TRITON:
                 z += tl.sum(tl.where(keep, _fn(t, param, FN1), 0.0), axis=1)
                 z2 += tl.sum(tl.where(keep, _fn(t, param, FN2), 0.0), axis=1)
         if MODE == 0:
-            lse = tl.where(z > 0.0, mx + tl.log(tl.where(z > 0.0, z, 1.0)), float("-inf"))
+            log_z = tl.log(tl.where(z > 0.0, z, 1.0))
+            lse = tl.where(z > 0.0, mx + log_z, float("-inf"))
             tl.store(out1_ptr + rows, lse, mask=rmask)
+            if MINUS_POS:
+                below = tl.where(npos > 0.0, mx - z2 / tl.maximum(npos, 1.0), mx)
+                tl.store(out2_ptr + rows, tl.where(z > 0.0, below + log_z, lse), mask=rmask)
         else:
             tl.store(out1_ptr + rows, z, mask=rmask)
             tl.store(out2_ptr + rows, z2, mask=rmask)
@@ -595,18 +605,20 @@ def _launch(x: Tensor, y: Tensor, tau: Tensor, pairs: Pairs, bias: Tensor | None
 
 def _row_stats(
     x: Tensor, y: Tensor, la: _Launch, which: int, mode: int, fn1: int = 0, fn2: int = 0,
-    shift: float = 0.0, param: float = 0.0,
+    shift: float = 0.0, param: float = 0.0, minus_pos: bool = False,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Per row over the set ``which`` ``(B, n)``: the log-sum-exp (mode 0), or the sums of two
-    functions (mode 1)."""
+    """Per row over the set ``which`` ``(B, n)``: the log-sum-exp (mode 0; with
+    ``minus_pos`` also, second, the log-sum-exp less the mean positive score), or the sums of
+    two functions (mode 1)."""
     cfg = config("stats", x.dtype, la.d, arch=_arch(x.device))
     out1 = torch.empty(la.b, la.n, dtype=torch.float32, device=x.device)
-    out2 = torch.empty_like(out1) if mode == 1 else out1
+    out2 = torch.empty_like(out1) if mode == 1 or minus_pos else out1
     _stats_kernel[(triton.cdiv(la.n, cfg.bm), la.b)](
         x, y, out1, out2, la.n, la.m, la.d, la.tau, la.bias, shift, param, la.rl, la.cl,
         la.offset, la.n_paired,
         MODE=mode, FN1=fn1, FN2=fn2, SET=which, BM=cfg.bm, BN=cfg.bn, BK=cfg.bk,
-        RESIDENT=cfg.bk >= la.d, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **la.flags,
+        RESIDENT=cfg.bk >= la.d, MINUS_POS=minus_pos, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **la.flags,
     )  # fmt: skip
     return out1, out2
 
@@ -656,10 +668,12 @@ def _row_weights(w: Tensor | None, n: int, default: float, like: Tensor) -> Tens
 
 def lse(
     x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, *, pairs: Pairs = PLAIN,
-    weight: Tensor | None = None, bias: Tensor | None = None,
+    weight: Tensor | None = None, bias: Tensor | None = None, minus_pos: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     r"""``(value, dx, dy, dtau, dbias)`` of :math:`\sum_i w_i \log\sum_{j \in C_i} e^{S_{ij}}`
-    over each row's candidates (``weight=None``: the mean over rows), per leading batch index.
+    over each row's candidates (``weight=None``: the mean over rows), per leading batch index;
+    with ``minus_pos`` each row's value term is less its mean positive score (the gradient is
+    the log-sum-exp's).
     ``x`` ``(B, n, d)``, ``y`` ``(B, m, d)`` contiguous, of one dtype (float32, float16 or
     bfloat16); ``tau`` and ``bias`` one-element float32 tensors on the device (never read
     back). The value and ``dtau``, ``dbias`` are float32 ``(B,)``; ``dx``, ``dy`` have the
@@ -672,8 +686,8 @@ def lse(
     _require()
     la = _launch(x, y, tau, pairs, bias)
     w = _row_weights(weight, la.n, 1.0 / la.n, x)
-    row_lse, _ = _row_stats(x, y, la, 0, 0)
-    value = torch.where(w > 0, w * row_lse, 0.0).sum(-1)
+    row_lse, below = _row_stats(x, y, la, 0, 0, minus_pos=minus_pos)
+    value = torch.where(w > 0, w * below, 0.0).sum(-1)
     if not need_grad:
         return (value, *_empty(x, y))
     return (value, *_grads(x, y, la, 0, 0, row_lse, w))
@@ -682,10 +696,11 @@ def lse(
 def symmetric_lse(
     x: Tensor, y: Tensor, tau: Tensor, need_grad: bool, *, pairs: Pairs = PLAIN,
     row_weight: Tensor | None = None, col_weight: Tensor | None = None,
-    bias: Tensor | None = None,
+    bias: Tensor | None = None, minus_pos: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     r"""``(value, dx, dy, dtau, dbias)`` of the weighted row plus column log-sum-exp over the
-    candidates (without weights, the average of the two means). The column statistics are the
+    candidates (without weights, the average of the two means; with ``minus_pos``, each term
+    less its positives' mean score). The column statistics are the
     row statistics of ``Y X^T`` with the pairing seen from the columns; the gradient of both
     directions is formed in one pass (two launches, one per side): four products in all, the
     bare count of the symmetric loss plus the two statistics passes.
@@ -698,11 +713,10 @@ def symmetric_lse(
     la = _launch(x, y, tau, pairs, bias)
     u = _row_weights(row_weight, la.n, 0.5 / la.n, x)
     v = _row_weights(col_weight, la.m, 0.5 / la.n, x)
-    row_lse, _ = _row_stats(x, y, la, 0, 0)
-    col_lse, _ = _row_stats(y, x, _launch(y, x, tau, pairs.swapped(), bias), 0, 0)
-    value = torch.where(u > 0, u * row_lse, 0.0).sum(-1) + torch.where(v > 0, v * col_lse, 0.0).sum(
-        -1
-    )
+    row_lse, rows = _row_stats(x, y, la, 0, 0, minus_pos=minus_pos)
+    swapped = _launch(y, x, tau, pairs.swapped(), bias)
+    col_lse, cols = _row_stats(y, x, swapped, 0, 0, minus_pos=minus_pos)
+    value = torch.where(u > 0, u * rows, 0.0).sum(-1) + torch.where(v > 0, v * cols, 0.0).sum(-1)
     if not need_grad:
         return (value, *_empty(x, y))
     return (value, *_grads(x, y, la, 0, 2, row_lse, u, col_lse.contiguous(), v))
