@@ -391,6 +391,29 @@ with open(os.path.join(_GEN, "gpu_measured.rst"), "w") as _fh:
     _fh.write(_gpu_measured_table())
 
 
+def _accuracy_table() -> str:
+    """benchmarks/accuracy.json (``python benchmarks/accuracy.py``) as an RST table."""
+    import json
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "accuracy.json")
+    with open(path) as fh:
+        rows = json.load(fh)["rows"]
+    out = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        *_row(["loss", "computed by", "largest relative error", "mean relative error"]),
+    ]
+    for r in rows:
+        out += _row([r["loss"], r["impl"], f"{r['max_rel_error']:.2e}",
+                     f"{r['mean_rel_error']:.2e}"])  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+with open(os.path.join(_GEN, "accuracy.rst"), "w") as _fh:
+    _fh.write(_accuracy_table())
+
+
 def setup(app) -> None:
     app.connect("autodoc-process-bases", _public_bases)
 

@@ -625,10 +625,18 @@ class SeparableBatch(_PairedBatch):
                 self.x, self.y, self.tau, self.sim, layout=layout, row_weight=w_row,
                 col_weight=w_col, bias=self.bias, minus_positives=True,
             )  # fmt: skip
-        return streaming.row_logsumexp_mean(
-            self.x, self.y, self.tau, self.sim, layout=layout,
-            weight=None if self.plain else self.w_joint, bias=self.bias, minus_positives=True,
+        if self.plain:
+            return streaming.row_logsumexp_mean(
+                self.x, self.y, self.tau, self.sim, bias=self.bias, minus_positives=True
+            )
+        # the rows that count with weight 1, divided once at the end: a rounded 1/rows
+        # applied to every row would cost float32 accuracy
+        counted = (self.w_joint > 0).to(self.w_joint.dtype)
+        total = streaming.row_logsumexp_mean(
+            self.x, self.y, self.tau, self.sim, layout=layout, weight=counted, bias=self.bias,
+            minus_positives=True,
         )  # fmt: skip
+        return total / self.rows.clamp_min(1)
 
     def lse_mean(self, symmetric: bool = False) -> Tensor:
         r"""Streamed :math:`\frac1N\sum_i \log\sum_j e^{S_{ij}}` (plain pairing), averaged with

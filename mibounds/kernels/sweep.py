@@ -69,11 +69,10 @@ def row_lse_mean_sweep(
     value = sw.x.new_zeros(sw.b)
     for r0, r1 in sw.panels():
         s = sw.scores(r0, r1)
-        pos = _positive_mean(sw, s, r0, r1) if minus_pos else None
         sw.drop(s, r0, r1, "cand", -math.inf)
         p, lse = _kernel(_softmax_lse)(s)
-        if pos is not None:  # (max - positives) + log sum e^{S - max}, never the sum of both
-            lse = (s.amax(-1) - pos) - torch.log(p.amax(-1))
+        if minus_pos:  # (max - positives) + log sum e^{S - max}, never the sum of both
+            lse = _gap_to_positives(sw, s, r0, r1) + _log_sum_from_max(p, -1)
         wp = w[r0:r1]
         value += lse.sum(-1) if row_w is None else (lse * wp).sum(-1)
         if need_grad:
@@ -82,17 +81,32 @@ def row_lse_mean_sweep(
     return (value / sw.n if row_w is None else value, *grads)
 
 
-def _positive_mean(sw: _Sweep, s: Tensor, r0: int, r1: int) -> Tensor:
-    """Per row of the panel ``s`` (rows ``r0:r1``), the mean score of its positives, ``(B,
-    P)``; 0 for a row without one."""
+def _log_sum_from_max(p: Tensor, dim: int) -> Tensor:
+    r""":math:`\log\sum_j e^{S_j - m}` from the softmax ``p`` along ``dim``, as
+    :math:`\log(1 + r / p_{max})` with :math:`r` the sum of the other entries (``log1p``: exact
+    to the last bits when the maximum dominates, where ``-log(p_max)`` is not)."""
+    top, idx = p.max(dim, keepdim=True)
+    rest = p.scatter(dim, idx, 0.0).sum(dim)
+    return torch.log1p(rest / top.squeeze(dim))
+
+
+def _gap_to_positives(sw: _Sweep, s: Tensor, r0: int, r1: int) -> Tensor:
+    """Per row of the candidates' scores ``s`` (rows ``r0:r1``, ``-inf`` elsewhere), the mean
+    over its positives of (row maximum - score), each difference exact where they are close,
+    ``(B, P)``; the row maximum for a row without a positive (its term is then the
+    log-sum-exp)."""
+    top = s.amax(-1)
     if sw.plain:
         rows, cols = sw.diag(r0, r1)
-        return s[:, rows, cols]
+        return top - s[:, rows, cols]
     drop = sw.layout.drop_mask(r0, r1, sw.m, "pos", s.device)
+    gap = (top[..., None] - s).masked_fill(torch.isinf(s), 0.0)
     if drop is None:
-        return s.mean(-1)
+        return gap.mean(-1)
     kept = (~drop).to(s.dtype)
-    return (s * kept).sum(-1) / kept.sum(-1).clamp_min(1)
+    count = kept.sum(-1)
+    mean = (gap * kept).sum(-1) / count.clamp_min(1)
+    return torch.where(count > 0, mean, top)
 
 
 # --- symmetric: the row and the column log-sum-exp ------------------------------------------
@@ -193,16 +207,14 @@ class _Below:
         self.sw = sw
         b, n, m = sw.b, sw.n, sw.m
         self.rows = sw.x.new_empty(b, n)
-        self.pos_rows = sw.x.new_zeros(b, n)
         self.col_max = sw.x.new_full((b, m), -math.inf)
         self.col_log = sw.x.new_full((b, m), -math.inf)  # log sum e^{S - col_max}
         self.col_pos = sw.x.new_zeros(b, m)
         self.col_npos = sw.x.new_zeros(m)
 
     def positives(self, s: Tensor, r0: int, r1: int) -> None:
-        """The positives' scores of a panel (before the non-candidates are dropped)."""
+        """The columns' positive scores of a panel (before the non-candidates are dropped)."""
         sw = self.sw
-        self.pos_rows[:, r0:r1] = _positive_mean(sw, s, r0, r1)
         if sw.plain:
             rows, cols = sw.diag(r0, r1)
             self.col_pos[:, cols] += s[:, rows, cols]
@@ -215,12 +227,12 @@ class _Below:
 
     def panel(self, s: Tensor, r0: int, r1: int, col_softmax) -> None:
         """Rows ``r0:r1`` of the candidates' scores ``s`` (``-inf`` elsewhere)."""
-        top = s.amax(-1)
         p = torch.softmax(s, dim=-1)
-        self.rows[:, r0:r1] = (top - self.pos_rows[:, r0:r1]) - torch.log(p.amax(-1))
+        self.rows[:, r0:r1] = _gap_to_positives(self.sw, s, r0, r1) + _log_sum_from_max(p, -1)
         p_col, _ = col_softmax(s)
         m_p = s.amax(1)
-        l_p = -torch.log(p_col.amax(1))  # log sum_i e^{S_ij - m_p}; -inf for an empty column
+        # log sum_i e^{S_ij - m_p}; -inf for an empty column (no candidate in this panel)
+        l_p = torch.where(torch.isneginf(m_p), -math.inf, _log_sum_from_max(p_col, 1))
         new = torch.maximum(self.col_max, m_p)
         safe = torch.where(torch.isneginf(new), 0.0, new)
         self.col_log = torch.logaddexp(
