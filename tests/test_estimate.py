@@ -605,3 +605,20 @@ def test_gaussian_start_streams_the_held_out_scores_and_covers_every_path():
     assert estimate_mi(x[:500], y[:500], "club", steps=5, progress=False).gaussian_start == []
     with pytest.raises(TypeError, match="gaussian_start must be a bool or 'auto', got 1"):
         estimate_mi(x, y, gaussian_start=1)
+
+
+def test_tiny_samples_warn_or_raise_naming_the_numbers():
+    x = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
+    y = x + torch.randn(10, 2, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(RuntimeWarning, match=r"n=10 samples with folds=5 leave 2 held-out"):
+        r = estimate_mi(x, y, steps=20, progress=False)
+    assert "2 held-out samples per fold and 6 to train each critic" in r.note
+    with pytest.raises(ValueError, match=r"2 training samples per critic; n=4 with folds=2 "):
+        estimate_mi(x[:4], y[:4], folds=2, val_fraction=0.9, steps=20, progress=False)
+
+
+def test_one_held_out_batch_says_why_the_interval_is_nan():
+    x, y = _gaussian(n=400)
+    r = estimate_mi(x, y, folds=1, eval_fraction=0.25, steps=20, progress=False)
+    assert math.isnan(r.stderr) and math.isnan(r.interval[0])
+    assert "one held-out batch: no standard error" in r.note

@@ -431,3 +431,10 @@ def test_readme_gpu_predictions_match_the_model_table():
                          r"d = 512 and (\d\.\d) times for d = 1024")  # fmt: skip
     _close(a, predicted(512), 1)
     _close(b, predicted(1024), 1)
+
+
+def test_readme_docs_build_time_matches_its_committed_runs():
+    record = _load("docs/_static/results/docs_build.json")
+    text = re.sub(r"\s+", " ", README)
+    (seconds,) = _number(text, r"full runs: (\d+) s from scratch on a 2-core CPU")
+    assert min(record["seconds"]) - 0.5 <= float(seconds) <= max(record["seconds"]) + 0.5

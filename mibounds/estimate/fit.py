@@ -289,7 +289,13 @@ def estimate_mi(
 
     Raises:
         TypeError, ValueError: for mismatched or non-float inputs, or too few samples for the
-            folds and batch sizes.
+            folds and batch sizes (fewer than 2 held-out samples per fold or 2 training
+            samples per critic).
+
+    Warns:
+        RuntimeWarning: fewer than 32 held-out samples per fold or 64 training samples per
+            critic (``MIN_HELD_OUT``, ``MIN_TRAINING``), naming the numbers (also in
+            ``note``): the bound is then dominated by sampling noise.
 
     Example:
         >>> from mibounds.tasks import CorrelatedGaussian
@@ -349,6 +355,21 @@ def estimate_mi(
     n_train, n_held = len(splits[0][0]), len(splits[0][1])
     n_val = round(n_train * val_fraction) if patience is not None else 0
     n_fit = n_train - n_val
+    if n_held < 2 or n_fit < 2:
+        raise ValueError(
+            f"estimate_mi needs at least 2 held-out samples per fold and 2 training samples per "
+            f"critic; n={n} with folds={folds} gives {n_held} and {n_fit}: use more samples or "
+            "fewer folds"
+        )
+    few = ""
+    if n_held < MIN_HELD_OUT or n_fit < MIN_TRAINING:
+        few = (
+            f"n={n} samples with folds={folds} leave {n_held} held-out samples per fold and "
+            f"{n_fit} to train each critic (fewer than {MIN_HELD_OUT} or {MIN_TRAINING}): a "
+            "bound on so few samples is dominated by noise and its interval cannot be trusted; "
+            "use more samples or fewer folds"
+        )
+        warnings.warn(f"estimate_mi: {few}", RuntimeWarning, stacklevel=2)
     if patience is not None and n_val < 2:
         raise ValueError(
             f"val_fraction={val_fraction} keeps {n_val} of {n_train} training samples for "
@@ -459,9 +480,10 @@ def estimate_mi(
         held, stopped = [held[k] for k in chosen], [stopped[k] for k in chosen]
         from_gaussian = [k >= folds_run for k in chosen]
     values = [v for member in held for v in member]
-    note = ""
+    note = few
     if restarts:
-        note = f"training diverged and restarted {restarts} time(s); final lr {step_lr:g}"
+        why = f"training diverged and restarted {restarts} time(s); final lr {step_lr:g}"
+        note = f"{note}; {why}" if note else why
     if clock["hit"]:
         spent = f"max_seconds={max_seconds:g} was spent after {len(history)} steps"
         note = f"{note}; {spent}" if note else spent
@@ -484,6 +506,12 @@ def estimate_mi(
         **_described(),
     )
 
+
+#: Held-out samples per fold below which :func:`estimate_mi` warns that its bound is
+#: dominated by sampling noise (and says so in ``MIEstimate.note``).
+MIN_HELD_OUT = 32
+#: Training samples per critic below which :func:`estimate_mi` warns likewise.
+MIN_TRAINING = 64
 
 #: restarts with a ten times smaller learning rate after training diverges
 _MAX_RESTARTS = 2

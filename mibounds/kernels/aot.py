@@ -43,9 +43,10 @@ def kernel_variants(arch: int = 90) -> list[tuple[str, dict[str, object], tuple[
     out: list[tuple[str, dict[str, object], tuple[int, int]]] = []
 
     def stats(dt, prec, d, consts):
-        cfg = config("stats", dt, d, prec, arch)
+        minus_pos = consts.pop("MINUS_POS", 0)
+        cfg = config("stats", dt, d, prec, arch, minus_pos=bool(minus_pos))
         tile = {"BM": cfg.bm, "BN": cfg.bn, "BK": cfg.bk, "PREC": prec, "EMU": 0, "_dtype": dt,
-                "RESIDENT": cfg.bk >= d, "MINUS_POS": consts.pop("MINUS_POS", 0)}  # fmt: skip
+                "RESIDENT": cfg.bk >= d, "MINUS_POS": minus_pos}  # fmt: skip
         out.append(("_stats_kernel", {**consts, **tile}, (cfg.num_warps, cfg.num_stages)))
 
     def grad(dt, prec, d, consts):

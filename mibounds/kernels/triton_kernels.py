@@ -104,18 +104,21 @@ def config(
     prec: str | None = None,
     arch: int = 90,
     mode: int = 0,
+    minus_pos: bool = False,
 ) -> Config:
     """The tile sizes of ``kernel`` (``"stats"`` or ``"grad"``) for features of ``dtype`` and
     size ``d`` multiplied at precision ``prec`` (default: :func:`precision`) on compute
     capability ``arch``, for the gradient mode ``mode`` (1: an elementwise function's
-    derivative, whose code takes more registers). Every entry compiles without a spilled
+    derivative, whose code takes more registers), with ``minus_pos`` for a statistics pass
+    that also sums each row's positives (twice the warps for IEEE float32 and TF32). Every
+    entry compiles without a spilled
     register and within the shared memory, and on sm_90 every half-precision and TF32 entry
     multiplies with ``wgmma`` (the test suite checks all three ahead of time).
 
-    The statistics kernel takes 64 x 64 tiles of scores, in feature steps of 64 (half
-    precision; up to 128 on sm_90, where the row block then stays resident for the whole
-    sweep over the columns), 32 (TF32) or 16 (IEEE float32, whose products run without tensor
-    cores). The gradient kernels hold a ``bm x bdo`` float32 accumulator beside the tile of
+    The statistics kernel takes 64 x 64 tiles of scores (64 x 32 for IEEE float32 summing
+    positives on sm_90), in feature steps of 64 (half precision; on sm_90 the whole row block
+    up to ``d = 128``, which then stays resident for the whole sweep over the columns), 32
+    (TF32) or 16 (IEEE float32, whose products run without tensor cores). The gradient kernels hold a ``bm x bdo`` float32 accumulator beside the tile of
     scores. On sm_90, half precision and TF32 take 64 x 64 tiles (a warpgroup's 64 rows on
     both sides, so both products run on ``wgmma``) and ``bdo`` up to 128 (64 for the
     one-way gradients in half precision, 32 for an elementwise function's gradient in
@@ -137,10 +140,11 @@ def config(
     half = dtype in (torch.float16, torch.bfloat16)
     p2 = _pow2(d)
     if kernel == "stats":
-        if half:
-            return Config(64, 64, min(128 if arch >= 90 else 64, p2), 0, 8, 2)
-        warps = 8 if arch < 90 else 4
-        return Config(64, 64, min(32 if prec == "tf32" else 16, p2), 0, warps, 2)
+        if half:  # on sm_90 the whole row block up to d = 128 (resident), else steps of 64
+            return Config(64, 64, p2 if arch >= 90 and p2 <= 128 else min(64, p2), 0, 8, 2)
+        warps = 8 if arch < 90 or minus_pos else 4
+        bn = 32 if minus_pos and arch >= 90 and prec != "tf32" else 64
+        return Config(64, bn, min(32 if prec == "tf32" else 16, p2), 0, warps, 2)
     if arch >= 90 and (half or prec == "tf32"):
         cap = 128
         if mode != 2 and half:
@@ -610,7 +614,7 @@ def _row_stats(
     """Per row over the set ``which`` ``(B, n)``: the log-sum-exp (mode 0; with
     ``minus_pos`` also, second, the log-sum-exp less the mean positive score), or the sums of
     two functions (mode 1)."""
-    cfg = config("stats", x.dtype, la.d, arch=_arch(x.device))
+    cfg = config("stats", x.dtype, la.d, arch=_arch(x.device), minus_pos=minus_pos)
     out1 = torch.empty(la.b, la.n, dtype=torch.float32, device=x.device)
     out2 = torch.empty_like(out1) if mode == 1 or minus_pos else out1
     _stats_kernel[(triton.cdiv(la.n, cfg.bm), la.b)](
