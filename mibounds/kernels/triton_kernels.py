@@ -118,9 +118,10 @@ def config(
     The statistics kernel takes 64 x 64 tiles of scores (64 x 32 for IEEE float32 summing
     positives on sm_90), in feature steps of 64 (half precision; on sm_90 the whole row block
     up to ``d = 128``, which then stays resident for the whole sweep over the columns), 32
-    (TF32) or 16 (IEEE float32, whose products run without tensor cores). The gradient kernels hold a ``bm x bdo`` float32 accumulator beside the tile of
-    scores. On sm_90, half precision and TF32 take 64 x 64 tiles (a warpgroup's 64 rows on
-    both sides, so both products run on ``wgmma``) and ``bdo`` up to 128 (64 for the
+    (TF32) or 16 (IEEE float32, whose products run without tensor cores). The gradient
+    kernels hold a ``bm x bdo`` float32 accumulator beside the tile of scores. On sm_90, half
+    precision and TF32 take 64 x 64 tiles (a warpgroup's 64 rows on both sides, so both
+    products run on ``wgmma``) and ``bdo`` up to 128 (64 for the
     one-way gradients in half precision, 32 for an elementwise function's gradient in
     TF32). On sm_80 ``bdo`` is ``d`` rounded up to a power of two, at most 512 for half
     precision (32-row tiles above 128), 64 for TF32 and 128 for IEEE float32. A feature size
