@@ -45,6 +45,24 @@ def _supcon_dense(z, labels, tau):
     return per[pos.any(1)].mean()
 
 
+def _siglip_dense(u, v, tau):
+    s = u @ v.T / tau - 1.0 / tau
+    sign = 2 * torch.eye(u.shape[0], dtype=u.dtype) - 1
+    return -F.logsigmoid(sign * s).sum() / u.shape[0]
+
+
+def _pml_ntxent_dense(z, labels, tau):
+    zn = F.normalize(z, dim=1)
+    s = zn @ zn.T / tau
+    n = z.shape[0]
+    eye = torch.eye(n, dtype=torch.bool)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    neg = labels[:, None] != labels[None, :]
+    log_neg = torch.logsumexp(s.masked_fill(~neg, -math.inf), 1)
+    a, p = pos.nonzero(as_tuple=True)
+    return F.softplus(log_neg[a] - s[a, p]).mean()
+
+
 def _pml(name):
     try:
         from pytorch_metric_learning import losses
@@ -66,6 +84,18 @@ LOSSES = {
         lambda u, v, lab, tau: _clip_dense(u, v, tau),
         None,
         "views",
+    ),
+    "siglip (OpenCLIP)": (
+        lambda u, v, lab, tau: contrastive.SigLIPLoss()(u, v, 1.0 / tau, -1.0 / tau),
+        lambda u, v, lab, tau: _siglip_dense(u, v, tau),
+        None,
+        "views",
+    ),
+    "ntxent (pytorch-metric-learning)": (
+        lambda z, _, lab, tau: contrastive.PMLNTXentLoss(tau)(z, lab),
+        lambda z, _, lab, tau: _pml_ntxent_dense(z, lab, tau),
+        "NTXentLoss",
+        "labelled",
     ),
     "supcon (pytorch-metric-learning)": (
         lambda z, _, lab, tau: contrastive.SupConLoss(tau)(z, lab),
