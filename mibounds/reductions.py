@@ -360,9 +360,7 @@ class _PairedBatch(abc.ABC):
         if not symmetric:
             w = None if self.plain else self.w_joint
             return self._lse(w, None) - (self.w_joint * log_c).sum(-1)
-        cols, _, ncand_c = self._column_counts()
-        w_col = 0.5 * cols / cols.sum().clamp_min(1)
-        w_row = 0.5 * self.w_joint
+        w_row, w_col, ncand_c = self._symmetric_weights()
         consts = (w_row * log_c).sum(-1) + (w_col * torch.log(ncand_c)).sum(-1)
         if self.plain:
             return self._lse(None, None, symmetric=True) - consts

@@ -147,6 +147,21 @@ def _check_reducer(owner: str, reducer: Any, reduction: str) -> Any:
     return reducer
 
 
+def _pml_options(
+    name: str, temperature: Any, reduction: Any, distance: Any, reducer: Any
+) -> tuple[Any, str, _Distance, Any]:
+    """The temperature, reduction, distance and reducer of the pytorch-metric-learning style
+    loss ``name``, each checked and named as the caller passed it."""
+    _checks.check_temperature("temperature", temperature)
+    checked = _reduction(name, reduction)
+    return (
+        temperature,
+        checked,
+        _pml_distance(name, distance),
+        _check_reducer(name, reducer, checked),
+    )
+
+
 def _zero(like: Tensor) -> Tensor:
     """0 with a zero gradient (pytorch-metric-learning's loss without pairs)."""
     return upcast(like).sum() * 0
@@ -284,13 +299,10 @@ class SupConLoss(nn.Module):
         reducer: Any = None,
     ) -> None:
         super().__init__()
-        _checks.check_temperature("temperature", temperature)
-        self.temperature = temperature
-        self.gather = gather
         name = type(self).__name__
-        self.reduction = _reduction(name, reduction)
-        self.distance = _pml_distance(name, distance)
-        self.reducer = _check_reducer(name, reducer, self.reduction)
+        options = _pml_options(name, temperature, reduction, distance, reducer)
+        self.temperature, self.reduction, self.distance, self.reducer = options
+        self.gather = gather
         if gather and (self.distance.kind == "lp" or reducer is not None):
             raise ValueError(
                 f"{name}: distance=LpDistance or a reducer with gather is not supported"
@@ -594,12 +606,8 @@ class PMLNTXentLoss(nn.Module):
         reducer: Any = None,
     ) -> None:
         super().__init__()
-        _checks.check_temperature("temperature", temperature)
-        self.temperature = temperature
-        name = type(self).__name__
-        self.reduction = _reduction(name, reduction)
-        self.distance = _pml_distance(name, distance)
-        self.reducer = _check_reducer(name, reducer, self.reduction)
+        options = _pml_options(type(self).__name__, temperature, reduction, distance, reducer)
+        self.temperature, self.reduction, self.distance, self.reducer = options
 
     def forward(
         self,

@@ -238,8 +238,10 @@ class _Panels:
         shape = (self.b, blocks, self.m) if colstats else (1,)
         cmax = torch.empty(shape, dtype=torch.float32, device=raw.device)
         csum = torch.empty_like(cmax)
-        cpos = torch.empty_like(cmax)
-        cnpos = torch.empty_like(cmax)
+        # the columns' positives only where their terms are asked for
+        pos_shape = shape if colstats and minus_pos else (1,)
+        cpos = torch.empty(pos_shape, dtype=torch.float32, device=raw.device)
+        cnpos = torch.empty_like(cpos)
         _panel_stats_kernel[(blocks, self.b)](
             raw, out1, out2, cmax, csum, cpos, cnpos, r0, p, self.n, self.m, la.tau, la.bias,
             shift, param,

@@ -85,9 +85,9 @@ def _log_sum_from_max(p: Tensor, dim: int) -> Tensor:
     r""":math:`\log\sum_j e^{S_j - m}` from the softmax ``p`` along ``dim``, as
     :math:`\log(1 + r / p_{max})` with :math:`r` the sum of the other entries (``log1p``: exact
     to the last bits when the maximum dominates, where ``-log(p_max)`` is not)."""
-    top, idx = p.max(dim, keepdim=True)
-    rest = p.scatter(dim, idx, 0.0).sum(dim)
-    return torch.log1p(rest / top.squeeze(dim))
+    top = p.amax(dim).double()
+    rest = p.sum(dim, dtype=torch.float64) - top  # float64: the subtraction leaves r exact
+    return torch.log1p(rest / top).to(p.dtype)
 
 
 def _gap_to_positives(sw: _Sweep, s: Tensor, r0: int, r1: int) -> Tensor:
@@ -100,12 +100,11 @@ def _gap_to_positives(sw: _Sweep, s: Tensor, r0: int, r1: int) -> Tensor:
         rows, cols = sw.diag(r0, r1)
         return top - s[:, rows, cols]
     drop = sw.layout.drop_mask(r0, r1, sw.m, "pos", s.device)
-    gap = (top[..., None] - s).masked_fill(torch.isinf(s), 0.0)
-    if drop is None:
-        return gap.mean(-1)
-    kept = (~drop).to(s.dtype)
+    if drop is None:  # every candidate is a positive
+        return (top[..., None] - s).masked_fill_(torch.isinf(s), 0.0).mean(-1)
+    kept = ~drop.expand_as(s)
     count = kept.sum(-1)
-    mean = (gap * kept).sum(-1) / count.clamp_min(1)
+    mean = torch.where(kept, top[..., None] - s, 0.0).sum(-1) / count.clamp_min(1)
     return torch.where(count > 0, mean, top)
 
 
@@ -157,20 +156,22 @@ def sym_lse_mean_sweep(
         if below is not None:
             below.positives(s, r0, r1)
         sw.drop(s, r0, r1, "cand", -math.inf)
-        if below is not None:
-            below.panel(s, r0, r1, col_softmax)
         c = _shared_shift(s)
         shared.append(c is not None)
+        p, lse = _kernel(_softmax_lse)(s)
+        row_lse[:, r0:r1] = lse
+        if below is not None:  # the column statistics come from each column's own softmax
+            below.panel(s, r0, r1, p, _kernel(col_softmax)(s)[0])
+            continue
         if c is not None:
-            p, lse = _kernel(_softmax_lse)(s)
-            row_lse[:, r0:r1] = lse
             scale = torch.exp(lse - c[:, None])  # (B, P), e^{l_i - c}
             col_sums = torch.bmm(scale[:, None, :], p)[:, 0]  # sum_i e^{S_ij - c}
             panel_col_lse = c[:, None] + torch.log(col_sums)
         else:
-            row_lse[:, r0:r1] = _kernel(_softmax_lse)(s)[1]
             panel_col_lse = _kernel(col_softmax)(s)[1]
         col_lse = torch.logaddexp(col_lse, panel_col_lse)
+    if below is not None:
+        col_lse = below.col_lse()
     counted = v != 0
     rows, cols = (row_lse, col_lse) if below is None else below.terms()
     value = (rows * u).sum(-1) + torch.where(counted, cols * v, 0.0).sum(-1)
@@ -225,11 +226,10 @@ class _Below:
         self.col_pos += (s * kept).sum(1)
         self.col_npos += kept.sum(0)
 
-    def panel(self, s: Tensor, r0: int, r1: int, col_softmax) -> None:
-        """Rows ``r0:r1`` of the candidates' scores ``s`` (``-inf`` elsewhere)."""
-        p = torch.softmax(s, dim=-1)
+    def panel(self, s: Tensor, r0: int, r1: int, p: Tensor, p_col: Tensor) -> None:
+        """Rows ``r0:r1`` of the candidates' scores ``s`` (``-inf`` elsewhere), with their
+        row softmax ``p`` and column softmax ``p_col``."""
         self.rows[:, r0:r1] = _gap_to_positives(self.sw, s, r0, r1) + _log_sum_from_max(p, -1)
-        p_col, _ = col_softmax(s)
         m_p = s.amax(1)
         # log sum_i e^{S_ij - m_p}; -inf for an empty column (no candidate in this panel)
         l_p = torch.where(torch.isneginf(m_p), -math.inf, _log_sum_from_max(p_col, 1))
@@ -240,6 +240,11 @@ class _Below:
             l_p + torch.where(torch.isneginf(m_p), 0.0, m_p - safe),
         )
         self.col_max = new
+
+    def col_lse(self) -> Tensor:
+        """Per column, the log-sum-exp over its candidates (``-inf`` for none)."""
+        empty = torch.isneginf(self.col_max)
+        return torch.where(empty, -math.inf, self.col_max + self.col_log)
 
     def terms(self) -> tuple[Tensor, Tensor]:
         """Per row and per column, the log-sum-exp less the positives' mean (a line without
