@@ -160,6 +160,11 @@ def unit_temperature(scores: SeparableScores) -> SeparableScores:
     unchanged = x is scores.x and y is scores.y
     if unchanged and scores.similarity != "cosine" and not isinstance(t, Tensor) and t == 1.0:
         return scores
+    acc = x.dtype
+    if acc == torch.float32 and x.device.type != "mps":
+        # normalised and scaled in float64, then rounded once: the float32 products then
+        # carry no more error than the dense scores' own product does
+        x, y = x.double(), y.double()
     if scores.similarity == "cosine":
         x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
     if isinstance(t, Tensor):
@@ -167,6 +172,7 @@ def unit_temperature(scores: SeparableScores) -> SeparableScores:
     elif t != 1.0:
         r = 1.0 / math.sqrt(t)
         x, y = x * r, y * r
+    x, y = x.to(acc), y.to(acc)
     sim = "dot" if scores.similarity == "cosine" else scores.similarity
     out = SeparableScores._trusted(scores, x=x, y=y, similarity=sim, temperature=1.0)
     if _checks.validating():

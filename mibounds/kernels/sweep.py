@@ -327,10 +327,12 @@ def offdiag_means_sweep(
     (for objectives whose value cancels, as in :func:`mibounds.js`), and ``grad_fn`` itself is
     never evaluated, only its derivative."""
     sw = _Sweep(x, y, tau, sim, need_grad, _layout(rl, cl, offset, exclude, n_paired), bias)
-    w = _weights(weight, sw.x, 1.0 / (sw.n * (sw.m - 1)))
+    # the row sums are weighted and added in float64 (O(n) work): the mean of n (m - 1)
+    # terms then carries the rounding of the row sums only
+    w = _weights(weight, sw.x.double(), 1.0 / (sw.n * (sw.m - 1)))
     keep = "pos" if positives else "neg"
-    vsum = sw.x.new_zeros(sw.b)
-    gsum = sw.x.new_zeros(sw.b)
+    vsum = w.new_zeros(sw.b)
+    gsum = w.new_zeros(sw.b)
     _, gfn, gdfn = _FNS[grad_fn]
     vfn = _FNS[value_fn][1] if value_fn >= 0 else None
     # exp goes through the softmax: sum_j e^{S_ij} = e^{lse_i} (the fast exponential)
@@ -372,9 +374,9 @@ def offdiag_means_sweep(
         if need_grad:
             assert g is not None
             sw.zero(g, dropped, r0, r1)
-            sw.accumulate_scaled(g.mul_(wp[:, None]), r0, r1)
+            sw.accumulate_scaled(g.mul_(wp[:, None].to(g.dtype)), r0, r1)
     grads = sw.finish() if need_grad else sw.no_grads()
-    return (vsum, gsum, *grads)
+    return (vsum.to(sw.x.dtype), gsum.to(sw.x.dtype), *grads)
 
 
 # --- the alpha-interpolated bound: leave-one-out column statistics, three sweeps -----------
