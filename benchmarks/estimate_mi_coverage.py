@@ -116,6 +116,7 @@ def run(name: str, task: Any, samples: int, seed: int, **kwargs: Any) -> dict[st
         "contains": low <= truth <= high,
         "limit_holds": truth >= r.mi_limit,
         "seconds": seconds,
+        "t_copula_folds": sum(df is not None for df in r.t_copula),
         "note": r.note,
     }
 
