@@ -32,7 +32,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-__all__ = ["CROSS_SCALES", "DF_GRID", "TCopulaCritic", "fit_t_copula", "t_scores"]
+__all__ = ["CROSS_SCALES", "DF_GRID", "TCopulaCritic", "fit_t_copula", "fit_t_copulas", "t_scores"]
 
 #: The degrees of freedom tried (the last, far above any heavy tail, stands for a Gaussian
 #: copula: a fold that chooses it gets no t critic).
@@ -100,17 +100,21 @@ class TCopulaCritic(nn.Module):
         self.register_buffer("dispersion", dispersion.double())
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.scores_of_t(t_scores(x, self.df), t_scores(y, self.df))
+
+    def scores_of_t(self, tx: Tensor, ty: Tensor) -> Tensor:
+        """Dense ``(N, K)`` float32 scores of t-scores ``tx (N, d_x)`` and ``ty (K, d_y)``."""
         dx, k, df = self.dim_x, self.dispersion.shape[0], self.df
         sigma = self.dispersion
+        tx, ty = tx.to(sigma), ty.to(sigma)
         p = torch.linalg.inv(sigma)
         sxx, syy = sigma[:dx, :dx], sigma[dx:, dx:]
-        tx, ty = t_scores(x, df).to(sigma), t_scores(y, df).to(sigma)
         fx = _log_t(_quad(tx, torch.linalg.inv(sxx)), df, dx, torch.logdet(sxx))
         fy = _log_t(_quad(ty, torch.linalg.inv(syy)), df, k - dx, torch.logdet(syy))
         qx, qy = _quad(tx, p[:dx, :dx]), _quad(ty, p[dx:, dx:])
         cross = tx @ (2.0 * p[:dx, dx:])
         logdet = torch.logdet(sigma)
-        out = torch.empty(tx.shape[0], ty.shape[0], dtype=torch.float32, device=x.device)
+        out = torch.empty(tx.shape[0], ty.shape[0], dtype=torch.float32, device=tx.device)
         for i in range(0, tx.shape[0], _CHUNK_ROWS):
             rows = slice(i, i + _CHUNK_ROWS)
             q = qx[rows, None] + cross[rows] @ ty.T + qy[None, :]
@@ -136,24 +140,42 @@ CROSS_SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)
 _CHUNK_ROWS = 1024
 
 
-def fit_t_copula(x_normal: Tensor, y_normal: Tensor) -> list[TCopulaCritic]:
-    """The t copula critics of paired normal scores ``(n, d_x)``, ``(n, d_y)`` (a fold's
-    training samples), one per degree of freedom of :data:`DF_GRID` but the last, each with
-    its maximum-likelihood dispersion; none (an empty list) when the copula likelihood prefers
-    the last, a Gaussian copula. Which one to use is for a validation split to decide: the
-    t-scores of ranks cut the tails short, which biases the likelihood's own choice of the
-    degrees of freedom downwards."""
+def fit_t_copulas(
+    x_normal: Tensor, y_normal: Tensor, fit_idx: Tensor
+) -> tuple[list[list[TCopulaCritic]], dict[float, Tensor]]:
+    """The t copula critics of paired normal scores ``(n, d_x)``, ``(n, d_y)`` for each
+    cross-fitting fold ``k`` (its training samples ``fit_idx[k]``): one per degree of freedom
+    of :data:`DF_GRID` but the last, each with its maximum-likelihood dispersion; none (an
+    empty list) for a fold whose copula likelihood prefers the last, a Gaussian copula. Which
+    one to use is for a validation split to decide: the t-scores of ranks cut the tails short,
+    which biases the likelihood's own choice of the degrees of freedom downwards.
+
+    Also returns the t-scores of all ``n`` samples, ``(n, d_x + d_y)`` per degree of freedom
+    (computed once for every fold)."""
     dx = x_normal.shape[1]
     joint = torch.cat([x_normal, y_normal], 1).double()
-    best, fitted = -math.inf, list[TCopulaCritic]()
-    for df in DF_GRID:
-        z = t_scores(joint, df)
-        sigma = _dispersion(z, df)
-        log_joint = _log_t(_quad(z, torch.linalg.inv(sigma)), df, z.shape[1], torch.logdet(sigma))
-        scale = torch.diagonal(sigma)  # the margins of the fitted joint
-        margins = _log_t(z * z / scale, df, 1, torch.log(scale)).sum(-1)
-        best = max(best, float((log_joint - margins).mean()))
-        if df == DF_GRID[-1]:
-            return [] if float((log_joint - margins).mean()) >= best else fitted
-        fitted.append(TCopulaCritic(df, sigma, dx))
-    return fitted
+    tables = {df: t_scores(joint, df) for df in DF_GRID}
+    fitted: list[list[TCopulaCritic]] = []
+    for idx in fit_idx:
+        best, fold = -math.inf, list[TCopulaCritic]()
+        for df in DF_GRID:
+            z = tables[df][idx]
+            sigma = _dispersion(z, df)
+            q = _quad(z, torch.linalg.inv(sigma))
+            log_joint = _log_t(q, df, z.shape[1], torch.logdet(sigma))
+            scale = torch.diagonal(sigma)  # the margins of the fitted joint
+            margins = _log_t(z * z / scale, df, 1, torch.log(scale)).sum(-1)
+            value = float((log_joint - margins).mean())
+            if df == DF_GRID[-1] and value >= best:
+                fold = []  # a Gaussian copula fits best
+            elif df != DF_GRID[-1]:
+                fold.append(TCopulaCritic(df, sigma, dx))
+            best = max(best, value)
+        fitted.append(fold)
+    return fitted, tables
+
+
+def fit_t_copula(x_normal: Tensor, y_normal: Tensor) -> list[TCopulaCritic]:
+    """:func:`fit_t_copulas` of one set of training samples (all of them)."""
+    every = torch.arange(x_normal.shape[0], device=x_normal.device)[None]
+    return fit_t_copulas(x_normal, y_normal, every)[0][0]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import itertools
 import math
 import sys
 import time
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mibounds import _checks
-from mibounds.estimate.copula import CROSS_SCALES, TCopulaCritic, fit_t_copula
+from mibounds.estimate.copula import CROSS_SCALES, TCopulaCritic, fit_t_copulas
 from mibounds.estimate.factory import (
     AUTO_CONCAT_MAX_FEATURES,
     StackedConcatCritic,
@@ -457,13 +456,14 @@ def estimate_mi(
     kept_t: list[float | None] = []
     # the t copula critics (no training): where the Gaussian start applies, on normal scores
     copulas: list[list[TCopulaCritic]] = []
+    t_tables: dict[float, Tensor] = {}
     wanted_t = t_copula if t_copula != "auto" else start is not None
     if (
         wanted_t and standardize == "rank" and kind != "module" and patience is not None
         and isinstance(build(None), CriticEstimator) and spec.kind == "lower"
         and n_held <= T_COPULA_MAX_ROWS and n_val <= T_COPULA_MAX_ROWS
     ):  # fmt: skip
-        copulas = [fit_t_copula(x64[idx], y64[idx]) for idx in fit_idx]
+        copulas, t_tables = fit_t_copulas(x64, y64, fit_idx)
     if start is not None:
         start = start.with_plain()
         members *= 2
@@ -517,18 +517,26 @@ def estimate_mi(
     if any(copulas):  # per fold, a t critic if one validates better than the networks
         kept_t = [None] * len(splits)
         for k, fold_copulas in enumerate(copulas):
-            fold, top, model, df = slice(k, k + 1), best[k], None, None
-            # the degrees of freedom and the cross-dispersion's shrinkage, on validation
-            for copula, scale in itertools.product(fold_copulas, CROSS_SCALES):
-                candidate = _Single(spec.build(dx, dy, copula.shrunk(scale)).to(dev))
-                val = _held_out(candidate, xs, ys, val_idx[fold], val_idx.shape[1], bs)
-                if val is not None and sum(val[0]) / len(val[0]) > top:
-                    top, model, df = sum(val[0]) / len(val[0]), candidate, copula.df
-            if model is None:
+            fold, top, pick = slice(k, k + 1), best[k], None
+            # the degrees of freedom and the cross-dispersion's shrinkage, on validation (the
+            # whole split as one batch, from the t-scores computed once)
+            for copula in fold_copulas:
+                t_val = t_tables[copula.df][val_idx[k]]
+                for scale in CROSS_SCALES:
+                    critic = copula.shrunk(scale)
+                    wrapped = spec.build(dx, dy, critic)
+                    assert isinstance(wrapped, CriticEstimator)
+                    with torch.no_grad():
+                        scores = critic.scores_of_t(t_val[:, :dx], t_val[:, dx:])
+                        score = -float(wrapped.loss(scores))
+                    if math.isfinite(score) and score > top:
+                        top, pick = score, critic
+            if pick is None:
                 continue
+            model = _Single(spec.build(dx, dy, pick).to(dev))
             out = _held_out(model, xs, ys, held_idx[fold], eval_batch_size, bs)
             if out is not None:
-                held[k], stopped[k], kept_t[k] = out[0], 0, df
+                held[k], stopped[k], kept_t[k] = out[0], 0, pick.df
                 if from_gaussian:
                     from_gaussian[k] = False
     values = [v for member in held for v in member]
