@@ -5,10 +5,8 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +18,6 @@ from mibounds import _checks
 from mibounds.estimate.copula import CROSS_SCALES, TCopulaCritic, fit_t_copulas
 from mibounds.estimate.factory import (
     AUTO_CONCAT_MAX_FEATURES,
-    StackedConcatCritic,
     StackedLinear,
     make_critic,
     resolve_auto,
@@ -31,31 +28,25 @@ from mibounds.estimate.gaussian import (
     PlusGaussian,
     fit_gaussian_start,
 )
+from mibounds.estimate.inputs import _as_samples, _standardize
+from mibounds.estimate.inputs import _normal_scores as _normal_scores
 from mibounds.estimate.registry import CriticEstimator, EstimatorSpec, get_estimator
-from mibounds.nn.critics import ConcatCritic, SeparableCritic
+from mibounds.estimate.training import (
+    _fit,
+    _fit_each,
+    _held_out,
+    _Single,
+    _stackable,
+)
+from mibounds.estimate.training import (
+    _plain_progress as _plain_progress,
+)
+from mibounds.estimate.training import (
+    _progress as _progress,
+)
+from mibounds.nn.critics import SeparableCritic
 
 __all__ = ["MIEstimate", "estimate_mi"]
-
-
-def _as_samples(name: str, value: Any) -> Tensor:
-    if isinstance(value, np.ndarray):
-        if not np.issubdtype(value.dtype, np.floating):
-            raise TypeError(f"{name} must hold floating-point values, got dtype {value.dtype}")
-        value = torch.from_numpy(value)
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
-    _checks.check_tensor(name, value, min_dim=1)
-    if value.dim() == 1:
-        value = value[:, None]
-    if value.dim() != 2:
-        raise ValueError(f"{name} must have shape (n,) or (n, d), got {tuple(value.shape)}")
-    if value.shape[1] == 0:
-        raise ValueError(
-            f"{name} has no features: shape {tuple(value.shape)}; pass (n,) or (n, d) samples "
-            "with d >= 1"
-        )
-    _checks.check_values(name, value)
-    return value
 
 
 @dataclass
@@ -143,44 +134,6 @@ class MIEstimate:
             f"MI {side} {self.mi_limit:.4f})"
         )
         return f"{text}; {self.note}" if self.note else text
-
-
-def _progress(iterable: Any, enabled: bool | None, desc: str) -> Any:
-    """Progress over ``iterable``: ``None`` shows a tqdm bar on a terminal and, elsewhere (a
-    log file, a pipe, CI), a plain line on standard output every tenth of the way or every
-    :data:`PLAIN_PROGRESS_SECONDS`, whichever comes first; ``True`` always a bar; ``False``
-    nothing."""
-    if enabled is False:
-        return iterable
-    if enabled is None and not sys.stderr.isatty():
-        return _plain_progress(iterable, desc)
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, leave=False, disable=None if enabled is None else False)
-
-
-#: Seconds between two plain progress lines at most (see :func:`_progress`).
-PLAIN_PROGRESS_SECONDS = 60.0
-
-
-def _plain_progress(iterable: Any, desc: str) -> Iterator[Any]:
-    """``iterable``, printing ``desc: k/total (p%), t s, about r s left`` lines (flushed)."""
-    total = len(iterable)
-    start = last = time.perf_counter()
-    next_share = 0.1
-    for k, item in enumerate(iterable, 1):
-        yield item
-        now = time.perf_counter()
-        if k / total >= next_share or now - last >= PLAIN_PROGRESS_SECONDS or k == total:
-            while next_share <= k / total:
-                next_share += 0.1
-            rate = (now - start) / k
-            print(
-                f"{desc}: {k}/{total} ({100 * k / total:.0f}%), {now - start:.0f} s, "
-                f"about {rate * (total - k):.0f} s left",
-                flush=True,
-            )
-            last = now
 
 
 def estimate_mi(
@@ -580,15 +533,6 @@ MIN_TRAINING = 64
 #: restarts with a ten times smaller learning rate after training diverges
 _MAX_RESTARTS = 2
 
-#: nats by which a validation check must beat the best so far to count as an improvement
-#: (smaller gains are within the noise of a validation split of a few hundred samples)
-_MIN_IMPROVEMENT = 2e-3
-
-
-#: what :func:`_fit` returns: the mean training estimate per step, each member's held-out
-#: values, the step of each member's kept critic and its validation score (higher is better)
-_Fitted = tuple[list[float], list[list[float]], list[int], list[float]]
-
 
 def _splits(
     n: int, folds: int, eval_fraction: float | None, perm: Tensor
@@ -607,309 +551,6 @@ def _splits(
         raise ValueError(f"folds must leave at least 2 samples per fold (n={n}), got {folds}")
     parts = [perm[k * size : (k + 1) * size] for k in range(folds)]
     return [(torch.cat([parts[j] for j in range(folds) if j != k]), parts[k]) for k in range(folds)]
-
-
-def _stackable(model: nn.Module) -> bool:
-    """Whether ``model`` (built on a stacked critic) trains its members independently: a
-    critic-based bound whose loss has no state of its own (MINE's moving average would be
-    shared between the members)."""
-    return isinstance(model, CriticEstimator) and not any(
-        m._parameters or m._buffers for m in model.loss.modules()
-    )
-
-
-class _Single(nn.Module):
-    """One estimator seen as a stack of one member: ``(1, N, d)`` inputs, ``(1,)`` outputs."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        loss, est = self.model(x[0], y[0])
-        return loss.reshape(1), est.reshape(1)
-
-
-def _unstacked(model: nn.Module) -> nn.Module:
-    """The estimator inside a :class:`_Single` wrapper, or ``model`` itself."""
-    return model.model if isinstance(model, _Single) else model
-
-
-def _fit_each(
-    build: Callable[[int | None, int], nn.Module],
-    fit: functools.partial[_Fitted | None],
-    fit_idx: Tensor,
-    val_idx: Tensor,
-    held_idx: Tensor,
-    first: bool,
-) -> _Fitted | None:
-    """``fit`` (:func:`_fit` with its settings bound) one member (fold) at a time, each on a
-    fresh single critic from ``build(None, member)`` (critics that cannot be stacked)."""
-    runs: list[list[float]] = []
-    values: list[list[float]] = []
-    stopped: list[int] = []
-    best: list[float] = []
-    folds = fit_idx.shape[0]
-    shared = fit.keywords["clock"]
-    budget, clock = shared["budget"], shared
-    for k in range(folds):
-        fold = slice(k, k + 1)
-        if budget is not None:  # the folds share the budget equally
-            clock = dict(clock, budget=budget / folds, start=time.monotonic())
-        out = fit(_Single(build(None, k)), fit_idx[fold], val_idx[fold], held_idx[fold],
-                  first=first and k == 0, clock=clock)  # fmt: skip
-        shared["hit"] |= clock["hit"]
-        if out is None:
-            return None
-        runs.append(out[0])
-        values += out[1]
-        stopped += out[2]
-        best += out[3]
-    # the mean over the folds that ran each step (early stopping ends folds at different steps)
-    longest = max(len(r) for r in runs)
-    at = [[r[i] for r in runs if i < len(r)] for i in range(longest)]
-    history = [sum(v) / len(v) for v in at]
-    return history, values, stopped, best
-
-
-def _fit(
-    model: nn.Module,
-    fit_idx: Tensor,
-    val_idx: Tensor,
-    held_idx: Tensor,
-    *,
-    first: bool,
-    xs: Tensor,
-    ys: Tensor,
-    batch_size: int,
-    lr: float,
-    steps: int,
-    patience: int | None,
-    check_every: int,
-    eval_batch_size: int | None,
-    gen: torch.Generator,
-    progress: bool | None,
-    spec: EstimatorSpec,
-    clock: dict[str, Any],
-    started: bool = False,
-) -> _Fitted | None:
-    """Train the M members of ``model`` (member k on ``fit_idx[k]``, in epochs of disjoint
-    batches) with Adam, keep each member's best critic on ``val_idx[k]``, and evaluate it on
-    ``held_idx[k]``.
-
-    Returns the mean training estimate per step, the held-out values and the step at which
-    each member's kept critic was reached; ``None`` if training diverged (a non-finite loss, or
-    a critic whose output is no longer finite, which the bounds refuse with a ValueError). A
-    ValueError in the very first step of the ``first`` attempt is the input's fault and is
-    raised. With ``started`` (critics that start from the fitted Gaussian critic) the starting
-    critics are validated before the first step, and kept unless training beats them."""
-    members, n_fit = fit_idx.shape
-    rows = torch.arange(members, device=fit_idx.device)[:, None]
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    history: list[float] = []
-    best = torch.full((members,), -math.inf)
-    best_step = [0] * members
-    since = torch.zeros(members, dtype=torch.long)
-    kept = _snapshot(model)
-    # validation: the whole split as one batch for a separable critic (cheap), batches of 256
-    # for anything else (a concat critic costs a network evaluation per pair)
-    separable = isinstance(getattr(_unstacked(model), "critic", None), SeparableCritic)
-    val_size = val_idx.shape[1] if separable else min(val_idx.shape[1], max(batch_size, 256))
-    # higher is better for a lower bound, lower for an upper bound
-    sign = 1.0 if spec.kind == "lower" else -1.0
-    if started and patience is not None:  # the starting critic is a candidate of its own
-        val = _held_out(model, xs, ys, val_idx, val_size, batch_size)
-        if val is None:
-            return None
-        best = sign * torch.tensor([sum(v) / len(v) for v in val])
-    order, cursor = fit_idx, n_fit  # no order yet: the first step starts an epoch
-    model.train()
-    for step in _progress(range(1, steps + 1), progress, f"estimate_mi[{spec.name}]"):
-        if cursor + batch_size > n_fit:  # a new epoch: a fresh order for every member
-            order, cursor = torch.rand(members, n_fit, generator=gen).argsort(1), 0
-        pick = order[:, cursor : cursor + batch_size]
-        cursor += batch_size
-        idx = fit_idx[rows, pick.to(fit_idx.device)]
-        try:
-            loss, est = model(xs[idx], ys[idx])
-        except ValueError:
-            if first and step == 1:
-                raise  # the initial critic on the user's data: a real input error
-            return None
-        if not (bool(torch.isfinite(loss).all()) and bool(torch.isfinite(est).all())):
-            return None
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        opt.step()
-        history.append(float(est.mean()))
-        budget = clock["budget"]
-        spent = budget is not None and time.monotonic() - clock["start"] >= budget
-        if spent:
-            clock["hit"] = True
-        if patience is None:
-            if spent:
-                break
-            continue
-        if step % check_every and step != steps and not spent:
-            continue
-        val = _held_out(model, xs, ys, val_idx, val_size, batch_size)
-        if val is None:
-            return None
-        score = sign * torch.tensor([sum(v) / len(v) for v in val])
-        better = score > best + _MIN_IMPROVEMENT
-        if bool(better.any()):
-            _keep(kept, model, better)
-            best = torch.where(better, score, best)
-            for k in torch.nonzero(better).flatten().tolist():
-                best_step[k] = step
-        since = torch.where(better, 0, since + 1)
-        if spent or bool((since >= patience).all()):
-            break
-    if patience is None:
-        best_step = [len(history)] * members
-    else:
-        # state a loss creates on its first call (MINE's moving average) is not in a snapshot
-        # taken before training, and keeps its current value
-        model.load_state_dict({**model.state_dict(), **kept})
-    held = _held_out(model, xs, ys, held_idx, eval_batch_size, batch_size)
-    if held is None:
-        return None
-    return history, held, best_step, best.tolist()
-
-
-def _held_out(
-    model: nn.Module,
-    xs: Tensor,
-    ys: Tensor,
-    idx: Tensor,
-    eval_batch_size: int | None,
-    batch_size: int,
-) -> list[list[float]] | None:
-    """The bound of every member on its samples ``idx[k]``: the whole set as one batch for a
-    critic-based bound (unless ``eval_batch_size``), else disjoint batches; ``None`` if a value
-    is not finite."""
-    model.eval()
-    inner = _unstacked(model)
-    size = eval_batch_size
-    if size is None:
-        size = idx.shape[1] if isinstance(inner, CriticEstimator) else min(batch_size, idx.shape[1])
-    values: list[list[float]] = [[] for _ in range(idx.shape[0])]
-    try:
-        with torch.no_grad():
-            for start in range(0, idx.shape[1] - size + 1, size):
-                part = idx[:, start : start + size]
-                if isinstance(inner, CriticEstimator):
-                    x_part, y_part = xs[part], ys[part]
-                    if inner is not model:  # a single member: its own (N, d) inputs
-                        x_part, y_part = x_part[0], y_part[0]
-                    scores = _scores(inner.critic, x_part, y_part)
-                    est = -inner.loss(scores).reshape(-1)
-                else:
-                    _, est = model(xs[part], ys[part])
-                for k, v in enumerate(est.tolist()):
-                    values[k].append(v)
-    except ValueError:
-        return None
-    finally:
-        model.train()
-    if not all(math.isfinite(v) for member in values for v in member):
-        return None
-    return values
-
-
-#: pairs x hidden units per chunk when a dense critic's held-out scores are formed in chunks
-_CHUNK_ELEMENTS = 1 << 22
-
-
-def _scores(critic: nn.Module, x: Tensor, y: Tensor) -> Any:
-    """The critic's scores on ``(N, d)`` or stacked ``(M, N, d)`` inputs. A lazy separable
-    result is returned as it is; a dense critic is evaluated on row chunks (each score depends
-    on its pair only, so this is exact) to bound the memory of its hidden activations."""
-    if not isinstance(critic, (ConcatCritic, StackedConcatCritic, PlusGaussian)):
-        return critic(x, y)
-    n = x.shape[-2]
-    members = x.shape[0] if x.dim() == 3 else 1
-    width = max((p.shape[-1] for p in critic.parameters() if p.dim() >= 2), default=1)
-    rows = max(1, _CHUNK_ELEMENTS // (members * n * width))
-    if rows >= n:
-        return critic(x, y)
-    chunks = [critic(x[..., i : i + rows, :], y) for i in range(0, n, rows)]
-    return torch.cat(chunks, dim=-2)
-
-
-def _snapshot(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _keep(kept: dict[str, Tensor], model: nn.Module, better: Tensor) -> None:
-    """Copy the members flagged in ``better`` into ``kept``: a stacked tensor member by member
-    (its first dimension), anything else (a single member) whole."""
-    members = better.shape[0]
-    for name, value in model.state_dict().items():
-        if members > 1 and value.dim() > 0 and value.shape[0] == members:
-            kept[name][better.to(value.device)] = value.detach()[better.to(value.device)]
-        elif bool(better.all()):  # (called only when some member improved)
-            kept[name] = value.detach().clone()
-
-
-def _standardize(
-    name: str, values: Tensor, dtype: torch.dtype, ranks: bool = False
-) -> tuple[Tensor, list[int]]:
-    """Centre and scale each column by its mean and standard deviation (float64), leaving out
-    columns that are constant up to the rounding of ``dtype`` (with a warning; they carry no
-    information) and passing heavy-tailed columns through ``asinh`` after a robust scaling
-    (median and inter-quartile range); with ``ranks``, each column becomes its normal scores
-    instead. Every map is invertible per column, so the MI is unchanged."""
-    mean, std = values.mean(0), values.std(0)
-    # constant: no spread beyond the rounding of the values themselves in their own dtype
-    eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float32).eps
-    tol = 4 * eps * mean.abs().clamp_min(torch.finfo(torch.float64).tiny)
-    constant = ~(std > tol)
-    dropped = [int(i) for i in torch.nonzero(constant).flatten()]
-    if len(dropped) == values.shape[1]:
-        raise ValueError(
-            f"every column of {name} is constant (standard deviation {std.tolist()}): it "
-            "carries no information; the MI with a constant is 0"
-        )
-    if dropped:
-        warnings.warn(
-            f"estimate_mi: column(s) {dropped} of {name} are constant; they carry no "
-            "information and are left out",
-            UserWarning,
-            stacklevel=3,
-        )
-        keep = ~constant
-        values, mean, std = values[:, keep], mean[keep], std[keep]
-    if ranks:
-        return _normal_scores(values), dropped
-    z = (values - mean) / std
-    # heavy tails (Student-t with few degrees of freedom): a few points far out would dominate
-    # the critic's inputs; asinh of a robust z-score keeps them in range
-    q = torch.quantile(values, torch.tensor([0.25, 0.5, 0.75], dtype=values.dtype), dim=0)
-    iqr = (q[2] - q[0]).clamp_min(1e-12 * std)
-    heavy = (z**4).mean(0) - 3.0 > _HEAVY_TAIL_KURTOSIS
-    if bool(heavy.any()):
-        z = torch.where(heavy, torch.asinh((values - q[1]) / (iqr / 1.349)), z)
-    return z, dropped
-
-
-def _normal_scores(values: Tensor) -> Tensor:
-    """Per column, the standard normal quantile of each value's mid-rank,
-    ``Phi^-1((r - 1/2)/n)`` (float64); tied values share the mean of their ranks, so the map
-    is strictly increasing in the value."""
-    n = values.shape[0]
-    out = torch.empty_like(values, dtype=torch.float64)
-    for j in range(values.shape[1]):
-        _, inverse, counts = torch.unique(values[:, j], return_inverse=True, return_counts=True)
-        last = counts.cumsum(0).to(torch.float64)  # rank (from 1) of each distinct value's last
-        mid = last - (counts.to(torch.float64) - 1) / 2  # the mean rank of its ties
-        out[:, j] = mid[inverse]
-    return math.sqrt(2.0) * torch.erfinv(2.0 * (out - 0.5) / n - 1.0)
-
-
-#: excess kurtosis above which a column counts as heavy-tailed (a Gaussian has 0, Student-t
-#: with 5 degrees of freedom 6, and with 4 or fewer it is infinite)
-_HEAVY_TAIL_KURTOSIS = 6.0
 
 
 def _started(critic: nn.Module, start: GaussianStart) -> nn.Module:

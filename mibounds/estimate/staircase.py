@@ -12,9 +12,9 @@ import torch
 
 from mibounds import _checks
 from mibounds.estimate.factory import make_critic
-from mibounds.estimate.fit import _progress
 from mibounds.estimate.oracle import oracle_bound
 from mibounds.estimate.registry import EstimatorSpec, get_estimator
+from mibounds.estimate.training import _progress
 from mibounds.tasks.staircase import Staircase
 
 __all__ = [
