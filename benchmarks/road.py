@@ -1,15 +1,15 @@
-"""The road from a drop-in loss to its kernel: which modules a forward and backward call passes
-through, in order.
+"""The road from a drop-in loss to its kernel: which modules its forward call passes through,
+in order.
 
     python benchmarks/road.py            # CLIP, SigLIP, NT-Xent and SupCon
     python benchmarks/road.py --verbose  # and every stop
 
-Each loss is called once on small float32 inputs on the CPU under a profiler that records, at
-every call and return between Python functions of ``mibounds``, the module control is in
-(``mibounds.kernels`` and ``mibounds.bounds`` count as one module each: their insides are the
-kernel and the bound). Consecutive stops in one module are one stop. The table gives the
-modules passed through, the stops, the largest number of entries into one module, and how
-many times the road turns back up to a caller in another module.
+Each loss is called on small float32 inputs on the CPU (once to warm up, then once under a
+profiler) that records, at every call and return between Python functions of ``mibounds``, the
+module control is in; a package, such as ``mibounds.kernels``, ``mibounds.bounds`` or
+``mibounds.reductions``, counts as one module. Consecutive stops in one module are one stop.
+The table gives the modules passed through, the stops, the largest number of entries into one
+module, and how many times the road turns back up to a caller in another module.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import mibounds
 from mibounds import contrastive
 
 _ROOT = mibounds.__file__.rsplit("/", 1)[0] + "/"
-_ONE_MODULE = ("kernels", "bounds", "contrastive")
+_ONE_MODULE = ("kernels", "bounds", "contrastive", "reductions", "estimate")
 
 
 def _module(filename: str) -> str | None:

@@ -487,3 +487,25 @@ def test_heavy_tails_prose_matches_its_json():
     assert groups == {"developed on", "not tuned on"}
     dfs = {float(t.split("df ")[1].split(",")[0]) for t in rows}
     assert min(dfs) == 2.0 and max(dfs) == 5.0
+
+
+def test_the_short_batch_4096_run_matches_its_json():
+    """README's and the validation page's figures of ``--steps 200`` at batch 4096: its times
+    and its distance from the full run, from the committed runs."""
+    full = {r["true_mi"]: r for r in _rows("validate_infonce_4096", "infonce")}
+    short_record = _load("docs/_static/results/validate_infonce_4096_steps200.json")
+    assert short_record["steps_per_level"] == 200 and short_record["batch_size"] == 4096
+    short = {r["true_mi"]: r for r in short_record["rows"] if r["estimator"] == "infonce"}
+    gap = max(abs(short[mi]["estimate"] - full[mi]["estimate"]) for mi in full)
+    text = re.sub(r"\s+", " ", README)
+    page = re.sub(r"\s+", " ", (ROOT / "docs" / "validation.rst").read_text())
+    for source in (text, page):
+        total, training, within = _number(
+            source, r"--steps 200`?`? took (\d+) s in all, (\d+) s of them training, and .*? "
+            r"within (\d\.\d+) nats"
+        )  # fmt: skip
+        assert int(total) == round(short_record["total_seconds"])
+        assert int(training) == round(short_record["seconds"])
+        assert gap <= float(within), gap
+        full_seconds = _load("docs/_static/results/validate_infonce_4096.json")["seconds"]
+        assert f"{round(full_seconds)} s of training" in source

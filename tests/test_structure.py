@@ -62,3 +62,20 @@ def test_separable_field_list_matches_the_dataclass():
 
     names = tuple(f.name for f in fields(scores.SeparableScores))
     assert names == scores._SEPARABLE_FIELDS
+
+
+def test_the_road_benchmark_traces_a_loss_to_its_kernel():
+    import importlib.util
+
+    path = ROOT.parent / "benchmarks" / "road.py"
+    spec = importlib.util.spec_from_file_location("road", path)
+    assert spec is not None and spec.loader is not None
+    road = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(road)
+    rows = {r["loss"]: r for r in road.measure()}
+    assert set(rows) == {"CLIPLoss", "SigLIPLoss", "NTXentLoss", "SupConLoss"}
+    for r in rows.values():
+        stops = r["road"]
+        assert stops[0] == "contrastive" and stops[-1] == "contrastive"
+        assert "kernels" in stops and "reductions" in stops
+        assert r["stops"] == len(stops) and r["modules"] == len(set(stops))

@@ -105,6 +105,61 @@ class _InverseSqrtScale(torch.autograd.Function):
         return finite_derivatives_(gx * r), finite_derivatives_(gy * r), dtau
 
 
+class _Folded(torch.autograd.Function):
+    """float32 features ``x`` (normalised along the last dimension with ``normalize``) times
+    ``r``, formed in float64 a block of rows at a time and rounded to float32 once; nothing in
+    float64 is kept for the backward pass, which is formed in float32 from the result."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, r: float, normalize: bool) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        if torch.compiler.is_compiling():
+            # the whole at once: a loop over a symbolic row count would specialise the graph
+            out, norms = _fold(flat, r, normalize)
+        else:  # blocks bound the float64 copy
+            out = torch.empty_like(flat)
+            norms = flat.new_empty(flat.shape[0], 1) if normalize else None
+            step = max(1, _FOLD_ELEMENTS // flat.shape[-1])
+            for i in range(0, flat.shape[0], step):
+                block, norm = _fold(flat[i : i + step], r, normalize)
+                out[i : i + step] = block
+                if norms is not None and norm is not None:
+                    norms[i : i + step] = norm
+        out = out.reshape(x.shape)
+        ctx.r, ctx.normalize = r, normalize
+        if normalize:
+            assert norms is not None
+            ctx.save_for_backward(out, norms.reshape(*x.shape[:-1], 1))
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
+        r = ctx.r
+        if not ctx.normalize:
+            return g * r, None, None
+        out, norm = ctx.saved_tensors
+        unit = out / r
+        # d(r x / |x|)/dx applied to g: r (g - u (u . g)) / |x|
+        return r * (g - unit * (unit * g).sum(-1, keepdim=True)) / norm, None, None
+
+
+def _fold(rows: Tensor, r: float, normalize: bool) -> tuple[Tensor, Tensor | None]:
+    """``rows`` normalised (with ``normalize``) and times ``r`` in float64, rounded to their
+    own dtype; and their norms."""
+    block = rows.double()
+    norm = None
+    if normalize:
+        norm = block.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+        block = block / norm
+    return (block * r).to(rows.dtype), None if norm is None else norm.to(rows.dtype)
+
+
+#: float64 elements of a block of :class:`_Folded` (16 MiB)
+_FOLD_ELEMENTS = 1 << 21
+#: the smallest norm a feature is divided by (``F.normalize``'s ``eps``)
+_NORM_EPS = 1e-12
+
+
 def unit_temperature(scores: SeparableScores) -> SeparableScores:
     """The same scores with the temperature folded into the features (``x`` and ``y`` divided
     by ``sqrt(tau)``, in the accumulation dtype; cosine scores as dot scores of normalised
@@ -119,19 +174,19 @@ def unit_temperature(scores: SeparableScores) -> SeparableScores:
     unchanged = x is scores.x and y is scores.y
     if unchanged and scores.similarity != "cosine" and not isinstance(t, Tensor) and t == 1.0:
         return scores
-    acc = x.dtype
-    if acc == torch.float32 and x.device.type != "mps":
+    cosine = scores.similarity == "cosine"
+    r = 1.0 if isinstance(t, Tensor) else 1.0 / math.sqrt(t)
+    if x.dtype == torch.float32 and x.device.type != "mps":
         # normalised and scaled in float64, then rounded once: the float32 products then
         # carry no more error than the dense scores' own product does
-        x, y = x.double(), y.double()
-    if scores.similarity == "cosine":
-        x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
+        x, y = _Folded.apply(x, r, cosine), _Folded.apply(y, r, cosine)
+    else:
+        if cosine:
+            x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
+        if r != 1.0:
+            x, y = x * r, y * r
     if isinstance(t, Tensor):
         x, y = _InverseSqrtScale.apply(x, y, t.to(x.dtype).reshape(()))
-    elif t != 1.0:
-        r = 1.0 / math.sqrt(t)
-        x, y = x * r, y * r
-    x, y = x.to(acc), y.to(acc)
     sim = "dot" if scores.similarity == "cosine" else scores.similarity
     out = SeparableScores._trusted(scores, x=x, y=y, similarity=sim, temperature=1.0)
     if _checks.validating():
