@@ -10,9 +10,15 @@ import torch
 from scipy import stats
 
 from mibounds.estimate import estimate_mi
-from mibounds.estimate.copula import DF_GRID, TCopulaCritic, fit_t_copula, t_scores
-from mibounds.estimate.fit import _normal_scores
+from mibounds.estimate.copula import DF_GRID, TCopulaCritic, fit_t_copulas, t_scores
+from mibounds.estimate.inputs import _normal_scores
 from mibounds.tasks import CorrelatedGaussian, MultivariateStudentT
+
+
+def _fit_all(x: torch.Tensor, y: torch.Tensor) -> list[TCopulaCritic]:
+    """The t copula critics fitted to every sample (one fold of all)."""
+    every = torch.arange(x.shape[0])[None]
+    return fit_t_copulas(_normal_scores(x.double()), _normal_scores(y.double()), every)[0][0]
 
 
 def _normal_of_t(v: torch.Tensor, df: float) -> torch.Tensor:
@@ -42,7 +48,7 @@ def test_critic_is_the_log_density_ratio_of_a_multivariate_t():
 def test_fit_recovers_the_degrees_of_freedom_and_the_dispersion():
     task = MultivariateStudentT(3, 3, df=3.0, rho=0.5)
     x, y = task.sample(4000, torch.Generator().manual_seed(1))
-    fitted = fit_t_copula(_normal_scores(x.double()), _normal_scores(y.double()))
+    fitted = _fit_all(x, y)
     assert [c.df for c in fitted] == list(DF_GRID[:-1])
     at3 = fitted[DF_GRID.index(3.0)]
     torch.testing.assert_close(at3.dispersion, task.dispersion, atol=0.08, rtol=0)
@@ -50,7 +56,7 @@ def test_fit_recovers_the_degrees_of_freedom_and_the_dispersion():
 
 def test_gaussian_data_get_no_t_critic():
     x, y = CorrelatedGaussian(3, mi=1.0).sample(4000, torch.Generator().manual_seed(2))
-    assert fit_t_copula(_normal_scores(x.double()), _normal_scores(y.double())) == []
+    assert _fit_all(x, y) == []
     assert DF_GRID[-1] >= 1000  # the stand-in for a Gaussian copula
 
 

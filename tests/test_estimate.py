@@ -269,7 +269,7 @@ def test_validate_into_a_log_speaks_while_it_runs_and_writes_its_figure(tmp_path
 
 
 def test_plain_progress_lines(capsys):
-    from mibounds.estimate.fit import _plain_progress
+    from mibounds.estimate.training import _plain_progress
 
     assert list(_plain_progress(range(25), "job")) == list(range(25))
     lines = capsys.readouterr().out.splitlines()
@@ -504,7 +504,7 @@ def test_auto_critic_is_concat_in_one_dimension():
 
 
 def test_rank_standardisation_undoes_increasing_maps():
-    from mibounds.estimate.fit import _standardize
+    from mibounds.estimate.inputs import _standardize
 
     x = torch.randn(500, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     plain = _standardize("x", x, torch.float32, ranks=True)[0]

@@ -15,13 +15,13 @@ again multivariate :math:`t_\nu`, whose log density ratio is known:
     \log t_\nu(z; \Sigma) = c_\nu(k) - \tfrac12 \log\det\Sigma
     - \tfrac{\nu + k}{2} \log\Big(1 + \frac{z^\top \Sigma^{-1} z}{\nu}\Big).
 
-:func:`fit_t_copula` fits it per cross-fitting fold: for each :math:`\nu` of :data:`DF_GRID`,
+:func:`fit_t_copulas` fits it per cross-fitting fold: for each :math:`\nu` of :data:`DF_GRID`,
 the dispersion by the EM iterations of the t maximum likelihood on the fold's training samples.
 Where the copula likelihood (the t densities of the t-scores less those of their margins)
 prefers the largest :math:`\nu`, a Gaussian copula, the fold gets no t critic. Otherwise
-:func:`mibounds.estimate_mi` chooses :math:`\nu` and a shrinkage of the cross-dispersion
-(:data:`CROSS_SCALES`) on the fold's validation split, as it does for the Gaussian critic, and
-keeps the result where it validates better than the fold's networks.
+:func:`choose_t_copula` picks :math:`\nu` and a shrinkage of the cross-dispersion
+(:data:`CROSS_SCALES`) on the fold's validation split, as :func:`mibounds.estimate_mi` does for
+the Gaussian critic, and keeps the result where it validates better than the fold's networks.
 """
 
 from __future__ import annotations
@@ -32,7 +32,14 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-__all__ = ["CROSS_SCALES", "DF_GRID", "TCopulaCritic", "fit_t_copula", "fit_t_copulas", "t_scores"]
+__all__ = [
+    "CROSS_SCALES",
+    "DF_GRID",
+    "TCopulaCritic",
+    "choose_t_copula",
+    "fit_t_copulas",
+    "t_scores",
+]
 
 #: The degrees of freedom tried (the last, far above any heavy tail, stands for a Gaussian
 #: copula: a fold that chooses it gets no t critic).
@@ -175,7 +182,26 @@ def fit_t_copulas(
     return fitted, tables
 
 
-def fit_t_copula(x_normal: Tensor, y_normal: Tensor) -> list[TCopulaCritic]:
-    """:func:`fit_t_copulas` of one set of training samples (all of them)."""
-    every = torch.arange(x_normal.shape[0], device=x_normal.device)[None]
-    return fit_t_copulas(x_normal, y_normal, every)[0][0]
+def choose_t_copula(
+    candidates: list[TCopulaCritic],
+    tables: dict[float, Tensor],
+    rows: Tensor,
+    loss: nn.Module,
+    above: float,
+) -> TCopulaCritic | None:
+    """Of a fold's ``candidates`` (:func:`fit_t_copulas`) and the shrinkages
+    :data:`CROSS_SCALES` of each, the critic whose bound ``-loss`` on the validation samples
+    ``rows`` (as one batch, from their t-scores in ``tables``) is largest, if it exceeds
+    ``above`` (the best of the fold's networks); else ``None``."""
+    best, pick = above, None
+    for copula in candidates:
+        t_val = tables[copula.df][rows]
+        for scale in CROSS_SCALES:
+            critic = copula.shrunk(scale)
+            with torch.no_grad():
+                value = -float(
+                    loss(critic.scores_of_t(t_val[:, : copula.dim_x], t_val[:, copula.dim_x :]))
+                )
+            if math.isfinite(value) and value > best:
+                best, pick = value, critic
+    return pick

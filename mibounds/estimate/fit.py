@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mibounds import _checks
-from mibounds.estimate.copula import CROSS_SCALES, TCopulaCritic, fit_t_copulas
+from mibounds.estimate.copula import TCopulaCritic, choose_t_copula, fit_t_copulas
 from mibounds.estimate.factory import (
     AUTO_CONCAT_MAX_FEATURES,
     StackedLinear,
@@ -29,7 +29,6 @@ from mibounds.estimate.gaussian import (
     fit_gaussian_start,
 )
 from mibounds.estimate.inputs import _as_samples, _standardize
-from mibounds.estimate.inputs import _normal_scores as _normal_scores
 from mibounds.estimate.registry import CriticEstimator, EstimatorSpec, get_estimator
 from mibounds.estimate.training import (
     _fit,
@@ -37,12 +36,6 @@ from mibounds.estimate.training import (
     _held_out,
     _Single,
     _stackable,
-)
-from mibounds.estimate.training import (
-    _plain_progress as _plain_progress,
-)
-from mibounds.estimate.training import (
-    _progress as _progress,
 )
 from mibounds.nn.critics import SeparableCritic
 
@@ -469,25 +462,14 @@ def estimate_mi(
         from_gaussian = [k >= folds_run for k in chosen]
     if any(copulas):  # per fold, a t critic if one validates better than the networks
         kept_t = [None] * len(splits)
-        for k, fold_copulas in enumerate(copulas):
-            fold, top, pick = slice(k, k + 1), best[k], None
-            # the degrees of freedom and the cross-dispersion's shrinkage, on validation (the
-            # whole split as one batch, from the t-scores computed once)
-            for copula in fold_copulas:
-                t_val = t_tables[copula.df][val_idx[k]]
-                for scale in CROSS_SCALES:
-                    critic = copula.shrunk(scale)
-                    wrapped = spec.build(dx, dy, critic)
-                    assert isinstance(wrapped, CriticEstimator)
-                    with torch.no_grad():
-                        scores = critic.scores_of_t(t_val[:, :dx], t_val[:, dx:])
-                        score = -float(wrapped.loss(scores))
-                    if math.isfinite(score) and score > top:
-                        top, pick = score, critic
+        wrapped = spec.build(dx, dy, next(c for fold in copulas for c in fold))
+        assert isinstance(wrapped, CriticEstimator)  # the bound, the same for every candidate
+        for k, candidates in enumerate(copulas):
+            pick = choose_t_copula(candidates, t_tables, val_idx[k], wrapped.loss, best[k])
             if pick is None:
                 continue
             model = _Single(spec.build(dx, dy, pick).to(dev))
-            out = _held_out(model, xs, ys, held_idx[fold], eval_batch_size, bs)
+            out = _held_out(model, xs, ys, held_idx[k : k + 1], eval_batch_size, bs)
             if out is not None:
                 held[k], stopped[k], kept_t[k] = out[0], 0, pick.df
                 if from_gaussian:

@@ -457,11 +457,15 @@ def _exp_diff(a: Tensor, b: Tensor) -> Tensor:
     return torch.exp(a - b).nan_to_num_(nan=0.0, posinf=math.inf)
 
 
-def _weights(w: Tensor | None, like: Tensor, default: float) -> Tensor:
-    """Per-row weights in the accumulation dtype, or ``default`` for every row."""
+def _weights(
+    w: Tensor | None, like: Tensor, default: float, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Per-row weights in the accumulation dtype (or ``dtype``), or ``default`` for every
+    row."""
+    dtype = like.dtype if dtype is None else dtype
     if w is None:
-        return like.new_full((like.shape[1],), default)
-    return w.to(like.dtype)
+        return like.new_full((like.shape[1],), default, dtype=dtype)
+    return w.to(dtype)
 
 
 def _layout(rl, cl, offset: int, exclude: int, n_paired: int) -> PairLayout:

@@ -329,7 +329,7 @@ def offdiag_means_sweep(
     sw = _Sweep(x, y, tau, sim, need_grad, _layout(rl, cl, offset, exclude, n_paired), bias)
     # the row sums are weighted and added in float64 (O(n) work): the mean of n (m - 1)
     # terms then carries the rounding of the row sums only
-    w = _weights(weight, sw.x.double(), 1.0 / (sw.n * (sw.m - 1)))
+    w = _weights(weight, sw.x, 1.0 / (sw.n * (sw.m - 1)), torch.float64)
     keep = "pos" if positives else "neg"
     vsum = w.new_zeros(sw.b)
     gsum = w.new_zeros(sw.b)

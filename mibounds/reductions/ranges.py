@@ -176,7 +176,7 @@ def unit_temperature(scores: SeparableScores) -> SeparableScores:
         return scores
     cosine = scores.similarity == "cosine"
     r = 1.0 if isinstance(t, Tensor) else 1.0 / math.sqrt(t)
-    if x.dtype == torch.float32 and x.device.type != "mps":
+    if (cosine or r != 1.0) and x.dtype == torch.float32 and x.device.type != "mps":
         # normalised and scaled in float64, then rounded once: the float32 products then
         # carry no more error than the dense scores' own product does
         x, y = _Folded.apply(x, r, cosine), _Folded.apply(y, r, cosine)
@@ -187,7 +187,7 @@ def unit_temperature(scores: SeparableScores) -> SeparableScores:
             x, y = x * r, y * r
     if isinstance(t, Tensor):
         x, y = _InverseSqrtScale.apply(x, y, t.to(x.dtype).reshape(()))
-    sim = "dot" if scores.similarity == "cosine" else scores.similarity
+    sim = "dot" if cosine else scores.similarity
     out = SeparableScores._trusted(scores, x=x, y=y, similarity=sim, temperature=1.0)
     if _checks.validating():
         _check_no_overflow(out, t)
