@@ -97,6 +97,32 @@ def check_tensor(name: str, value: Any, *, min_dim: int = 0) -> torch.Tensor:
     return value
 
 
+def check_embeddings(min_n: int, **named: Any) -> list[torch.Tensor]:
+    """``(N, d)`` features, each with ``N >= min_n`` rows and finite values (checked while
+    values are validated), all of one shape; errors name each as the keyword it is passed
+    under (the caller's argument name)."""
+    out = []
+    for name, t in named.items():
+        check_tensor(name, t, min_dim=2)
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be (N, d) features, got shape {tuple(t.shape)}")
+        if t.shape[0] < min_n:
+            raise ValueError(
+                f"{name} needs at least {min_n} samples (rows) for a contrastive loss, got "
+                f"shape {tuple(t.shape)}"
+            )
+        check_values(name, t)
+        out.append(t)
+    (a_name, a), *others = zip(named, out, strict=True)
+    for b_name, b in others:
+        if a.shape != b.shape:
+            raise ValueError(
+                f"{a_name} and {b_name} must have the same shape (N, d), got "
+                f"{tuple(a.shape)} and {tuple(b.shape)}"
+            )
+    return out
+
+
 def check_scores(name: str, scores: Any, rectangular: bool = False) -> torch.Tensor:
     """A dense score matrix ``(..., N, N)`` (``(..., N, M)`` with ``M >= N`` if
     ``rectangular``) with ``N >= 2`` and finite values."""

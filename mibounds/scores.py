@@ -109,10 +109,18 @@ def _check_bias(bias: Any) -> Tensor | None:
                 f"bias must be a scalar (one additive offset), got shape {tuple(bias.shape)}"
             )
         _checks.check_values("bias", bias)
-        return bias.reshape(())
-    # float64 keeps every digit of a Python float; as a 0-d tensor it does not promote the
-    # scores it is added to (float32 scores stay float32)
-    return torch.tensor(_checks.check_real("bias", bias), dtype=torch.float64)
+    else:
+        _checks.check_real("bias", bias)
+    return _bias_tensor(bias)
+
+
+def _bias_tensor(bias: float | Tensor | None) -> Tensor | None:
+    """A checked bias as the scores hold it: a 0-d tensor. A Python float becomes float64,
+    which keeps every digit and, as a 0-d tensor, does not promote the scores it is added to
+    (float32 scores stay float32)."""
+    if bias is None or isinstance(bias, Tensor):
+        return None if bias is None else bias.reshape(())
+    return torch.tensor(float(bias), dtype=torch.float64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -199,6 +207,25 @@ class SeparableScores:
         object.__setattr__(self, "exclude", pairing.exclude)
         _checks.check_values("x", self.x)
         _checks.check_values("y", self.y)
+
+    @classmethod
+    def _checked_by_caller(
+        cls,
+        x: Tensor,
+        y: Tensor,
+        similarity: str,
+        temperature: float | Tensor,
+        gather: Any = False,
+        bias: float | Tensor | None = None,
+    ) -> SeparableScores:
+        """Scores of the plain pairing from operands the caller has validated already (a
+        drop-in loss checks its own arguments once, under the names its users pass them):
+        the same object as the constructor's, without checking them again."""
+        out = object.__new__(cls)
+        fields = (x, y, similarity, temperature, gather, _bias_tensor(bias), None, None, "none")
+        for name, value in zip(_SEPARABLE_FIELDS, fields, strict=True):
+            object.__setattr__(out, name, value)
+        return out
 
     @classmethod
     def _trusted(cls, like: SeparableScores, **changes: Any) -> SeparableScores:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import torch
+
 import mibounds
 
 ROOT = Path(mibounds.__file__).parent
@@ -79,3 +81,53 @@ def test_the_road_benchmark_traces_a_loss_to_its_kernel():
         assert stops[0] == "contrastive" and stops[-1] == "contrastive"
         assert "kernels" in stops and "reductions" in stops
         assert r["stops"] == len(stops) and r["modules"] == len(set(stops))
+
+
+def _benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT.parent / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_overhead_benchmark_times_ours_against_the_peer():
+    overhead = _benchmark("overhead")
+    _, losses = overhead.pairs()
+    rows = overhead.measure(8, 4, 1, losses)
+    assert [r["loss"] for r in rows] == ["clip", "siglip"]
+    assert all(r["ours_ms"] > 0 and r["peer_ms"] > 0 for r in rows)
+
+
+def test_plain_dense_peers_of_the_overhead_benchmark_are_the_losses():
+    from tests import reference
+
+    overhead = _benchmark("overhead")
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(2, 6, 3, generator=g, dtype=torch.float64)
+    scale, bias = torch.tensor(3.0, dtype=torch.float64), torch.tensor(-1.0, dtype=torch.float64)
+    expected = reference.openclip_clip_loss(u, v, scale)
+    assert torch.allclose(overhead._plain_clip(u, v, scale), expected, rtol=1e-12, atol=0)
+    expected = reference.openclip_siglip_loss(u, v, scale, bias)
+    assert torch.allclose(overhead._plain_siglip(u, v, scale, bias), expected, rtol=1e-12, atol=0)
+
+
+def test_scores_a_loss_checked_are_those_of_the_constructor():
+    from mibounds.scores import SeparableScores
+
+    x, y = torch.randn(5, 3), torch.randn(5, 3)
+    for bias in (None, 0.5, torch.tensor([[-1.0]])):
+        checked = SeparableScores(x, y, "dot", 0.1, bias=bias)
+        trusted = SeparableScores._checked_by_caller(x, y, "dot", 0.1, False, bias)
+        for name in ("x", "y", "similarity", "temperature", "gather", "labels", "exclude"):
+            assert getattr(trusted, name) is getattr(checked, name) or (
+                getattr(trusted, name) == getattr(checked, name)
+            )
+        if bias is None:
+            assert trusted.bias is None and checked.bias is None
+        else:
+            assert trusted.bias.dtype == checked.bias.dtype
+            assert trusted.bias.shape == checked.bias.shape == ()
+            assert torch.equal(trusted.bias, checked.bias)

@@ -63,29 +63,12 @@ def _bias(name: str, logit_bias: Any) -> Tensor | float:
 def _features(name: str, t: Any, min_n: int = 2) -> Tensor:
     """``(N, d)`` features with ``N >= min_n`` rows and finite values (checked while values
     are validated), named as the caller passed them."""
-    _checks.check_tensor(name, t, min_dim=2)
-    if t.dim() != 2:
-        raise ValueError(f"{name} must be (N, d) features, got shape {tuple(t.shape)}")
-    if t.shape[0] < min_n:
-        raise ValueError(
-            f"{name} needs at least {min_n} samples (rows) for a contrastive loss, got shape "
-            f"{tuple(t.shape)}"
-        )
-    _checks.check_values(name, t)
-    return t
+    return _checks.check_embeddings(min_n, **{name: t})[0]
 
 
 def _min_rows(gather: Any) -> int:
     """Rows a rank needs: one with negatives from other ranks, else two."""
     return 1 if gather else 2
-
-
-def _same_shape(a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
-    if a.shape != b.shape:
-        raise ValueError(
-            f"{a_name} and {b_name} must have the same shape (N, d), got "
-            f"{tuple(a.shape)} and {tuple(b.shape)}"
-        )
 
 
 _REDUCTIONS = ("mean", "sum", "none")

@@ -14,13 +14,11 @@ from mibounds import _checks
 from mibounds.bounds.lower import infonce
 from mibounds.contrastive._common import (
     _anchor_losses,
-    _features,
     _global_rows,
     _nce_loss,
     _rank_rows,
     _reduce,
     _reduction,
-    _same_shape,
 )
 from mibounds.distributed import GroupArg, all_gather, batch_layout
 from mibounds.scores import SeparableScores
@@ -29,9 +27,7 @@ __all__ = ["NTXentLoss"]
 
 
 def _two_views(out0: Any, out1: Any, min_n: int) -> tuple[Tensor, Tensor]:
-    a = _features("out0", out0, min_n)
-    b = _features("out1", out1, min_n)
-    _same_shape("out0", a, "out1", b)
+    a, b = _checks.check_embeddings(min_n, out0=out0, out1=out1)
     return a, b
 
 

@@ -11,11 +11,9 @@ from mibounds import _checks
 from mibounds.bounds.lower import infonce
 from mibounds.contrastive._common import (
     _anchor_losses,
-    _features,
     _nce_loss,
     _reduce,
     _reduction,
-    _same_shape,
 )
 from mibounds.scores import SeparableScores
 
@@ -58,9 +56,7 @@ class MoCoLoss(nn.Module):
         self.reduction = _reduction("MoCoLoss", reduction)
 
     def _scores(self, query: Any, key: Any, queue: Any) -> SeparableScores:
-        q = _features("query", query, min_n=1)
-        k = _features("key", key, min_n=1)
-        _same_shape("query", q, "key", k)
+        q, k = _checks.check_embeddings(1, query=query, key=key)
         _checks.check_tensor("queue", queue, min_dim=2)
         if queue.dim() != 2 or queue.shape[-1] != q.shape[-1]:
             raise ValueError(

@@ -10,18 +10,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mibounds import _checks
 from mibounds.bounds.lower import infonce, nwj
 from mibounds.contrastive._common import (
     _anchor_losses,
     _bias,
-    _features,
     _global_rows,
     _local_scores,
     _min_rows,
     _nce_loss,
     _reduce,
     _reduction,
-    _same_shape,
     _scale,
 )
 from mibounds.distributed import GroupArg
@@ -73,16 +72,16 @@ def _image_text(
     gather: GroupArg,
     shift: float = 0.0,
 ) -> SeparableScores:
-    """OpenCLIP's operands, checked and named as its losses take them, as the scores
+    """OpenCLIP's operands, checked once and named as its losses take them, as the scores
     ``t u.v + b`` (plus ``shift``, added to every logit)."""
-    u = _features("image_features", image_features, _min_rows(gather))
-    v = _features("text_features", text_features, _min_rows(gather))
-    _same_shape("image_features", u, "text_features", v)
+    u, v = _checks.check_embeddings(
+        _min_rows(gather), image_features=image_features, text_features=text_features
+    )
     t = _scale("logit_scale", logit_scale)
     b = None if logit_bias is None else _bias("logit_bias", logit_bias)
     if shift != 0.0:
         b = shift if b is None else b + shift
-    return SeparableScores(u, v, "dot", 1 / t, bias=b, gather=gather)
+    return SeparableScores._checked_by_caller(u, v, "dot", 1 / t, gather, b)
 
 
 class CLIPLoss(nn.Module):

@@ -121,6 +121,8 @@ def compile_ahead(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from mibounds.kernels import triton_jit as tj
+
     tk._require()
     consts = dict(constexprs)
     dt = consts.pop("_dtype", torch.float32)
@@ -128,8 +130,8 @@ def compile_ahead(
         raise TypeError(f"_dtype must be a torch.dtype, got {dt!r}")
     feat = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}[dt]
     fn = {
-        "_stats_kernel": tk._stats_kernel,
-        "_grad_kernel": tk._grad_kernel,
+        "_stats_kernel": tj._stats_kernel,
+        "_grad_kernel": tj._grad_kernel,
         "_panel_stats_kernel": gemm_panels._panel_stats_kernel,
         "_panel_grad_kernel": gemm_panels._panel_grad_kernel,
     }[kernel]

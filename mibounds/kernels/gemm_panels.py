@@ -68,6 +68,8 @@ if tk.HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from mibounds.kernels import triton_jit as tj
+
     @triton.jit
     def _panel_stats_kernel(
         s_ptr, out1_ptr, out2_ptr, cmax_ptr, csum_ptr, cpos_ptr, cnpos_ptr, r0, p, n, m, tau_ptr,
@@ -110,11 +112,11 @@ if tk.HAS_TRITON:
                 other=0.0,
             )
             s = raw * inv_tau + b
-            keep = tk._keep(
+            keep = tj._keep(
                 rows, cols, r0 + p, m, rl_ptr, cl_ptr, offset, n_paired, LABELS, EXCLUDE, SET
             )
             if MINUS_POS:
-                pos = tk._keep(
+                pos = tj._keep(
                     rows, cols, r0 + p, m, rl_ptr, cl_ptr, offset, n_paired, LABELS, EXCLUDE, 2
                 )
                 z2 += tl.sum(tl.where(pos, s, 0.0), axis=1)
@@ -136,8 +138,8 @@ if tk.HAS_TRITON:
                     tl.store(csum_ptr + cols, cs, mask=cmask)
             else:
                 t = s + shift
-                z += tl.sum(tl.where(keep, tk._fn(t, param, FN1), 0.0), axis=1)
-                z2 += tl.sum(tl.where(keep, tk._fn(t, param, FN2), 0.0), axis=1)
+                z += tl.sum(tl.where(keep, tj._fn(t, param, FN1), 0.0), axis=1)
+                z2 += tl.sum(tl.where(keep, tj._fn(t, param, FN2), 0.0), axis=1)
         if MODE == 0:
             log_z = tl.log(tl.where(z > 0.0, z, 1.0))
             lse = tl.where(z > 0.0, mx + log_z, float("-inf"))
@@ -184,7 +186,7 @@ if tk.HAS_TRITON:
             inside = lmask[:, None] & cmask[None, :]
             offs = local[:, None].to(tl.int64) * m + cols[None, :]
             s = tl.load(s_ptr + offs, mask=inside, other=0.0) * inv_tau + b
-            keep = tk._keep(
+            keep = tj._keep(
                 rows, cols, r0 + p, m, rl_ptr, cl_ptr, offset, n_paired, LABELS, EXCLUDE, SET
             )
             c2 = tl.zeros((BC,), tl.float32)
@@ -192,7 +194,7 @@ if tk.HAS_TRITON:
             if MODE == 2:
                 c2 = tl.load(c2_ptr + cols, mask=cmask, other=0.0)
                 w2 = tl.load(w2_ptr + cols, mask=cmask, other=0.0)
-            g = tk._score_grad(s, keep, c, w, c2, w2, shift, param, MODE, FN)
+            g = tj._score_grad(s, keep, c, w, c2, w2, shift, param, MODE, FN)
             gs += tl.sum(g, axis=1)
             g = tl.minimum(tl.maximum(g, -limit), limit)
             tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=inside)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -26,6 +27,18 @@ from mibounds.reductions.ranges import (
     unit_temperature,
 )
 from mibounds.scores import DenseScores, SeparableScores
+
+
+class _Weights(NamedTuple):
+    """Per-row counts and weights of a batch under its pairing (see :class:`_PairedBatch`)."""
+
+    npos: Tensor
+    ncand: Tensor
+    rows: Tensor
+    marginal_rows: Tensor
+    w_joint: Tensor
+    w_pos: Tensor
+    w_neg: Tensor
 
 
 class _PairedBatch(abc.ABC):
@@ -50,25 +63,72 @@ class _PairedBatch(abc.ABC):
 
     def _setup(self, total: Callable[[Tensor], Tensor] | None = None) -> None:
         """Per-row weights from the counts; ``total`` sums a count over every rank (the rows of
-        one rank are then weighted within the global batch)."""
+        one rank are then weighted within the global batch). The plain pairing's statistics
+        need none, so there they are formed on first use only."""
         self._columns: tuple[Tensor, Tensor, Tensor] | None = None
+        self._total = total
+        self._w: _Weights | None = None
+        if not self.plain:
+            self._weights()
+
+    def _weights(self) -> _Weights:
+        if self._w is not None:
+            return self._w
         npos, ncand = self.layout.counts(self.n, self.m, self._acc.device)
         dt = self._acc.dtype
-        self.npos, self.ncand = npos.to(dt), ncand.to(dt)
         nneg = (ncand - npos).to(dt)
         joint_rows = (npos > 0).to(dt)
         marginal_rows = (nneg > 0).to(dt)
         rows, marginal = joint_rows.sum(), marginal_rows.sum()
-        if total is not None:
-            rows, marginal = total(rows), total(marginal)
-        #: the number of rows that count, as a tensor (the ``sum`` reduction's factor)
-        self.rows = rows
-        #: the number of rows with at least one negative (over every rank)
-        self.marginal_rows = marginal
+        if self._total is not None:
+            rows, marginal = self._total(rows), self._total(marginal)
         # no row with a positive (or a negative): weights 0, so the terms are 0, not NaN
-        self.w_joint = joint_rows / self.rows.clamp_min(1)
-        self.w_pos = self.w_joint / npos.clamp_min(1).to(dt)
-        self.w_neg = marginal_rows / (marginal.clamp_min(1) * nneg.clamp_min(1))
+        w_joint = joint_rows / rows.clamp_min(1)
+        self._w = _Weights(
+            npos=npos.to(dt),
+            ncand=ncand.to(dt),
+            rows=rows,
+            marginal_rows=marginal,
+            w_joint=w_joint,
+            w_pos=w_joint / npos.clamp_min(1).to(dt),
+            w_neg=marginal_rows / (marginal.clamp_min(1) * nneg.clamp_min(1)),
+        )
+        return self._w
+
+    @property
+    def npos(self) -> Tensor:
+        """Per row, the number of its positives (accumulation dtype)."""
+        return self._weights().npos
+
+    @property
+    def ncand(self) -> Tensor:
+        """Per row, the number of its candidates: positives and negatives."""
+        return self._weights().ncand
+
+    @property
+    def rows(self) -> Tensor:
+        """The number of rows that count, as a tensor (the ``sum`` reduction's factor)."""
+        return self._weights().rows
+
+    @property
+    def marginal_rows(self) -> Tensor:
+        """The number of rows with at least one negative (over every rank)."""
+        return self._weights().marginal_rows
+
+    @property
+    def w_joint(self) -> Tensor:
+        """Per row, its weight in a mean over the rows with a positive."""
+        return self._weights().w_joint
+
+    @property
+    def w_pos(self) -> Tensor:
+        """Per row, the weight of each of its positives in :meth:`joint`."""
+        return self._weights().w_pos
+
+    @property
+    def w_neg(self) -> Tensor:
+        """Per row, the weight of each of its negatives in the means over the negatives."""
+        return self._weights().w_neg
 
     def n_terms(self) -> Tensor | int:
         """How many per-row terms a mean is over (``reduction="sum"`` multiplies by it)."""
@@ -286,9 +346,15 @@ class SeparableBatch(_PairedBatch):
         bias = scores.bias
         self.bias = None if bias is None else torch.as_tensor(bias, device=self.x.device)
         self._acc = upcast(self.x.new_zeros(()))
-        layout = scores.pairing.layout(self.n, self.m, offset, n_paired)
-        self.layout = layout.to(self.x.device)
-        self.plain = self.layout.plain and self.m == self.n and self.bias is None and not offset
+        if scores.labels is None and scores.exclude == "none":
+            # the plain pairing: each row's positive is its own column
+            paired = self.n if n_paired is None else n_paired
+            self.layout = PairLayout(None, None, offset, 0, paired)
+            plain_pairing = True
+        else:
+            layout = scores.pairing.layout(self.n, self.m, offset, n_paired)
+            self.layout, plain_pairing = layout.to(self.x.device), False
+        self.plain = plain_pairing and self.m == self.n and self.bias is None and not offset
         self._setup(total)
 
     def positives(self) -> Tensor:

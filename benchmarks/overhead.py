@@ -1,0 +1,140 @@
+"""Per-call cost of the drop-in CLIP and SigLIP losses against OpenCLIP's own, forward+backward.
+
+    pip install --no-deps open_clip_torch   # OpenCLIP's losses (its loss module needs torch only)
+    python benchmarks/overhead.py           # writes benchmarks/overhead.json
+
+At small N the time of a call is mostly Python (argument checks, building the scores, choosing
+a path); from N of a few thousand on it is the products and the exponentials. Each loss runs on
+the same normalised float32 features, d = 128 by default, on the CPU. The two losses alternate
+call by call (the machine is noisy), and the table gives the median time of each and their
+ratio, ours / OpenCLIP's. Without ``open_clip`` installed, the peer is the same loss written
+plainly on the dense logits (``cross_entropy`` / ``logsigmoid``), as OpenCLIP writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mibounds import contrastive
+
+HERE = Path(__file__).resolve().parent
+SCALE, BIAS = 10.0, -10.0
+
+
+def _openclip_losses() -> tuple[str, Any, Any] | None:
+    """OpenCLIP's ``ClipLoss`` and ``SigLipLoss`` from its ``loss`` module, loaded on its own
+    (the package's ``__init__`` imports its models, which need more than torch)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "loss.py"
+    loss_spec = importlib.util.spec_from_file_location("_open_clip_loss", path)
+    if loss_spec is None or loss_spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(loss_spec)
+    loss_spec.loader.exec_module(module)
+    from importlib.metadata import version
+
+    return f"open_clip_torch {version('open_clip_torch')}", module.ClipLoss(), module.SigLipLoss()
+
+
+def _plain_clip(u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    logits = scale * u @ v.T
+    target = torch.arange(u.shape[0])
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def _plain_siglip(u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor):
+    logits = scale * u @ v.T + bias
+    labels = 2 * torch.eye(u.shape[0], dtype=u.dtype) - 1
+    return -F.logsigmoid(labels * logits).sum() / u.shape[0]
+
+
+def pairs() -> tuple[str, dict[str, tuple[Callable[..., Any], Callable[..., Any]]]]:
+    """The peer's name and, per loss, ``(ours, peer)``, both called as
+    ``loss(image_features, text_features, logit_scale, logit_bias)``."""
+    found = _openclip_losses()
+    if found is None:
+        peer_clip: Callable[..., Any] = lambda u, v, s, b: _plain_clip(u, v, s)  # noqa: E731
+        peer_siglip: Callable[..., Any] = _plain_siglip
+        name = "plain dense PyTorch (open_clip not installed)"
+    else:
+        name, clip, siglip = found
+        peer_clip = lambda u, v, s, b: clip(u, v, s)  # noqa: E731
+        peer_siglip = siglip
+    ours_clip, ours_siglip = contrastive.CLIPLoss(), contrastive.SigLIPLoss()
+    return name, {
+        "clip": (lambda u, v, s, b: ours_clip(u, v, s), peer_clip),
+        "siglip": (ours_siglip, peer_siglip),
+    }
+
+
+def _step(loss: Callable[..., Any], args: tuple[torch.Tensor, ...]) -> float:
+    for t in args:
+        t.grad = None
+    start = time.perf_counter()
+    loss(*args).backward()
+    return time.perf_counter() - start
+
+
+def measure(n: int, d: int, calls: int, losses: dict[str, Any]) -> list[dict[str, Any]]:
+    g = torch.Generator().manual_seed(n)
+    u0 = F.normalize(torch.randn(n, d, generator=g), dim=-1)
+    v0 = F.normalize(u0 + 0.5 * torch.randn(n, d, generator=g), dim=-1)
+    rows = []
+    for name, (ours, peer) in losses.items():
+        args = (
+            u0.clone().requires_grad_(),
+            v0.clone().requires_grad_(),
+            torch.tensor(SCALE, requires_grad=True),
+            torch.tensor(BIAS, requires_grad=True),
+        )
+        for _ in range(3):  # warm-up: first calls import, cache and allocate
+            _step(ours, args), _step(peer, args)
+        mine, theirs = [], []
+        for _ in range(calls):
+            mine.append(_step(ours, args))
+            theirs.append(_step(peer, args))
+        t_ours, t_peer = statistics.median(mine), statistics.median(theirs)
+        rows.append({"loss": name, "n": n, "d": d, "ours_ms": 1e3 * t_ours,
+                     "peer_ms": 1e3 * t_peer, "ratio": t_ours / t_peer})  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="16,256,1024,4096", help="batch sizes N, comma-separated")
+    p.add_argument("--dim", type=int, default=128, help="feature size d")
+    p.add_argument("--calls", type=int, default=0, help="calls per size (0: by size)")
+    p.add_argument("--json", default=str(HERE / "overhead.json"), help="output file ('' for none)")
+    args = p.parse_args(argv)
+    peer, losses = pairs()
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        calls = args.calls or max(7, min(201, 200_000 // n))
+        rows += measure(n, args.dim, calls, losses)
+    print(f"peer: {peer}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| loss | N | d | ours (ms) | peer (ms) | ours / peer |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['loss']} | {r['n']} | {r['d']} | {r['ours_ms']:.3f} | {r['peer_ms']:.3f} "
+              f"| {r['ratio']:.2f} |")  # fmt: skip
+    if args.json:
+        meta = {"peer": peer, "torch": torch.__version__, "threads": torch.get_num_threads()}
+        Path(args.json).write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
