@@ -217,12 +217,15 @@ class SeparableScores:
         temperature: float | Tensor,
         gather: Any = False,
         bias: float | Tensor | None = None,
+        labels: Tensor | None = None,
+        exclude: str = "none",
     ) -> SeparableScores:
-        """Scores of the plain pairing from operands the caller has validated already (a
-        drop-in loss checks its own arguments once, under the names its users pass them):
-        the same object as the constructor's, without checking them again."""
+        """Scores from operands the caller has validated already (a drop-in loss checks its
+        own arguments once, under the names its users pass them; ``labels``, if any, are
+        int64 with one entry per row of square scores): the same object as the
+        constructor's, without checking them again."""
         out = object.__new__(cls)
-        fields = (x, y, similarity, temperature, gather, _bias_tensor(bias), None, None, "none")
+        fields = (x, y, similarity, temperature, gather, _bias_tensor(bias), labels, None, exclude)
         for name, value in zip(_SEPARABLE_FIELDS, fields, strict=True):
             object.__setattr__(out, name, value)
         return out

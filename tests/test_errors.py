@@ -312,3 +312,25 @@ def test_cli_cuda_without_a_gpu(capsys):
             main([cmd, "--device", "cuda"])
         assert exc.value.code == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["lightly", "supcon"])
+def test_a_temperature_changed_after_construction_is_checked_at_the_call(which):
+    from mibounds import contrastive
+
+    z = torch.randn(4, 3)
+    if which == "lightly":
+        loss = contrastive.NTXentLoss(temperature=torch.tensor(0.5))
+
+        def call():
+            return loss(z, z + 0.1)
+    else:
+        loss = contrastive.SupConLoss(temperature=torch.tensor(0.5))
+
+        def call():
+            return loss(z, torch.tensor([0, 0, 1, 1]))
+
+    call()
+    loss.temperature = torch.tensor(-1.0)  # e.g. a learnt temperature that went negative
+    with pytest.raises(ValueError, match="temperature"):
+        call()

@@ -131,3 +131,15 @@ def test_scores_a_loss_checked_are_those_of_the_constructor():
             assert trusted.bias.dtype == checked.bias.dtype
             assert trusted.bias.shape == checked.bias.shape == ()
             assert torch.equal(trusted.bias, checked.bias)
+
+
+def test_labelled_scores_a_loss_checked_are_those_of_the_constructor():
+    from mibounds.scores import SeparableScores
+
+    z, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    checked = SeparableScores(z, z, "cosine", 0.1, labels=labels, exclude="self")
+    trusted = SeparableScores._checked_by_caller(z, z, "cosine", 0.1, labels=labels, exclude="self")
+    assert torch.equal(trusted.labels, checked.labels) and trusted.labels.dtype == torch.int64
+    assert trusted.y_labels is checked.y_labels is None
+    assert trusted.exclude == checked.exclude == "self"
+    assert trusted.pairing.layout(6, 6) == checked.pairing.layout(6, 6)

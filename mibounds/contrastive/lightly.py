@@ -136,8 +136,9 @@ class NTXentLoss(nn.Module):
         if gather:  # pair labels must be unique over the ranks
             first = batch_layout(n, gather, a.device)[0]
         labels = (torch.arange(n, device=a.device) + first).repeat(2)
-        return SeparableScores(
-            z, z, "cosine", self.temperature, gather=gather, labels=labels, exclude="self"
+        _checks.check_temperature("temperature", self.temperature)
+        return SeparableScores._checked_by_caller(
+            z, z, "cosine", self.temperature, gather, labels=labels, exclude="self"
         )
 
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:

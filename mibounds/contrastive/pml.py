@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mibounds import _checks
 from mibounds.bounds.lower import infonce
 from mibounds.contrastive._common import (
     _anchor_losses,
@@ -137,8 +138,9 @@ class SupConLoss(nn.Module):
             labels = _labels("labels", labels, z.shape[0])
             if ref_labels is not None:
                 raise ValueError("ref_labels was given without ref_emb: pass both, or neither")
-            return SeparableScores(
-                z, z, "cosine", self.temperature, gather=self.gather, labels=labels, exclude="self"
+            _checks.check_temperature("temperature", self.temperature)
+            return SeparableScores._checked_by_caller(
+                z, z, "cosine", self.temperature, self.gather, labels=labels, exclude="self"
             )
         z, labels, r, ref_labels = _pml_reference(embeddings, labels, ref_emb, ref_labels)
         if self.gather:
