@@ -414,6 +414,54 @@ with open(os.path.join(_GEN, "accuracy.rst"), "w") as _fh:
     _fh.write(_accuracy_table())
 
 
+def _road_table() -> str:
+    """The road of each drop-in loss, traced now by ``benchmarks/road.py`` (a property of the
+    code, not of the machine)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "road.py")
+    spec = importlib.util.spec_from_file_location("_road", path)
+    assert spec is not None and spec.loader is not None
+    road = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(road)
+    out = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        *_row(["loss", "modules", "stops", "most entries into one module", "back up"]),
+    ]
+    for r in road.measure():
+        most = f"{r['most_entries']} (``{r['most_entered']}``)"
+        out += _row([f"``{r['loss']}``", str(r["modules"]), str(r["stops"]), most,
+                     str(r["back_up"])])  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+def _overhead_table() -> str:
+    """benchmarks/overhead.json (``python benchmarks/overhead.py``) as an RST table."""
+    import json
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "overhead.json")
+    with open(path) as fh:
+        data = json.load(fh)
+    out = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        *_row(["loss", "N", "ours (ms)", "OpenCLIP (ms)", "ours / OpenCLIP"]),
+    ]
+    for r in data["rows"]:
+        out += _row([r["loss"], str(r["n"]), f"{r['ours_ms']:.2f}", f"{r['peer_ms']:.2f}",
+                     f"{r['ratio']:.2f}"])  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+with open(os.path.join(_GEN, "road.rst"), "w") as _fh:
+    _fh.write(_road_table())
+with open(os.path.join(_GEN, "overhead.rst"), "w") as _fh:
+    _fh.write(_overhead_table())
+
+
 def setup(app) -> None:
     app.connect("autodoc-process-bases", _public_bases)
 
