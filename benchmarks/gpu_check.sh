@@ -29,6 +29,10 @@ bench bf16 "${BF16_SECONDS:-150}" --dtypes bfloat16 --sizes 16384 65536 --dims 1
 bench million "${MILLION_SECONDS:-60}" --dtypes bfloat16 --sizes 1048576 --dims 512 \
   --losses clip siglip
 bench fp32 "${FP32_SECONDS:-60}" --dtypes float32 --sizes 65536 --dims 128 512
+# per-call cost against OpenCLIP's losses (or plain dense ones) from N = 16 to 16384
+timeout "${OVERHEAD_SECONDS:-45}" python "$here/overhead.py" --device cuda --calls 50 \
+  --sizes 16,256,1024,4096,16384 --json "$out/overhead.json" > "$out/overhead.md" 2>&1
+echo "overhead exit $?" >> "$out/gpu.txt"
 python - "$out" <<'EOF'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])

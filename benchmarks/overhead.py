@@ -2,13 +2,15 @@
 
     pip install --no-deps open_clip_torch   # OpenCLIP's losses (its loss module needs torch only)
     python benchmarks/overhead.py           # writes benchmarks/overhead.json
+    python benchmarks/overhead.py --device cuda --json gpu-overhead.json
 
 At small N the time of a call is mostly Python (argument checks, building the scores, choosing
 a path); from N of a few thousand on it is the products and the exponentials. Each loss runs on
-the same normalised float32 features, d = 128 by default, on the CPU. The two losses alternate
-call by call (the machine is noisy), and the table gives the median time of each and their
-ratio, ours / OpenCLIP's. Without ``open_clip`` installed, the peer is the same loss written
-plainly on the dense logits (``cross_entropy`` / ``logsigmoid``), as OpenCLIP writes it.
+the same normalised float32 features, d = 128 by default, on the CPU unless ``--device`` says
+otherwise (on a GPU each call is synchronised before its time is read). The two losses
+alternate call by call (the machine is noisy), and the table gives the median time of each and
+their ratio, ours / OpenCLIP's. Without ``open_clip`` installed, the peer is the same loss
+written plainly on the dense logits (``cross_entropy`` / ``logsigmoid``), as OpenCLIP writes it.
 """
 
 from __future__ import annotations
@@ -51,13 +53,13 @@ def _openclip_losses() -> tuple[str, Any, Any] | None:
 
 def _plain_clip(u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     logits = scale * u @ v.T
-    target = torch.arange(u.shape[0])
+    target = torch.arange(u.shape[0], device=u.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 def _plain_siglip(u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor):
     logits = scale * u @ v.T + bias
-    labels = 2 * torch.eye(u.shape[0], dtype=u.dtype) - 1
+    labels = 2 * torch.eye(u.shape[0], dtype=u.dtype, device=u.device) - 1
     return -F.logsigmoid(labels * logits).sum() / u.shape[0]
 
 
@@ -83,22 +85,29 @@ def pairs() -> tuple[str, dict[str, tuple[Callable[..., Any], Callable[..., Any]
 def _step(loss: Callable[..., Any], args: tuple[torch.Tensor, ...]) -> float:
     for t in args:
         t.grad = None
+    cuda = args[0].device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     loss(*args).backward()
+    if cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def measure(n: int, d: int, calls: int, losses: dict[str, Any]) -> list[dict[str, Any]]:
+def measure(
+    n: int, d: int, calls: int, losses: dict[str, Any], device: str = "cpu"
+) -> list[dict[str, Any]]:
     g = torch.Generator().manual_seed(n)
-    u0 = F.normalize(torch.randn(n, d, generator=g), dim=-1)
-    v0 = F.normalize(u0 + 0.5 * torch.randn(n, d, generator=g), dim=-1)
+    u0 = F.normalize(torch.randn(n, d, generator=g), dim=-1).to(device)
+    v0 = F.normalize(u0.cpu() + 0.5 * torch.randn(n, d, generator=g), dim=-1).to(device)
     rows = []
     for name, (ours, peer) in losses.items():
         args = (
             u0.clone().requires_grad_(),
             v0.clone().requires_grad_(),
-            torch.tensor(SCALE, requires_grad=True),
-            torch.tensor(BIAS, requires_grad=True),
+            torch.tensor(SCALE, device=device, requires_grad=True),
+            torch.tensor(BIAS, device=device, requires_grad=True),
         )
         for _ in range(3):  # warm-up: first calls import, cache and allocate
             _step(ours, args), _step(peer, args)
@@ -107,7 +116,7 @@ def measure(n: int, d: int, calls: int, losses: dict[str, Any]) -> list[dict[str
             mine.append(_step(ours, args))
             theirs.append(_step(peer, args))
         t_ours, t_peer = statistics.median(mine), statistics.median(theirs)
-        rows.append({"loss": name, "n": n, "d": d, "ours_ms": 1e3 * t_ours,
+        rows.append({"loss": name, "n": n, "d": d, "device": device, "ours_ms": 1e3 * t_ours,
                      "peer_ms": 1e3 * t_peer, "ratio": t_ours / t_peer})  # fmt: skip
     return rows
 
@@ -117,21 +126,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="16,256,1024,4096", help="batch sizes N, comma-separated")
     p.add_argument("--dim", type=int, default=128, help="feature size d")
     p.add_argument("--calls", type=int, default=0, help="calls per size (0: by size)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--json", default=str(HERE / "overhead.json"), help="output file ('' for none)")
     args = p.parse_args(argv)
     peer, losses = pairs()
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         calls = args.calls or max(7, min(201, 200_000 // n))
-        rows += measure(n, args.dim, calls, losses)
-    print(f"peer: {peer}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+        rows += measure(n, args.dim, calls, losses, args.device)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(f"peer: {peer}; torch {torch.__version__} on {where}, {torch.get_num_threads()} threads")
     print("| loss | N | d | ours (ms) | peer (ms) | ours / peer |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['loss']} | {r['n']} | {r['d']} | {r['ours_ms']:.3f} | {r['peer_ms']:.3f} "
               f"| {r['ratio']:.2f} |")  # fmt: skip
     if args.json:
-        meta = {"peer": peer, "torch": torch.__version__, "threads": torch.get_num_threads()}
+        meta = {"peer": peer, "torch": torch.__version__, "device": where,
+                "threads": torch.get_num_threads()}  # fmt: skip
         Path(args.json).write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     return 0
 
