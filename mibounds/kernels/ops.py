@@ -28,6 +28,7 @@ from mibounds._dtypes import cuda_autocast_dtype, finite_derivatives_
 from mibounds.kernels import cost, selfcheck, sweep
 from mibounds.kernels import gemm_panels as gp
 from mibounds.kernels import triton_kernels as tk
+from mibounds.kernels.eager import EagerOp
 from mibounds.kernels.elementwise import _FNS, _TRITON_OF, ELEMENTWISE, _triton_of
 from mibounds.kernels.panels import _SIMS
 from mibounds.pairing import PairLayout
@@ -390,6 +391,12 @@ _sym_lse_mean_op.register_autograd(_backward_one, setup_context=_setup_scalar)
 _offdiag_lme_op.register_autograd(_backward_one, setup_context=_setup_scalar)
 _offdiag_means_op.register_autograd(_backward_means, setup_context=_setup_scalar)
 
+# the entry points call these: the custom op where it is needed, its implementation otherwise
+_ROW_LSE_CALL = EagerOp(_row_lse_mean_op, _row_lse_mean, _setup_scalar, _backward_one, 1)
+_SYM_LSE_CALL = EagerOp(_sym_lse_mean_op, _sym_lse_mean, _setup_scalar, _backward_one, 1)
+_NEG_LME_CALL = EagerOp(_offdiag_lme_op, _offdiag_lme, _setup_scalar, _backward_one, 1)
+_MEANS_CALL = EagerOp(_offdiag_means_op, _offdiag_means, _setup_scalar, _backward_means, 2)
+
 # Under CPU autocast (and for the interpolated bound, which only sweeps, on every device) the
 # ops run with autocast off and their inputs in float32: the sweep accumulates in float32 and
 # its panel products must not be recast to half. Under CUDA autocast the entry points below
@@ -483,7 +490,7 @@ def row_logsumexp_mean(
     xf, yf, lead = _flatten(*_autocast_features(x, y))
     t, b = _tau(tau, x), _bias(bias)
     with _autocast_off(x):
-        value, *_ = _row_lse_mean_op(
+        value, *_ = _ROW_LSE_CALL(
             xf, yf, t, b, _SIMS[sim], *_pair_args(layout, x), weight, bool(minus_positives),
             _need_grad(x, y, t, b),
         )  # fmt: skip
@@ -519,7 +526,7 @@ def symmetric_logsumexp_mean(
     t, b = _tau(tau, x), _bias(bias)
     args = _pair_args(layout, x)
     with _autocast_off(x):
-        value, *_ = _sym_lse_mean_op(
+        value, *_ = _SYM_LSE_CALL(
             xf, yf, t, b, _SIMS[sim], *args, row_weight, col_weight, bool(minus_positives),
             _need_grad(x, y, t, b),
         )  # fmt: skip
@@ -556,7 +563,7 @@ def offdiag_logmeanexp(
     t, b = _tau(tau, x), _bias(bias)
     args = _pair_args(layout, x, offset)
     with _autocast_off(x):
-        value, *_ = _offdiag_lme_op(
+        value, *_ = _NEG_LME_CALL(
             xf, yf, t, b, _SIMS[sim], *args, log_weight, _need_grad(x, y, t, b)
         )
     return value.reshape(lead)
@@ -597,7 +604,7 @@ def offdiag_means(
     t, b = _tau(tau, x), _bias(bias)
     vid = -1 if value_fn is None else ELEMENTWISE[value_fn]
     with _autocast_off(x):
-        vmean, gmean, *_ = _offdiag_means_op(
+        vmean, gmean, *_ = _MEANS_CALL(
             xf,
             yf,
             t,
