@@ -90,8 +90,7 @@ def batch_statistics(
     """
     if isinstance(scores, SeparableScores) and not gather:
         gather = scores.gather
-    # gathering off (False or None) needs no process group
-    group = None if gather is None or gather is False else distributed.resolve_group(gather)
+    group = distributed.resolve_group(gather)
     if group is not None:
         if reduction == "none":
             raise ValueError(

@@ -346,15 +346,9 @@ class SeparableBatch(_PairedBatch):
         bias = scores.bias
         self.bias = None if bias is None else torch.as_tensor(bias, device=self.x.device)
         self._acc = upcast(self.x.new_zeros(()))
-        if scores.labels is None and scores.exclude == "none":
-            # the plain pairing: each row's positive is its own column
-            paired = self.n if n_paired is None else n_paired
-            self.layout = PairLayout(None, None, offset, 0, paired)
-            plain_pairing = True
-        else:
-            layout = scores.pairing.layout(self.n, self.m, offset, n_paired)
-            self.layout, plain_pairing = layout.to(self.x.device), False
-        self.plain = plain_pairing and self.m == self.n and self.bias is None and not offset
+        layout = scores.pairing.layout(self.n, self.m, offset, n_paired)
+        self.layout = layout.to(self.x.device)
+        self.plain = self.layout.plain and self.m == self.n and self.bias is None and not offset
         self._setup(total)
 
     def positives(self) -> Tensor:
