@@ -8,6 +8,8 @@ Each loss is called on small float32 inputs on the CPU (once to warm up, then on
 profiler) that records, at every call and return between Python functions of ``mibounds``, the
 module control is in; a package, such as ``mibounds.kernels``, ``mibounds.bounds`` or
 ``mibounds.reductions``, counts as one module. Consecutive stops in one module are one stop.
+The road ends at a kernel: a call into ``mibounds.kernels`` is one stop there, whatever the
+kernel calls until it returns (its own dispatch, its precision helpers) is the kernel's.
 The table gives the modules passed through, the stops, the largest number of entries into one
 module, and how many times the road turns back up to a caller in another module.
 """
@@ -44,15 +46,23 @@ def road(call: Callable[[], Any]) -> tuple[list[str], int]:
     stops: list[str] = []
     ups = 0
 
+    depth = 0  # calls open inside a kernel
+
     def profile(frame: Any, event: str, arg: Any) -> None:
-        nonlocal ups
+        nonlocal ups, depth
         if event not in ("call", "return"):
             return
+        if depth:  # inside a kernel: its own calls are the kernel's
+            depth += 1 if event == "call" else -1
+            if depth:
+                return
         if event == "return":
             frame = frame.f_back
             if frame is None:
                 return
         module = _module(frame.f_code.co_filename)
+        if event == "call" and module == "kernels":
+            depth = 1
         if module is None or (stops and stops[-1] == module):
             return
         if event == "return":

@@ -430,10 +430,14 @@ def _road_table() -> str:
         "",
         *_row(["loss", "modules", "stops", "most entries into one module", "back up"]),
     ]
-    for r in road.measure():
+    rows = road.measure()
+    for r in rows:
         most = f"{r['most_entries']} (``{r['most_entered']}``)"
         out += _row([f"``{r['loss']}``", str(r["modules"]), str(r["stops"]), most,
                      str(r["back_up"])])  # fmt: skip
+    out += ["", "The stops, in order:", ""]
+    for r in rows:
+        out += [f"* ``{r['loss']}``: " + " → ".join(f"``{m}``" for m in r["road"])]
     return "\n".join(out) + "\n"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -325,3 +325,110 @@ def check_features(name: str, tensor: Any, expected: int | None, owner: str) -> 
             f"{name} must have {expected} features (the last dimension) for {owner}, got "
             f"shape {tuple(tensor.shape)}"
         )
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
+
+
+def check_labels(name: str, labels: object) -> torch.Tensor | None:
+    """``None``, or one integer label per sample, ``(N,)``, as int64."""
+    if labels is None:
+        return None
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer labels, got {type(labels)}")
+    if labels.dtype not in _INT_DTYPES:
+        raise TypeError(f"{name} must hold integer labels, got dtype {labels.dtype}")
+    if labels.dim() != 1:
+        raise ValueError(
+            f"{name} must be one label per sample, shape (N,), got {tuple(labels.shape)}"
+        )
+    return labels.long()
+
+
+def check_labels_of(name: str, labels: Any, n: int) -> torch.Tensor:
+    """``(n,)`` integer labels that must be given."""
+    if labels is None:
+        raise ValueError(f"{name} is required: pass ({n},) integer labels")
+    out = check_labels(name, labels)
+    assert out is not None
+    if out.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(labels.shape)}")
+    return out
+
+
+def check_scale(name: str, logit_scale: Any) -> torch.Tensor | float:
+    """A positive, finite logit scale (float or scalar tensor) whose inverse, the temperature,
+    is finite too."""
+    if isinstance(logit_scale, torch.Tensor):
+        check_tensor(name, logit_scale)
+        if logit_scale.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got shape {tuple(logit_scale.shape)}")
+        if not validating():
+            return logit_scale
+        value = float(logit_scale.detach())
+        inverse = float((1 / logit_scale.detach()).float())
+    else:
+        if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)):
+            raise TypeError(
+                f"{name} must be a float or a scalar tensor, got {type(logit_scale).__name__}"
+            )
+        value = float(logit_scale)
+        inverse = 1.0 / value if value > 0 else math.inf
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    if not math.isfinite(inverse):
+        raise ValueError(
+            f"{name}={value:g} is too small: the temperature 1 / {name} overflows "
+            f"{logit_scale.dtype if isinstance(logit_scale, torch.Tensor) else 'float'}"
+        )
+    return logit_scale
+
+
+def check_scalar(name: str, value: Any) -> torch.Tensor | float:
+    """A finite scalar: a float or a one-element tensor."""
+    if isinstance(value, torch.Tensor):
+        check_tensor(name, value)
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
+        check_values(name, value)
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
+    return check_real(name, value)
+
+
+class LossArguments(NamedTuple):
+    """A drop-in loss's arguments, checked (see :func:`check_loss_arguments`)."""
+
+    features: list[torch.Tensor]
+    temperature: float | torch.Tensor
+    bias: float | torch.Tensor | None
+    labels: torch.Tensor | None
+
+
+def check_loss_arguments(
+    min_n: int,
+    features: dict[str, Any],
+    *,
+    temperature: tuple[str, Any] | None = None,
+    logit_scale: tuple[str, Any] | None = None,
+    logit_bias: tuple[str, Any] | None = None,
+    labels: tuple[str, Any] | None = None,
+) -> LossArguments:
+    """Every argument of a drop-in loss's call, checked once, in this order: the ``features``
+    (:func:`check_embeddings`), the ``labels`` (one per row of the first features), the
+    ``temperature`` or the ``logit_scale`` (whose inverse is the temperature returned), and the
+    ``logit_bias``. Each is given as ``(name, value)`` with the name the loss's users pass it
+    under, and every message names it so."""
+    feats = check_embeddings(min_n, **features)
+    lab = None if labels is None else check_labels_of(labels[0], labels[1], feats[0].shape[0])
+    tau: float | torch.Tensor = 1.0
+    if temperature is not None:
+        check_temperature(*temperature)
+        tau = temperature[1]
+    if logit_scale is not None:
+        tau = 1 / check_scale(*logit_scale)
+    bias = None
+    if logit_bias is not None and logit_bias[1] is not None:
+        bias = check_scalar(*logit_bias)
+    return LossArguments(feats, tau, bias, lab)

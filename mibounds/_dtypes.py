@@ -3,8 +3,6 @@ with respect to the scores that overflows is zero (see the conventions page)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -37,24 +35,3 @@ def finite_derivatives_(g: torch.Tensor) -> torch.Tensor:
     panel of the score gradient.
     """
     return torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-class _FiniteGrad(torch.autograd.Function):
-    """Identity whose backward applies :func:`finite_derivatives_` to the incoming gradient."""
-
-    @staticmethod
-    def forward(ctx: Any, s: torch.Tensor) -> torch.Tensor:
-        return s.view_as(s)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def dense_scores(t: torch.Tensor) -> torch.Tensor:
-    """Dense scores as the bounds reduce them: in the accumulation dtype, with the
-    overflow rule on their gradient (a no-op where no gradient is needed)."""
-    t = upcast(t)
-    if t.requires_grad:
-        return _FiniteGrad.apply(t)
-    return t

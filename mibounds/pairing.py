@@ -26,26 +26,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from mibounds._checks import check_labels as _check_labels
+
 __all__ = ["EXCLUDE", "PairLayout", "Pairing"]
 
 #: The exclusion rules, in the order of their integer codes in the kernels.
 EXCLUDE = ("none", "self", "batch")
-
-_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
-
-
-def _check_labels(name: str, labels: object) -> Tensor | None:
-    if labels is None:
-        return None
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of integer labels, got {type(labels)}")
-    if labels.dtype not in _INT_DTYPES:
-        raise TypeError(f"{name} must hold integer labels, got dtype {labels.dtype}")
-    if labels.dim() != 1:
-        raise ValueError(
-            f"{name} must be one label per sample, shape (N,), got {tuple(labels.shape)}"
-        )
-    return labels.long()
 
 
 @dataclass(frozen=True, eq=False)

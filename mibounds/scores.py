@@ -13,7 +13,7 @@ Both carry the pairing (labels, excluded pairs): it belongs to the scores, not t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mibounds import _checks, distributed
-from mibounds.pairing import Pairing
+from mibounds.pairing import EXCLUDE, Pairing, PairLayout
 
 __all__ = ["SIMILARITIES", "DenseScores", "SeparableScores", "pairwise_similarity"]
 
@@ -175,9 +175,13 @@ class SeparableScores:
     labels: Tensor | None = None
     y_labels: Tensor | None = None
     exclude: str = "none"
+    # decided once when the scores are built (see _carry); not arguments
+    _group: Any = field(init=False, repr=False, compare=False)
+    _layout: PairLayout = field(init=False, repr=False, compare=False)
+    _counts: tuple[Tensor, Tensor] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        distributed.resolve_group(self.gather)
+        group = distributed.resolve_group(self.gather)
         _checks.check_tensor("x", self.x, min_dim=2)
         _checks.check_tensor("y", self.y, min_dim=2)
         if self.x.shape[:-2] != self.y.shape[:-2] or self.y.shape[-2] < self.x.shape[-2]:
@@ -201,42 +205,82 @@ class SeparableScores:
         _checks.check_temperature("temperature", self.temperature)
         object.__setattr__(self, "bias", _check_bias(self.bias))
         pairing = Pairing(self.labels, self.y_labels, self.exclude)
-        pairing.layout(self.x.shape[-2], self.y.shape[-2])  # lengths checked now
+        layout = pairing.layout(self.x.shape[-2], self.y.shape[-2])  # lengths checked now
         object.__setattr__(self, "labels", pairing.labels)
         object.__setattr__(self, "y_labels", pairing.y_labels)
         object.__setattr__(self, "exclude", pairing.exclude)
         _checks.check_values("x", self.x)
         _checks.check_values("y", self.y)
+        self._carry(group, layout.to(self.x.device), None)
+
+    def _carry(self, group: Any, layout: PairLayout, counts: tuple[Tensor, Tensor] | None) -> None:
+        """Keep what is decided once when the scores are built, for the batch that reduces
+        them: the process group of ``gather`` (``None``: this process only), the pairing laid
+        out for these rows and columns (labels on the features' device) and, where already
+        known, its per-row counts of positives and candidates."""
+        object.__setattr__(self, "_group", group)
+        object.__setattr__(self, "_layout", layout)
+        object.__setattr__(self, "_counts", counts)
 
     @classmethod
-    def _checked_by_caller(
+    def _of_loss(
         cls,
-        x: Tensor,
-        y: Tensor,
+        min_n: int,
+        features: dict[str, Any],
         similarity: str,
-        temperature: float | Tensor,
+        *,
+        temperature: tuple[str, Any] | None = None,
+        logit_scale: tuple[str, Any] | None = None,
+        logit_bias: tuple[str, Any] | None = None,
+        shift: float = 0.0,
         gather: Any = False,
-        bias: float | Tensor | None = None,
-        labels: Tensor | None = None,
-        exclude: str = "none",
+        labels: tuple[str, Any] | None = None,
+        views: bool = False,
     ) -> SeparableScores:
-        """Scores from operands the caller has validated already (a drop-in loss checks its
-        own arguments once, under the names its users pass them; ``labels``, if any, are
-        int64 with one entry per row of square scores): the same object as the
-        constructor's, without checking them again."""
+        """The scores of a drop-in loss, built from its call's arguments as its users pass
+        them, checked once (:func:`mibounds._checks.check_loss_arguments`: every message names
+        the argument as the loss takes it).
+
+        The ``features`` (name -> tensor, one shape) are: with ``views``, the embeddings of
+        several views of the same samples, concatenated, each row's positives its other views
+        (SimCLR's pairing, the own pair excluded); with ``labels``, one set of embeddings
+        compared with itself, the positives those of equal label (the own pair excluded);
+        otherwise the rows and the columns (image-text pairs, positives on the diagonal). The
+        temperature is ``temperature``, or the inverse of ``logit_scale``; the bias is
+        ``logit_bias`` plus ``shift``. ``gather`` is the loss's (checked by the loss).
+        """
+        args = _checks.check_loss_arguments(
+            min_n, features, temperature=temperature, logit_scale=logit_scale,
+            logit_bias=logit_bias, labels=labels,
+        )  # fmt: skip
+        feats, row_labels, exclude = args.features, args.labels, "none"
+        if views:
+            n = feats[0].shape[0]
+            x = y = torch.cat(feats, dim=0)
+            first = distributed.batch_layout(n, gather, x.device)[0] if gather else 0
+            row_labels = (torch.arange(n, device=x.device) + first).repeat(len(feats))
+            exclude = "self"
+        elif row_labels is not None:
+            x = y = feats[0]
+            exclude = "self"
+        else:
+            x, y = feats
+        bias = args.bias
+        if shift != 0.0:
+            bias = shift if bias is None else bias + shift
         out = object.__new__(cls)
-        fields = (x, y, similarity, temperature, gather, _bias_tensor(bias), labels, None, exclude)
+        fields = (x, y, similarity, args.temperature, gather, _bias_tensor(bias), row_labels,
+                  None, exclude)  # fmt: skip
         for name, value in zip(_SEPARABLE_FIELDS, fields, strict=True):
             object.__setattr__(out, name, value)
-        return out
-
-    @classmethod
-    def _trusted(cls, like: SeparableScores, **changes: Any) -> SeparableScores:
-        """A copy of ``like`` with ``changes``, without the checks (for operands derived from
-        checked scores inside the library)."""
-        out = object.__new__(cls)
-        for name in _SEPARABLE_FIELDS:
-            object.__setattr__(out, name, changes.get(name, getattr(like, name)))
+        n, m = x.shape[-2], y.shape[-2]
+        on_device = None if row_labels is None else row_labels.to(x.device)
+        layout = PairLayout(on_device, on_device, 0, EXCLUDE.index(exclude), n)
+        counts = None
+        if on_device is not None or bias is not None or m != n:  # the batch weighs rows by them
+            counts = layout.counts(n, m, x.device)
+        group = None if gather is False or gather is None else distributed.resolve_group(gather)
+        out._carry(group, layout, counts)
         return out
 
     @property

@@ -62,7 +62,7 @@ def test_separable_field_list_matches_the_dataclass():
 
     from mibounds import scores
 
-    names = tuple(f.name for f in fields(scores.SeparableScores))
+    names = tuple(f.name for f in fields(scores.SeparableScores) if f.init)
     assert names == scores._SEPARABLE_FIELDS
 
 
@@ -81,6 +81,8 @@ def test_the_road_benchmark_traces_a_loss_to_its_kernel():
         assert stops[0] == "contrastive" and stops[-1] == "contrastive"
         assert "kernels" in stops and "reductions" in stops
         assert r["stops"] == len(stops) and r["modules"] == len(set(stops))
+        # the road of a drop-in loss: at most six modules, none entered more than three times
+        assert r["modules"] <= 6 and r["most_entries"] <= 3, r
 
 
 def _benchmark(name: str):
@@ -114,32 +116,75 @@ def test_plain_dense_peers_of_the_overhead_benchmark_are_the_losses():
     assert torch.allclose(overhead._plain_siglip(u, v, scale, bias), expected, rtol=1e-12, atol=0)
 
 
-def test_scores_a_loss_checked_are_those_of_the_constructor():
+def _same_scores(built, checked) -> None:
+    """The fields and the carried layout of two SeparableScores agree."""
+    for name in ("x", "y", "similarity", "temperature", "gather", "exclude"):
+        a, b = getattr(built, name), getattr(checked, name)
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, name
+    for name in ("bias", "labels", "y_labels"):
+        a, b = getattr(built, name), getattr(checked, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert a.dtype == b.dtype and torch.equal(a, b), name
+    assert built._group is checked._group is None
+    for a, b in zip(built._layout, checked._layout, strict=True):
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+    if built._counts is not None:  # known when the loss built them; the batch's otherwise
+        counts = checked._layout.counts(checked.x.shape[0], checked.y.shape[0])
+        assert all(torch.equal(a, b) for a, b in zip(built._counts, counts, strict=True))
+
+
+def test_scores_of_a_loss_are_those_of_the_constructor():
     from mibounds.scores import SeparableScores
 
     x, y = torch.randn(5, 3), torch.randn(5, 3)
     for bias in (None, 0.5, torch.tensor([[-1.0]])):
-        checked = SeparableScores(x, y, "dot", 0.1, bias=bias)
-        trusted = SeparableScores._checked_by_caller(x, y, "dot", 0.1, False, bias)
-        for name in ("x", "y", "similarity", "temperature", "gather", "labels", "exclude"):
-            assert getattr(trusted, name) is getattr(checked, name) or (
-                getattr(trusted, name) == getattr(checked, name)
-            )
-        if bias is None:
-            assert trusted.bias is None and checked.bias is None
-        else:
-            assert trusted.bias.dtype == checked.bias.dtype
-            assert trusted.bias.shape == checked.bias.shape == ()
-            assert torch.equal(trusted.bias, checked.bias)
+        checked = SeparableScores(x, y, "dot", 1 / 10.0, bias=bias)
+        built = SeparableScores._of_loss(
+            2, {"image_features": x, "text_features": y}, "dot",
+            logit_scale=("logit_scale", 10.0), logit_bias=("logit_bias", bias),
+        )  # fmt: skip
+        _same_scores(built, checked)
+        assert (built._counts is None) == (bias is None)
 
 
-def test_labelled_scores_a_loss_checked_are_those_of_the_constructor():
+def test_scores_of_views_and_of_labels_are_those_of_the_constructor():
     from mibounds.scores import SeparableScores
 
-    z, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    a, b = torch.randn(3, 4), torch.randn(3, 4)
+    z = torch.cat([a, b])
+    checked = SeparableScores(z, z, "cosine", 0.1, labels=torch.arange(3).repeat(2), exclude="self")
+    built = SeparableScores._of_loss(
+        1, {"out0": a, "out1": b}, "cosine", temperature=("temperature", 0.1), views=True
+    )
+    _same_scores(built, checked)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2], dtype=torch.int32)
     checked = SeparableScores(z, z, "cosine", 0.1, labels=labels, exclude="self")
-    trusted = SeparableScores._checked_by_caller(z, z, "cosine", 0.1, labels=labels, exclude="self")
-    assert torch.equal(trusted.labels, checked.labels) and trusted.labels.dtype == torch.int64
-    assert trusted.y_labels is checked.y_labels is None
-    assert trusted.exclude == checked.exclude == "self"
-    assert trusted.pairing.layout(6, 6) == checked.pairing.layout(6, 6)
+    built = SeparableScores._of_loss(
+        2, {"embeddings": z}, "cosine", temperature=("temperature", 0.1),
+        labels=("labels", labels),
+    )  # fmt: skip
+    _same_scores(built, checked)
+    assert built.labels.dtype == torch.int64
+
+
+def test_scores_of_a_loss_name_its_arguments():
+    import pytest
+
+    from mibounds.scores import SeparableScores
+
+    z = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="logit_scale must be finite and > 0"):
+        SeparableScores._of_loss(2, {"u": z, "v": z}, "dot", logit_scale=("logit_scale", -1.0))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        SeparableScores._of_loss(
+            2, {"z": z}, "cosine", temperature=("temperature", torch.tensor(-1.0)),
+            labels=("labels", torch.arange(4)),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        SeparableScores._of_loss(
+            2, {"z": z}, "cosine", temperature=("temperature", 0.1),
+            labels=("labels", torch.arange(3)),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="out0 and out1 must have the same shape"):
+        SeparableScores._of_loss(1, {"out0": z, "out1": z[:3]}, "cosine", views=True)

@@ -3,7 +3,6 @@ reductions, per-anchor losses and the rank bookkeeping of distributed negatives.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -12,52 +11,11 @@ from torch import Tensor
 from mibounds import _checks
 from mibounds._dtypes import upcast
 from mibounds.distributed import GroupArg, all_gather, batch_layout
-from mibounds.pairing import _check_labels
-from mibounds.reductions import SeparableBatch, batch_statistics, separable_rows
+from mibounds.reductions import separable_rows
 from mibounds.scores import SeparableScores
 
-
-def _scale(name: str, logit_scale: Any) -> Tensor | float:
-    """A positive, finite logit scale (float or scalar tensor) whose inverse, the temperature,
-    is finite too; errors name the argument as the caller passed it."""
-    if isinstance(logit_scale, Tensor):
-        _checks.check_tensor(name, logit_scale)
-        if logit_scale.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got shape {tuple(logit_scale.shape)}")
-        if not _checks.validating():
-            return logit_scale
-        value = float(logit_scale.detach())
-        inverse = float((1 / logit_scale.detach()).float())
-    else:
-        if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)):
-            raise TypeError(
-                f"{name} must be a float or a scalar tensor, got {type(logit_scale).__name__}"
-            )
-        value = float(logit_scale)
-        inverse = 1.0 / value if value > 0 else math.inf
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-    if not math.isfinite(inverse):
-        raise ValueError(
-            f"{name}={value:g} is too small: the temperature 1 / {name} overflows "
-            f"{logit_scale.dtype if isinstance(logit_scale, Tensor) else 'float'}"
-        )
-    return logit_scale
-
-
-def _bias(name: str, logit_bias: Any) -> Tensor | float:
-    """A finite scalar bias (float or one-element tensor), named as the caller passed it."""
-    if isinstance(logit_bias, Tensor):
-        _checks.check_tensor(name, logit_bias)
-        if logit_bias.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got shape {tuple(logit_bias.shape)}")
-        _checks.check_values(name, logit_bias)
-        return logit_bias
-    if isinstance(logit_bias, bool) or not isinstance(logit_bias, (int, float)):
-        raise TypeError(
-            f"{name} must be a float or a scalar tensor, got {type(logit_bias).__name__}"
-        )
-    return _checks.check_real(name, logit_bias)
+#: ``(n,)`` integer labels that must be given, named as the caller passed them
+_labels = _checks.check_labels_of
 
 
 def _features(name: str, t: Any, min_n: int = 2) -> Tensor:
@@ -91,13 +49,6 @@ def _anchor_losses(s: SeparableScores, symmetric: bool = False) -> Tensor:
     return torch.where(st.npos > 0, torch.log(st.ncand).to(terms.dtype) - terms, 0.0)
 
 
-def _nce_loss(s: SeparableScores, symmetric: bool = False) -> Tensor | None:
-    """The InfoNCE family's mean loss of one process's scores, formed row by row (see
-    :meth:`~mibounds.reductions.SeparableBatch.nce_loss`); ``None`` for gathered scores."""
-    st = batch_statistics(s, s.gather)
-    return st.nce_loss(symmetric) if isinstance(st, SeparableBatch) else None
-
-
 def _reduce(losses: Tensor, reduction: str) -> Tensor:
     return losses.sum(-1) if reduction == "sum" else losses
 
@@ -127,14 +78,3 @@ def _global_rows(s: SeparableScores) -> Tensor:
     if s.gather:
         n = batch_layout(n, s.gather, s.x.device)[1]
     return torch.tensor(float(n), dtype=upcast(s.x).dtype, device=s.x.device)
-
-
-def _labels(name: str, labels: Any, n: int) -> Tensor:
-    """``(n,)`` integer labels, named as the caller passed them."""
-    if labels is None:
-        raise ValueError(f"{name} is required: pass ({n},) integer labels")
-    out = _check_labels(name, labels)
-    assert out is not None
-    if out.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},), got {tuple(labels.shape)}")
-    return out

@@ -10,17 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mibounds import _checks
+from mibounds import _checks, reductions
 from mibounds.bounds.lower import infonce
 from mibounds.contrastive._common import (
     _anchor_losses,
     _global_rows,
-    _nce_loss,
     _rank_rows,
     _reduce,
     _reduction,
 )
-from mibounds.distributed import GroupArg, all_gather, batch_layout
+from mibounds.distributed import GroupArg, all_gather
 from mibounds.scores import SeparableScores
 
 __all__ = ["NTXentLoss"]
@@ -128,18 +127,12 @@ class NTXentLoss(nn.Module):
         self.register_buffer("bank_ptr", torch.zeros((), dtype=torch.long), persistent=False)
 
     def _scores(self, out0: Any, out1: Any) -> SeparableScores:
-        a, b = _two_views(out0, out1, 1)  # 2N >= 2 embeddings from one pair
-        n = a.shape[0]
-        z = torch.cat([a, b], dim=0)
-        first = 0
-        gather = self.gather or self._across_ranks()
-        if gather:  # pair labels must be unique over the ranks
-            first = batch_layout(n, gather, a.device)[0]
-        labels = (torch.arange(n, device=a.device) + first).repeat(2)
-        _checks.check_temperature("temperature", self.temperature)
-        return SeparableScores._checked_by_caller(
-            z, z, "cosine", self.temperature, gather, labels=labels, exclude="self"
-        )
+        # 2N >= 2 embeddings from one pair; pair labels unique over the ranks when gathering
+        return SeparableScores._of_loss(
+            1, {"out0": out0, "out1": out1}, "cosine",
+            temperature=("temperature", self.temperature),
+            gather=self.gather or self._across_ranks(), views=True,
+        )  # fmt: skip
 
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
         """The loss (to minimise), in the features' dtype.
@@ -162,7 +155,7 @@ class NTXentLoss(nn.Module):
         s = self._rank_scores(out0, out1) if local else self._scores(out0, out1)
         if self.reduction != "mean":
             return _reduce(_anchor_losses(s), self.reduction).to(out0.dtype)
-        loss = _nce_loss(s)  # one process's scores: formed row by row
+        loss = reductions.nce_loss(s)  # one process's scores: formed row by row
         if loss is None:
             loss = torch.log(_global_rows(s) - 1) - infonce(s)
         return loss.to(out0.dtype)
@@ -217,7 +210,7 @@ class NTXentLoss(nn.Module):
         s = self._bank_scores(out0, out1, update=True)
         if self.reduction != "mean":
             return _reduce(_anchor_losses(s), self.reduction).to(out0.dtype)
-        loss = _nce_loss(s)
+        loss = reductions.nce_loss(s)
         assert loss is not None
         return loss.to(out0.dtype)
 

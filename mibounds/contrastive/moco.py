@@ -7,11 +7,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mibounds import _checks
+from mibounds import _checks, reductions
 from mibounds.bounds.lower import infonce
 from mibounds.contrastive._common import (
     _anchor_losses,
-    _nce_loss,
     _reduce,
     _reduction,
 )
@@ -82,7 +81,7 @@ class MoCoLoss(nn.Module):
         s = self._scores(query, key, queue)
         if self.reduction != "mean":
             return _reduce(_anchor_losses(s), self.reduction).to(query.dtype)
-        loss = _nce_loss(s)
+        loss = reductions.nce_loss(s)
         assert loss is not None
         return loss.to(query.dtype)
 

@@ -10,21 +10,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mibounds import _checks
+from mibounds import reductions
 from mibounds.bounds.lower import infonce, nwj
 from mibounds.contrastive._common import (
     _anchor_losses,
-    _bias,
     _global_rows,
     _local_scores,
     _min_rows,
-    _nce_loss,
     _reduce,
     _reduction,
-    _scale,
 )
 from mibounds.distributed import GroupArg
-from mibounds.reductions import batch_statistics, separable_rows
 from mibounds.scores import SeparableScores
 
 __all__ = ["CLIPLoss", "ClipLoss", "SigLIPLoss", "SigLipLoss"]
@@ -74,14 +70,11 @@ def _image_text(
 ) -> SeparableScores:
     """OpenCLIP's operands, checked once and named as its losses take them, as the scores
     ``t u.v + b`` (plus ``shift``, added to every logit)."""
-    u, v = _checks.check_embeddings(
-        _min_rows(gather), image_features=image_features, text_features=text_features
-    )
-    t = _scale("logit_scale", logit_scale)
-    b = None if logit_bias is None else _bias("logit_bias", logit_bias)
-    if shift != 0.0:
-        b = shift if b is None else b + shift
-    return SeparableScores._checked_by_caller(u, v, "dot", 1 / t, gather, b)
+    return SeparableScores._of_loss(
+        _min_rows(gather), {"image_features": image_features, "text_features": text_features},
+        "dot", logit_scale=("logit_scale", logit_scale), logit_bias=("logit_bias", logit_bias),
+        shift=shift, gather=gather,
+    )  # fmt: skip
 
 
 class CLIPLoss(nn.Module):
@@ -173,7 +166,7 @@ class CLIPLoss(nn.Module):
         if self.local:
             loss = self._local_loss(s)
         elif self.reduction == "mean":
-            nce = _nce_loss(s, symmetric=True)  # one process: formed row by row
+            nce = reductions.nce_loss(s, symmetric=True)  # one process: formed row by row
             loss = torch.log(_global_rows(s)) - infonce(s, symmetric=True) if nce is None else nce
         else:
             loss = _reduce(_anchor_losses(s, symmetric=True), self.reduction)
@@ -296,15 +289,12 @@ class SigLIPLoss(nn.Module):
         if self.local:  # this rank's images against every rank's texts
             s, n_columns = _local_scores(s.x, s.y, s.temperature, s.bias, self.gather)
         if self.reduction != "mean":
-            rows = separable_rows(s)
+            rows = reductions.separable_rows(s)
             assert rows is not None
             losses = rows.row_terms("pos", "softplus-neg") + rows.row_terms("neg", "softplus")
             loss = _reduce(losses, self.reduction)
             return _output(loss.to(image_features.dtype), output_dict)
-        st = batch_statistics(s, s.gather)
-        assert st is not None
-        _, negatives = st.offdiag_means("softplus")
-        loss = st.joint("softplus-neg") + ((n_columns or st.n) - 1) * negatives
+        loss = reductions.sigmoid_loss(s, n_columns)
         return _output(loss.to(image_features.dtype), output_dict)
 
     def mi(

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mibounds import _checks
+from mibounds import reductions
 from mibounds.bounds.lower import infonce
 from mibounds.contrastive._common import (
     _anchor_losses,
@@ -21,7 +21,6 @@ from mibounds.contrastive._common import (
     _global_rows,
     _labels,
     _min_rows,
-    _nce_loss,
     _reduce,
 )
 from mibounds.contrastive._pml_args import (
@@ -134,14 +133,13 @@ class SupConLoss(nn.Module):
                 f"(shape ({b * v}, {d})) and labels.repeat({v}) (shape ({b * v},))"
             )
         if ref_emb is None:
-            z = _features("embeddings", embeddings, _min_rows(self.gather))
-            labels = _labels("labels", labels, z.shape[0])
             if ref_labels is not None:
                 raise ValueError("ref_labels was given without ref_emb: pass both, or neither")
-            _checks.check_temperature("temperature", self.temperature)
-            return SeparableScores._checked_by_caller(
-                z, z, "cosine", self.temperature, self.gather, labels=labels, exclude="self"
-            )
+            return SeparableScores._of_loss(
+                _min_rows(self.gather), {"embeddings": embeddings}, "cosine",
+                temperature=("temperature", self.temperature), gather=self.gather,
+                labels=("labels", labels),
+            )  # fmt: skip
         z, labels, r, ref_labels = _pml_reference(embeddings, labels, ref_emb, ref_labels)
         if self.gather:
             raise ValueError("SupConLoss: ref_emb with gather is not supported")
@@ -202,7 +200,7 @@ class SupConLoss(nn.Module):
             losses = _anchor_losses(s)
             losses = torch.where(torch.as_tensor(has_negative), losses, 0.0)
             return _reduce(losses, self.reduction).to(embeddings.dtype)
-        nce = _nce_loss(s)  # one process: formed row by row
+        nce = reductions.nce_loss(s)  # one process: formed row by row
         if nce is not None:
             nce = torch.where(torch.as_tensor(has_negative), nce, 0.0)
             return nce.to(embeddings.dtype)

@@ -19,6 +19,7 @@ the features are multiplied in the autocast dtype, as ``torch.matmul`` would.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -417,20 +418,17 @@ del _op, _device
 # --- public entry points (flatten leading dims, choose panels, decide need_grad) -------------
 
 
-def _autocast_features(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """Under CUDA autocast, float32 features cast to the autocast dtype (differentiably), as
-    ``torch.matmul`` would multiply them; otherwise unchanged."""
+def _entry(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, torch.Size, Any]:
+    """The features of an op call, flattened to ``(B, N, d)`` and ``(B, M, d)``, with their
+    leading shape, and the context to call the op in. Under CUDA autocast (decided here once
+    per call) float32 features are cast to the autocast dtype (differentiably), as
+    ``torch.matmul`` would multiply them, and autocast is off around the op (its features are
+    cast already); elsewhere the features are unchanged and the context does nothing."""
     dt = cuda_autocast_dtype(x.device)
     if dt is None:
-        return x, y
-    return tuple(t.to(dt) if t.dtype == torch.float32 else t for t in (x, y))  # type: ignore[return-value]
-
-
-def _autocast_off(x: Tensor):
-    """CUDA autocast off around an op call (its features are cast already); a no-op elsewhere."""
-    if cuda_autocast_dtype(x.device) is not None:
-        return torch.autocast("cuda", enabled=False)
-    return contextlib.nullcontext()
+        return (*_flatten(x, y), contextlib.nullcontext())
+    x, y = (t.to(dt) if t.dtype == torch.float32 else t for t in (x, y))
+    return (*_flatten(x, y), torch.autocast("cuda", enabled=False))
 
 
 def _flatten(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
@@ -487,9 +485,9 @@ def row_logsumexp_mean(
         >>> torch.allclose(row_logsumexp_mean(x, y, 0.5, "dot"), dense)
         True
     """
-    xf, yf, lead = _flatten(*_autocast_features(x, y))
+    xf, yf, lead, autocast_off = _entry(x, y)
     t, b = _tau(tau, x), _bias(bias)
-    with _autocast_off(x):
+    with autocast_off:
         value, *_ = _ROW_LSE_CALL(
             xf, yf, t, b, _SIMS[sim], *_pair_args(layout, x), weight, bool(minus_positives),
             _need_grad(x, y, t, b),
@@ -522,10 +520,10 @@ def symmetric_logsumexp_mean(
         >>> torch.allclose(symmetric_logsumexp_mean(x, y, 1.0, "dot"), dense)
         True
     """
-    xf, yf, lead = _flatten(*_autocast_features(x, y))
+    xf, yf, lead, autocast_off = _entry(x, y)
     t, b = _tau(tau, x), _bias(bias)
     args = _pair_args(layout, x)
-    with _autocast_off(x):
+    with autocast_off:
         value, *_ = _SYM_LSE_CALL(
             xf, yf, t, b, _SIMS[sim], *args, row_weight, col_weight, bool(minus_positives),
             _need_grad(x, y, t, b),
@@ -559,10 +557,10 @@ def offdiag_logmeanexp(
         >>> torch.allclose(offdiag_logmeanexp(x, y, 1.0, "dot"), dense)
         True
     """
-    xf, yf, lead = _flatten(*_autocast_features(x, y))
+    xf, yf, lead, autocast_off = _entry(x, y)
     t, b = _tau(tau, x), _bias(bias)
     args = _pair_args(layout, x, offset)
-    with _autocast_off(x):
+    with autocast_off:
         value, *_ = _NEG_LME_CALL(
             xf, yf, t, b, _SIMS[sim], *args, log_weight, _need_grad(x, y, t, b)
         )
@@ -600,10 +598,10 @@ def offdiag_means(
         >>> torch.allclose(mean_exp, off.exp().mean())
         True
     """
-    xf, yf, lead = _flatten(*_autocast_features(x, y))
+    xf, yf, lead, autocast_off = _entry(x, y)
     t, b = _tau(tau, x), _bias(bias)
     vid = -1 if value_fn is None else ELEMENTWISE[value_fn]
-    with _autocast_off(x):
+    with autocast_off:
         vmean, gmean, *_ = _MEANS_CALL(
             xf,
             yf,

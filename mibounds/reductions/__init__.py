@@ -58,6 +58,7 @@ __all__ = [
     "col_logsumexp",
     "diagonal",
     "log_count",
+    "nce_loss",
     "offdiag_logmeanexp",
     "offdiag_mean",
     "offdiag_row_mean",
@@ -67,6 +68,7 @@ __all__ = [
     "reduce_terms",
     "sep_diagonal",
     "separable_rows",
+    "sigmoid_loss",
     "row_logsumexp",
 ]
 
@@ -89,8 +91,9 @@ def batch_statistics(
             with scores that are not plain square scores.
     """
     if isinstance(scores, SeparableScores) and not gather:
-        gather = scores.gather
-    group = distributed.resolve_group(gather)
+        group = scores._group  # resolved when the scores were built
+    else:
+        group = distributed.resolve_group(gather)
     if group is not None:
         if reduction == "none":
             raise ValueError(
@@ -107,6 +110,23 @@ def batch_statistics(
     ):
         return DenseBatch(scores)
     return None
+
+
+def nce_loss(scores: SeparableScores, symmetric: bool = False) -> Tensor | None:
+    """The InfoNCE family's cross-entropy of one process's separable scores, formed row by
+    row (:meth:`SeparableBatch.nce_loss`); ``None`` for gathered scores (the losses take
+    the bound's value over the global batch then)."""
+    if scores._group is not None:
+        return None
+    return SeparableBatch(scores).nce_loss(symmetric)
+
+
+def sigmoid_loss(scores: SeparableScores, n_columns: int | None = None) -> Tensor:
+    """SigLIP's loss of separable scores, over the global batch when they gather (see
+    :meth:`SeparableBatch.sigmoid_loss`)."""
+    group = scores._group
+    batch = SeparableBatch(scores) if group is None else GlobalBatch(scores, group)
+    return batch.sigmoid_loss(n_columns)
 
 
 def separable_rows(

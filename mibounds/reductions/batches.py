@@ -10,22 +10,16 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mibounds import _checks
-from mibounds._dtypes import (
-    dense_scores,
-    upcast,
-)
+from mibounds._dtypes import upcast
 from mibounds.kernels import streaming
+from mibounds.kernels.operands import operands
 from mibounds.kernels.rows import row_terms
 from mibounds.pairing import Pairing, PairLayout
-from mibounds.reductions.dense import all_pairs_from_means
-from mibounds.reductions.ranges import (
-    sep_diagonal,
-    streaming_operands,
-    unit_temperature,
-)
+from mibounds.reductions.dense import all_pairs_from_means, dense_scores, finite_grad
 from mibounds.scores import DenseScores, SeparableScores
 
 
@@ -60,6 +54,8 @@ class _PairedBatch(abc.ABC):
     layout: PairLayout
     plain: bool
     _acc: Tensor  # a tensor in the accumulation dtype and device
+    _counts: tuple[Tensor, Tensor] | None = None  # the layout's counts, where known already
+    _validated: bool = True  # whether values are validated on this call
 
     def _setup(self, total: Callable[[Tensor], Tensor] | None = None) -> None:
         """Per-row weights from the counts; ``total`` sums a count over every rank (the rows of
@@ -74,7 +70,9 @@ class _PairedBatch(abc.ABC):
     def _weights(self) -> _Weights:
         if self._w is not None:
             return self._w
-        npos, ncand = self.layout.counts(self.n, self.m, self._acc.device)
+        if self._counts is None:
+            self._counts = self.layout.counts(self.n, self.m, self._acc.device)
+        npos, ncand = self._counts
         dt = self._acc.dtype
         nneg = (ncand - npos).to(dt)
         joint_rows = (npos > 0).to(dt)
@@ -179,6 +177,16 @@ class _PairedBatch(abc.ABC):
             joint = 0.5 * (joint + self.joint_columns())
         return self._lse_minus_positives(symmetric) - (joint - joint.detach())
 
+    def sigmoid_loss(self, n_columns: int | None = None) -> Tensor:
+        r"""SigLIP's loss: the mean over the rows with a positive of
+        :math:`\mathrm{softplus}(-S)` over their positives, plus ``n_columns - 1`` (default
+        ``N - 1``) times the mean of :math:`\mathrm{softplus}(S)` over the negatives."""
+        _, negatives = self.offdiag_means("softplus")
+        return self._positive_softplus() + ((n_columns or self.n) - 1) * negatives
+
+    def _positive_softplus(self) -> Tensor:
+        return self.joint("softplus-neg")
+
     def nce_log_count(self, symmetric: bool = False) -> Tensor:
         """The mean over the rows with a positive of the log of their candidate counts
         (averaged with the columns' if ``symmetric``): the most an InfoNCE estimate reaches."""
@@ -248,7 +256,7 @@ class _PairedBatch(abc.ABC):
         """Raise if the pairing leaves no negative pair at all: a bound with a term over the
         negatives (NWJ, TUBA, DV, MINE, JS, SMILE, f-MI, SigLIP) is not defined then. Checked
         while values are validated (it reads the counts)."""
-        if self.plain or not _checks.validating():
+        if self.plain or not self._validated:
             return
         if bool(self.marginal_rows == 0):
             raise ValueError(
@@ -328,6 +336,20 @@ class _PairedBatch(abc.ABC):
         """Log of the weighted sum of ``exp`` over the negatives."""
 
 
+def own_pair_scores(
+    x: Tensor, y: Tensor, tau: float | Tensor, sim: str, bias: Tensor | None, acc: torch.dtype
+) -> Tensor:
+    """The scores of the own pairs ``S[..., i, i]`` from the kernels' operands (see
+    :func:`mibounds.kernels.operands.operands`), in O(N d), in the accumulation dtype ``acc``,
+    with the overflow rule on their gradient (as for dense scores)."""
+    y = y[..., : x.shape[-2], :]
+    d = -((x - y) ** 2).sum(-1) if sim == "gaussian" else (x * y).sum(-1)
+    d = d / tau
+    if bias is not None:
+        d = d + bias
+    return finite_grad(d.to(acc))
+
+
 class SeparableBatch(_PairedBatch):
     """The mean-reduced statistics of one process's :class:`SeparableScores`, streamed."""
 
@@ -338,26 +360,36 @@ class SeparableBatch(_PairedBatch):
         n_paired: int | None = None,
         total: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
-        self.dtype = scores.dtype
-        scores = unit_temperature(scores)
-        self.scores = scores
-        self.x, self.y, self.tau, self.sim = streaming_operands(scores)
+        ops = operands(scores.x, scores.y, scores.similarity, scores.temperature)
+        self.x, self.y, self.tau, self.sim = ops.x, ops.y, ops.tau, ops.sim
+        self.dtype, self._validated = ops.dtype, ops.validated
         self.n, self.m = scores.x.shape[-2], scores.y.shape[-2]
         bias = scores.bias
         self.bias = None if bias is None else torch.as_tensor(bias, device=self.x.device)
-        self._acc = upcast(self.x.new_zeros(()))
-        layout = scores.pairing.layout(self.n, self.m, offset, n_paired)
-        self.layout = layout.to(self.x.device)
-        self.plain = self.layout.plain and self.m == self.n and self.bias is None and not offset
+        self._acc = self.x.new_zeros((), dtype=ops.acc)
+        if offset or n_paired is not None:  # one rank's rows within the global batch
+            self.layout = scores.pairing.layout(self.n, self.m, offset, n_paired).to(self.x.device)
+        else:  # laid out when the scores were built
+            self.layout, self._counts = scores._layout, scores._counts
+        own_pairs = self.layout.row_labels is None and self.layout.exclude == 0
+        self.plain = own_pairs and self.m == self.n and self.bias is None and not offset
         self._setup(total)
 
     def positives(self) -> Tensor:
-        return sep_diagonal(self.scores)
+        return own_pair_scores(self.x, self.y, self.tau, self.sim, self.bias, self._acc.dtype)
+
+    def _positive_softplus(self) -> Tensor:
+        """:meth:`joint` of ``"softplus-neg"`` (SigLIP's positive term); where the positives
+        are the own pairs, formed from them directly."""
+        if self.layout.row_labels is not None:
+            return self.joint("softplus-neg")
+        terms = F.softplus(-self.positives())
+        return terms.mean(-1) if self.plain else (terms * self.w_pos).sum(-1)
 
     def positive_sums(self, columns: bool = False) -> Tensor:
         r""":math:`\sum_{j \in P_i} S_{ij}` per row (or per column), in O((N + M) d) from
         per-label sums of the features, with gradient."""
-        x, y = upcast(self.x), upcast(self.y)
+        x, y = self.x.to(self._acc.dtype), self.y.to(self._acc.dtype)
         rl, cl = self.layout.row_labels, self.layout.col_labels
         offset = self.layout.offset
         if columns:
@@ -365,10 +397,10 @@ class SeparableBatch(_PairedBatch):
         if rl is None:
             # no labels: the own pair, unless it is excluded
             if self.layout.exclude == 1:
-                return upcast(self.x.new_zeros(x.shape[:-1]))
+                return x.new_zeros(x.shape[:-1])
             if self.layout.offset:
                 raise ValueError("the own pairs of a gathered batch need labels")
-            diag = sep_diagonal(self.scores)
+            diag = self.positives()
             if columns:
                 return torch.nn.functional.pad(diag, (0, self.m - self.n))
             return diag
@@ -496,6 +528,7 @@ class DenseBatch(_PairedBatch):
         else:
             s, pairing = _checks.check_scores("scores", scores, rectangular=True), Pairing()
         _checks.check_values("scores", s)
+        self._validated = _checks.validating()
         self.dtype = s.dtype
         self.s = dense_scores(s)
         self.n, self.m = s.shape[-2], s.shape[-1]

@@ -5,9 +5,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from mibounds._dtypes import upcast
+
+
+class _FiniteGrad(torch.autograd.Function):
+    """Identity whose backward replaces every derivative that is not finite by 0 (the overflow
+    rule of :func:`mibounds._dtypes.finite_derivatives_`)."""
+
+    @staticmethod
+    def forward(ctx: Any, s: Tensor) -> Tensor:
+        return s.view_as(s)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def finite_grad(t: Tensor) -> Tensor:
+    """``t`` with the overflow rule on its gradient (a no-op where no gradient is needed)."""
+    return _FiniteGrad.apply(t) if t.requires_grad else t
+
+
+def dense_scores(t: Tensor) -> Tensor:
+    """Dense scores as the bounds reduce them: in the accumulation dtype, with the
+    overflow rule on their gradient (a no-op where no gradient is needed)."""
+    return finite_grad(upcast(t))
 
 
 def log_count(n: int, like: Tensor) -> Tensor:

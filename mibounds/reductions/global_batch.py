@@ -10,18 +10,16 @@ import torch
 from torch import Tensor
 
 from mibounds import _checks, distributed
-from mibounds._dtypes import (
-    dense_scores,
-    upcast,
-)
+from mibounds._dtypes import upcast
 from mibounds.kernels import streaming
-from mibounds.reductions.batches import SeparableBatch
+from mibounds.kernels.operands import operands
+from mibounds.reductions.batches import SeparableBatch, _PairedBatch, own_pair_scores
 from mibounds.reductions.dense import (
     all_pairs_from_means,
+    dense_scores,
     offdiag_row_sum,
     positive_mask,
 )
-from mibounds.reductions.ranges import sep_diagonal, streaming_operands, unit_temperature
 from mibounds.scores import SeparableScores
 
 
@@ -48,10 +46,9 @@ class GlobalBatch:
             )
         self.separable = isinstance(scores, SeparableScores)
         if isinstance(scores, SeparableScores):
-            self.dtype = scores.dtype
-            scores = unit_temperature(scores)
-            self.scores = scores
-            self.x, self.y, self.tau, self.sim = streaming_operands(scores)
+            ops = operands(scores.x, scores.y, scores.similarity, scores.temperature)
+            self.scores, self.dtype, self._acc = scores, ops.dtype, ops.acc
+            self.x, self.y, self.tau, self.sim = ops.x, ops.y, ops.tau, ops.sim
             sizes = distributed._sizes_along("scores (gathered x and y)", self.x, -2, group)
             # gathered features, cached per grad mode (a copy gathered under no_grad has no
             # gradient to give back)
@@ -84,10 +81,11 @@ class GlobalBatch:
         columns, which every rank should hold alike, e.g. a shared queue), with the pairing
         expressed by global labels and the rows weighted within the global batch."""
         n_loc = self.n_local
-        y_paired, y_extra = scores.y[..., :n_loc, :], scores.y[..., n_loc:, :]
+        # the operands (temperature folded in), so the local batch folds nothing again
+        y_paired, y_extra = self.y[..., :n_loc, :], self.y[..., n_loc:, :]
         cols = torch.cat([self._gather_rows(y_paired), y_extra], dim=-2)
         k = y_extra.shape[-2]
-        device = scores.x.device
+        device = self.x.device
         if scores.labels is None:
             # every pair is its own class; the extra columns get labels no row has
             rl = torch.arange(n_loc, device=device) + self.offset
@@ -100,8 +98,8 @@ class GlobalBatch:
             gathered = distributed._AllGather.apply(local_cl[:n_loc], self.sizes, self.group)
             cl = torch.cat([gathered, local_cl[n_loc:]])
         local = SeparableScores(
-            scores.x, cols, scores.similarity, scores.temperature, bias=scores.bias,
-            labels=rl, y_labels=cl, exclude=scores.exclude,
+            self.x, cols, self.sim, self.tau, bias=scores.bias, labels=rl, y_labels=cl,
+            exclude=scores.exclude,
         )  # fmt: skip
 
         def total(t: Tensor) -> Tensor:
@@ -147,12 +145,21 @@ class GlobalBatch:
     def positives(self) -> Tensor:
         """This rank's positive scores, ``(..., n_local)``."""
         if self.separable:
-            return sep_diagonal(self.scores)
+            bias = self.scores.bias  # a tensor, once checked
+            assert bias is None or isinstance(bias, Tensor)
+            return own_pair_scores(self.x, self.y, self.tau, self.sim, bias, self._acc)
         return torch.diagonal(self.s, offset=self.offset, dim1=-2, dim2=-1)
 
     def n_terms(self) -> Tensor | int:
         """The global number of rows that count."""
         return self.n if self.plain else self.local.rows
+
+    def sigmoid_loss(self, n_columns: int | None = None) -> Tensor:
+        """SigLIP's loss over the global batch (see :meth:`SeparableBatch.sigmoid_loss`)."""
+        return _PairedBatch.sigmoid_loss(self, n_columns)  # type: ignore[arg-type]
+
+    def _positive_softplus(self) -> Tensor:
+        return self.joint("softplus-neg")
 
     def joint(self, fn: str = "identity") -> Tensor:
         """Global mean of ``fn`` of the positive scores."""
