@@ -9,7 +9,10 @@ a path); from N of a few thousand on it is the products and the exponentials. Ea
 the same normalised float32 features, d = 128 by default, on the CPU unless ``--device`` says
 otherwise (on a GPU each call is synchronised before its time is read). The two losses
 alternate call by call (the machine is noisy), and the table gives the median time of each and
-their ratio, ours / OpenCLIP's. Without ``open_clip`` installed, the peer is the same loss
+their ratio, ours / OpenCLIP's. Beside them, "kernel" times the streamed kernel call our loss
+makes, alone, on the operands its batch forms (forward and backward, the backward ending at
+those operands): the rest of our time is the checks, the scores, the batch and the autograd
+steps around the kernel. Without ``open_clip`` installed, the peer is the same loss
 written plainly on the dense logits (``cross_entropy`` / ``logsigmoid``), as OpenCLIP writes it.
 """
 
@@ -29,6 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from mibounds import contrastive
+from mibounds.kernels import streaming
+from mibounds.reductions import SeparableBatch
+from mibounds.scores import SeparableScores
 
 HERE = Path(__file__).resolve().parent
 SCALE, BIAS = 10.0, -10.0
@@ -82,6 +88,22 @@ def pairs() -> tuple[str, dict[str, tuple[Callable[..., Any], Callable[..., Any]
     }
 
 
+def kernel_call(name: str, u: torch.Tensor, v: torch.Tensor):
+    """The streamed kernel call of our loss ``name`` alone, and its arguments: the operands the
+    loss's batch forms, as leaves (the backward pass ends there)."""
+    bias = BIAS if name == "siglip" else None
+    st = SeparableBatch(SeparableScores(u.detach(), v.detach(), "dot", 1 / SCALE, bias=bias))
+    x, y = st.x.detach().requires_grad_(), st.y.detach().requires_grad_()
+    if name == "clip":
+        return lambda x, y: streaming.symmetric_logsumexp_mean(
+            x, y, st.tau, st.sim, minus_positives=True
+        ), (x, y)
+    w = st.w_neg
+    return lambda x, y: streaming.offdiag_means(
+        x, y, st.tau, st.sim, "softplus", layout=st.layout, weight=w, bias=st.bias
+    )[1], (x, y)
+
+
 def _step(loss: Callable[..., Any], args: tuple[torch.Tensor, ...]) -> float:
     for t in args:
         t.grad = None
@@ -109,15 +131,18 @@ def measure(
             torch.tensor(SCALE, device=device, requires_grad=True),
             torch.tensor(BIAS, device=device, requires_grad=True),
         )
+        kernel, kernel_args = kernel_call(name, u0, v0)
         for _ in range(3):  # warm-up: first calls import, cache and allocate
-            _step(ours, args), _step(peer, args)
-        mine, theirs = [], []
+            _step(ours, args), _step(peer, args), _step(kernel, kernel_args)
+        mine, theirs, kernels = [], [], []
         for _ in range(calls):
             mine.append(_step(ours, args))
             theirs.append(_step(peer, args))
+            kernels.append(_step(kernel, kernel_args))
         t_ours, t_peer = statistics.median(mine), statistics.median(theirs)
         rows.append({"loss": name, "n": n, "d": d, "device": device, "ours_ms": 1e3 * t_ours,
-                     "peer_ms": 1e3 * t_peer, "ratio": t_ours / t_peer})  # fmt: skip
+                     "peer_ms": 1e3 * t_peer, "ratio": t_ours / t_peer,
+                     "kernel_ms": 1e3 * statistics.median(kernels)})  # fmt: skip
     return rows
 
 
@@ -136,11 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         rows += measure(n, args.dim, calls, losses, args.device)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"peer: {peer}; torch {torch.__version__} on {where}, {torch.get_num_threads()} threads")
-    print("| loss | N | d | ours (ms) | peer (ms) | ours / peer |")
-    print("|---|---|---|---|---|---|")
+    print("| loss | N | d | ours (ms) | peer (ms) | ours / peer | kernel (ms) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['loss']} | {r['n']} | {r['d']} | {r['ours_ms']:.3f} | {r['peer_ms']:.3f} "
-              f"| {r['ratio']:.2f} |")  # fmt: skip
+              f"| {r['ratio']:.2f} | {r['kernel_ms']:.3f} |")  # fmt: skip
     if args.json:
         meta = {"peer": peer, "torch": torch.__version__, "device": where,
                 "threads": torch.get_num_threads()}  # fmt: skip

@@ -100,7 +100,24 @@ def test_the_overhead_benchmark_times_ours_against_the_peer():
     _, losses = overhead.pairs()
     rows = overhead.measure(8, 4, 1, losses)
     assert [r["loss"] for r in rows] == ["clip", "siglip"]
-    assert all(r["ours_ms"] > 0 and r["peer_ms"] > 0 for r in rows)
+    assert all(r["ours_ms"] > 0 and r["peer_ms"] > 0 and r["kernel_ms"] > 0 for r in rows)
+
+
+def test_the_overhead_benchmark_times_the_kernel_call_the_loss_makes():
+    from mibounds import contrastive
+
+    overhead = _benchmark("overhead")
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.nn.functional.normalize(torch.randn(2, 6, 3, generator=g), dim=-1)
+    scale, bias = overhead.SCALE, overhead.BIAS
+    # CLIP's loss is the kernel's value: each direction's log-sum-exp less its positive
+    kernel, (x, y) = overhead.kernel_call("clip", u, v)
+    assert torch.allclose(kernel(x, y), contrastive.CLIPLoss()(u, v, scale), atol=1e-5)
+    # SigLIP's loss is the positives' term plus (N - 1) times the kernel's mean over negatives
+    kernel, (x, y) = overhead.kernel_call("siglip", u, v)
+    positives = torch.nn.functional.softplus(-((u * v).sum(-1) * scale + bias)).mean()
+    whole = contrastive.SigLIPLoss()(u, v, scale, bias)
+    assert torch.allclose(positives + 5 * kernel(x, y), whole, atol=1e-5)
 
 
 def test_plain_dense_peers_of_the_overhead_benchmark_are_the_losses():
