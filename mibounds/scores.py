@@ -98,20 +98,7 @@ def _similarity(x: Tensor, y: Tensor, sim: str, temperature: float | Tensor) -> 
 
 
 def _check_bias(bias: Any) -> Tensor | None:
-    if bias is None:
-        return None
-    if isinstance(bias, bool) or not isinstance(bias, (int, float, Tensor)):
-        raise TypeError(f"bias must be a float or a 0-d tensor, got {type(bias).__name__}")
-    if isinstance(bias, Tensor):
-        _checks.check_tensor("bias", bias)
-        if bias.numel() != 1:
-            raise ValueError(
-                f"bias must be a scalar (one additive offset), got shape {tuple(bias.shape)}"
-            )
-        _checks.check_values("bias", bias)
-    else:
-        _checks.check_real("bias", bias)
-    return _bias_tensor(bias)
+    return None if bias is None else _bias_tensor(_checks.check_scalar("bias", bias))
 
 
 def _bias_tensor(bias: float | Tensor | None) -> Tensor | None:
