@@ -133,13 +133,14 @@ class SupConLoss(nn.Module):
                 f"(shape ({b * v}, {d})) and labels.repeat({v}) (shape ({b * v},))"
             )
         if ref_emb is None:
-            if ref_labels is not None:
-                raise ValueError("ref_labels was given without ref_emb: pass both, or neither")
-            return SeparableScores._of_loss(
+            s = SeparableScores._of_loss(
                 _min_rows(self.gather), {"embeddings": embeddings}, "cosine",
                 temperature=("temperature", self.temperature), gather=self.gather,
                 labels=("labels", labels),
             )  # fmt: skip
+            if ref_labels is not None:
+                raise ValueError("ref_labels was given without ref_emb: pass both, or neither")
+            return s
         z, labels, r, ref_labels = _pml_reference(embeddings, labels, ref_emb, ref_labels)
         if self.gather:
             raise ValueError("SupConLoss: ref_emb with gather is not supported")
