@@ -69,9 +69,11 @@ def validating() -> bool:
 
 def check_values(name: str, tensor: torch.Tensor) -> None:
     """Raise if ``tensor`` holds NaN or Inf while value validation is on (eager only)."""
-    if not _VALIDATE_ARGS or _compiling():
+    if not _VALIDATE_ARGS or _compiling() or tensor.numel() == 0:
         return
-    if not bool(torch.isfinite(tensor.detach()).all()):
+    # one reduction pass and no boolean copy: a NaN anywhere makes both extremes NaN (see
+    # torch.aminmax), an infinity makes one of them infinite
+    if not bool(torch.isfinite(torch.stack(torch.aminmax(tensor.detach()))).all()):
         n_nan = int(torch.isnan(tensor.detach()).sum())
         n_inf = int(torch.isinf(tensor.detach()).sum())
         raise ValueError(
