@@ -122,11 +122,14 @@ def nce_loss(scores: SeparableScores, symmetric: bool = False) -> Tensor | None:
 
 
 def sigmoid_loss(scores: SeparableScores, n_columns: int | None = None) -> Tensor:
-    """SigLIP's loss of separable scores, over the global batch when they gather (see
-    :meth:`SeparableBatch.sigmoid_loss`)."""
+    r"""SigLIP's loss of separable scores (over the global batch when they gather): the mean
+    over the rows with a positive of :math:`\mathrm{softplus}(-S)` over their positives, plus
+    ``n_columns - 1`` (default ``N - 1``) times the mean of :math:`\mathrm{softplus}(S)` over
+    the negatives."""
     group = scores._group
     batch = SeparableBatch(scores) if group is None else GlobalBatch(scores, group)
-    return batch.sigmoid_loss(n_columns)
+    _, negatives = batch.offdiag_means("softplus")
+    return batch.positive_softplus() + ((n_columns or batch.n) - 1) * negatives
 
 
 def separable_rows(

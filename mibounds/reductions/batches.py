@@ -177,14 +177,8 @@ class _PairedBatch(abc.ABC):
             joint = 0.5 * (joint + self.joint_columns())
         return self._lse_minus_positives(symmetric) - (joint - joint.detach())
 
-    def sigmoid_loss(self, n_columns: int | None = None) -> Tensor:
-        r"""SigLIP's loss: the mean over the rows with a positive of
-        :math:`\mathrm{softplus}(-S)` over their positives, plus ``n_columns - 1`` (default
-        ``N - 1``) times the mean of :math:`\mathrm{softplus}(S)` over the negatives."""
-        _, negatives = self.offdiag_means("softplus")
-        return self._positive_softplus() + ((n_columns or self.n) - 1) * negatives
-
-    def _positive_softplus(self) -> Tensor:
+    def positive_softplus(self) -> Tensor:
+        """:meth:`joint` of ``"softplus-neg"``: SigLIP's term of the positives."""
         return self.joint("softplus-neg")
 
     def nce_log_count(self, symmetric: bool = False) -> Tensor:
@@ -378,9 +372,9 @@ class SeparableBatch(_PairedBatch):
     def positives(self) -> Tensor:
         return own_pair_scores(self.x, self.y, self.tau, self.sim, self.bias, self._acc.dtype)
 
-    def _positive_softplus(self) -> Tensor:
-        """:meth:`joint` of ``"softplus-neg"`` (SigLIP's positive term); where the positives
-        are the own pairs, formed from them directly."""
+    def positive_softplus(self) -> Tensor:
+        """:meth:`joint` of ``"softplus-neg"`` (SigLIP's term of the positives); where the
+        positives are the own pairs, formed from them directly."""
         if self.layout.row_labels is not None:
             return self.joint("softplus-neg")
         terms = F.softplus(-self.positives())

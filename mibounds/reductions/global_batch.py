@@ -13,7 +13,7 @@ from mibounds import _checks, distributed
 from mibounds._dtypes import upcast
 from mibounds.kernels import streaming
 from mibounds.kernels.operands import operands
-from mibounds.reductions.batches import SeparableBatch, _PairedBatch, own_pair_scores
+from mibounds.reductions.batches import SeparableBatch, own_pair_scores
 from mibounds.reductions.dense import (
     all_pairs_from_means,
     dense_scores,
@@ -154,11 +154,8 @@ class GlobalBatch:
         """The global number of rows that count."""
         return self.n if self.plain else self.local.rows
 
-    def sigmoid_loss(self, n_columns: int | None = None) -> Tensor:
-        """SigLIP's loss over the global batch (see :meth:`SeparableBatch.sigmoid_loss`)."""
-        return _PairedBatch.sigmoid_loss(self, n_columns)  # type: ignore[arg-type]
-
-    def _positive_softplus(self) -> Tensor:
+    def positive_softplus(self) -> Tensor:
+        """:meth:`joint` of ``"softplus-neg"``: SigLIP's term of the positives."""
         return self.joint("softplus-neg")
 
     def joint(self, fn: str = "identity") -> Tensor:
