@@ -336,14 +336,17 @@ class DenseScores:
     labels: Tensor | None = None
     y_labels: Tensor | None = None
     exclude: str = "none"
+    _layout: PairLayout = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _checks.check_scores("scores", self.scores, rectangular=True)
         pairing = Pairing(self.labels, self.y_labels, self.exclude)
-        pairing.layout(self.scores.shape[-2], self.scores.shape[-1])
+        layout = pairing.layout(self.scores.shape[-2], self.scores.shape[-1])
         object.__setattr__(self, "labels", pairing.labels)
         object.__setattr__(self, "y_labels", pairing.y_labels)
         object.__setattr__(self, "exclude", pairing.exclude)
+        # laid out once, for the batch that reduces them (labels on the scores' device)
+        object.__setattr__(self, "_layout", layout.to(self.scores.device))
 
     @property
     def pairing(self) -> Pairing:

@@ -518,16 +518,17 @@ class DenseBatch(_PairedBatch):
 
     def __init__(self, scores: Tensor | DenseScores) -> None:
         if isinstance(scores, DenseScores):
-            s, pairing = scores.scores, scores.pairing
+            s, layout = scores.scores, scores._layout
         else:
-            s, pairing = _checks.check_scores("scores", scores, rectangular=True), Pairing()
+            s = _checks.check_scores("scores", scores, rectangular=True)
+            layout = Pairing().layout(s.shape[-2], s.shape[-1])
         _checks.check_values("scores", s)
         self._validated = _checks.validating()
         self.dtype = s.dtype
         self.s = dense_scores(s)
         self.n, self.m = s.shape[-2], s.shape[-1]
         self._acc = self.s.new_zeros(())
-        self.layout = pairing.layout(self.n, self.m).to(s.device)
+        self.layout = layout
         self.plain = False  # weighted formulas throughout (this is the reference)
         self._setup()
 
