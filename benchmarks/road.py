@@ -1,7 +1,7 @@
 """The road from a drop-in loss to its kernel: which modules its forward call passes through,
 in order.
 
-    python benchmarks/road.py            # CLIP, SigLIP, NT-Xent and SupCon
+    python benchmarks/road.py            # CLIP, SigLIP, NT-Xent, SupCon and MoCo
     python benchmarks/road.py --verbose  # and every stop
 
 Each loss is called on small float32 inputs on the CPU (once to warm up, then once under a
@@ -82,13 +82,16 @@ def losses() -> dict[str, Callable[[], Any]]:
     u = torch.randn(16, 8, generator=g, requires_grad=True)
     v = torch.randn(16, 8, generator=g, requires_grad=True)
     labels = torch.arange(16) % 4
+    queue = torch.randn(32, 8, generator=g)
     clip, siglip = contrastive.CLIPLoss(), contrastive.SigLIPLoss()
     ntxent, supcon = contrastive.NTXentLoss(0.1), contrastive.SupConLoss(0.1)
+    moco = contrastive.MoCoLoss(0.1)
     return {
         "CLIPLoss": lambda: clip(u, v, 10.0),
         "SigLIPLoss": lambda: siglip(u, v, 10.0, -10.0),
         "NTXentLoss": lambda: ntxent(u, v),
         "SupConLoss": lambda: supcon(u, labels),
+        "MoCoLoss": lambda: moco(u, v, queue),
     }
 
 

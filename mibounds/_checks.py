@@ -416,13 +416,17 @@ def check_loss_arguments(
     logit_scale: tuple[str, Any] | None = None,
     logit_bias: tuple[str, Any] | None = None,
     labels: tuple[str, Any] | None = None,
+    extra: tuple[str, Any] | None = None,
 ) -> LossArguments:
     """Every argument of a drop-in loss's call, checked once, in this order: the ``features``
     (:func:`check_embeddings`), the ``labels`` (one per row of the first features), the
     ``temperature`` or the ``logit_scale`` (whose inverse is the temperature returned), and the
-    ``logit_bias``. Each is given as ``(name, value)`` with the name the loss's users pass it
-    under, and every message names it so."""
+    ``logit_bias``, and the ``extra`` columns (``(K, d)`` negatives beside the features, a
+    queue; ``K = 0`` needs two rows). Each is given as ``(name, value)`` with the name the
+    loss's users pass it under, and every message names it so."""
     feats = check_embeddings(min_n, **features)
+    if extra is not None:
+        _check_extra_columns(*extra, next(iter(features)), feats[0])
     lab = None if labels is None else check_labels_of(labels[0], labels[1], feats[0].shape[0])
     tau: float | torch.Tensor = 1.0
     if temperature is not None:
@@ -433,4 +437,22 @@ def check_loss_arguments(
     bias = None
     if logit_bias is not None and logit_bias[1] is not None:
         bias = check_scalar(*logit_bias)
+    if extra is not None:
+        feats.append(extra[1])
     return LossArguments(feats, tau, bias, lab)
+
+
+def _check_extra_columns(name: str, value: Any, rows_name: str, rows: torch.Tensor) -> None:
+    """``(K, d)`` extra negatives with the features' ``d`` and finite values; ``K = 0`` only
+    with two rows or more (a single row would have no negative)."""
+    check_tensor(name, value, min_dim=2)
+    if value.dim() != 2 or value.shape[-1] != rows.shape[-1]:
+        raise ValueError(
+            f"{name} must be (K, {rows.shape[-1]}) to match the features, got {tuple(value.shape)}"
+        )
+    if rows.shape[0] == 1 and value.shape[0] == 0:
+        raise ValueError(
+            f"{rows_name} has one sample and {name} is empty: the {rows_name} has no negative; "
+            f"pass a batch of at least 2 or a non-empty {name}"
+        )
+    check_values(name, value)

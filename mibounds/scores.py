@@ -223,6 +223,7 @@ class SeparableScores:
         gather: Any = False,
         labels: tuple[str, Any] | None = None,
         views: bool = False,
+        extra: tuple[str, Any] | None = None,
     ) -> SeparableScores:
         """The scores of a drop-in loss, built from its call's arguments as its users pass
         them, checked once (:func:`mibounds._checks.check_loss_arguments`: every message names
@@ -232,13 +233,15 @@ class SeparableScores:
         several views of the same samples, concatenated, each row's positives its other views
         (SimCLR's pairing, the own pair excluded); with ``labels``, one set of embeddings
         compared with itself, the positives those of equal label (the own pair excluded);
-        otherwise the rows and the columns (image-text pairs, positives on the diagonal). The
-        temperature is ``temperature``, or the inverse of ``logit_scale``; the bias is
-        ``logit_bias`` plus ``shift``. ``gather`` is the loss's (checked by the loss).
+        otherwise the rows and the columns (image-text pairs, positives on the diagonal), with
+        ``extra`` (a queue, not differentiated) appended to the columns as negatives of every
+        row, each row against its own column and those only (MoCo's pairing). The temperature
+        is ``temperature``, or the inverse of ``logit_scale``; the bias is ``logit_bias`` plus
+        ``shift``. ``gather`` is the loss's (checked by the loss).
         """
         args = _checks.check_loss_arguments(
             min_n, features, temperature=temperature, logit_scale=logit_scale,
-            logit_bias=logit_bias, labels=labels,
+            logit_bias=logit_bias, labels=labels, extra=extra,
         )  # fmt: skip
         feats, row_labels, exclude = args.features, args.labels, "none"
         if views:
@@ -250,6 +253,10 @@ class SeparableScores:
         elif row_labels is not None:
             x = y = feats[0]
             exclude = "self"
+        elif extra is not None:
+            x, y, queue = feats
+            y = torch.cat([y, queue.detach().to(y.dtype)], dim=0)
+            exclude = "batch"
         else:
             x, y = feats
         bias = args.bias

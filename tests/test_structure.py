@@ -75,7 +75,7 @@ def test_the_road_benchmark_traces_a_loss_to_its_kernel():
     road = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(road)
     rows = {r["loss"]: r for r in road.measure()}
-    assert set(rows) == {"CLIPLoss", "SigLIPLoss", "NTXentLoss", "SupConLoss"}
+    assert set(rows) == {"CLIPLoss", "SigLIPLoss", "NTXentLoss", "SupConLoss", "MoCoLoss"}
     for r in rows.values():
         stops = r["road"]
         assert stops[0] == "contrastive" and stops[-1] == "contrastive"

@@ -55,20 +55,10 @@ class MoCoLoss(nn.Module):
         self.reduction = _reduction("MoCoLoss", reduction)
 
     def _scores(self, query: Any, key: Any, queue: Any) -> SeparableScores:
-        q, k = _checks.check_embeddings(1, query=query, key=key)
-        _checks.check_tensor("queue", queue, min_dim=2)
-        if queue.dim() != 2 or queue.shape[-1] != q.shape[-1]:
-            raise ValueError(
-                f"queue must be (K, {q.shape[-1]}) to match the features, got {tuple(queue.shape)}"
-            )
-        if q.shape[0] == 1 and queue.shape[0] == 0:
-            raise ValueError(
-                "query has one sample and queue is empty: the query has no negative; pass "
-                "a batch of at least 2 or a non-empty queue"
-            )
-        _checks.check_values("queue", queue)
-        candidates = torch.cat([k, queue.detach().to(k.dtype)], dim=0)
-        return SeparableScores(q, candidates, "dot", self.temperature, exclude="batch")
+        return SeparableScores._of_loss(
+            1, {"query": query, "key": key}, "dot",
+            temperature=("temperature", self.temperature), extra=("queue", queue),
+        )  # fmt: skip
 
     def forward(self, query: Tensor, key: Tensor, queue: Tensor) -> Tensor:
         """The loss (to minimise), in the features' dtype.
