@@ -205,3 +205,29 @@ def test_scores_of_a_loss_name_its_arguments():
         )  # fmt: skip
     with pytest.raises(ValueError, match="out0 and out1 must have the same shape"):
         SeparableScores._of_loss(1, {"out0": z, "out1": z[:3]}, "cosine", views=True)
+
+
+def test_scores_of_a_queue_are_those_of_the_constructor():
+    from mibounds.scores import SeparableScores
+
+    q, k, queue = torch.randn(4, 3), torch.randn(4, 3), torch.randn(5, 3, dtype=torch.float64)
+    checked = SeparableScores(q, torch.cat([k, queue.float()]), "dot", 0.2, exclude="batch")
+    built = SeparableScores._of_loss(
+        1, {"query": q, "key": k}, "dot", temperature=("temperature", 0.2), extra=("queue", queue)
+    )
+    _same_scores(built, checked)
+
+
+def test_a_learnt_moco_temperature_is_checked_at_every_call():
+    import pytest
+
+    from mibounds import contrastive
+
+    t = torch.tensor(0.2, requires_grad=True)
+    loss = contrastive.MoCoLoss(t)
+    q, k, queue = torch.randn(4, 3), torch.randn(4, 3), torch.randn(5, 3)
+    loss(q, k, queue).backward()
+    with torch.no_grad():
+        t.fill_(-0.1)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        loss(q, k, queue)
