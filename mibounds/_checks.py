@@ -406,6 +406,7 @@ class LossArguments(NamedTuple):
     temperature: float | torch.Tensor
     bias: float | torch.Tensor | None
     labels: torch.Tensor | None
+    extra: torch.Tensor | None
 
 
 def check_loss_arguments(
@@ -437,9 +438,7 @@ def check_loss_arguments(
     bias = None
     if logit_bias is not None and logit_bias[1] is not None:
         bias = check_scalar(*logit_bias)
-    if extra is not None:
-        feats.append(extra[1])
-    return LossArguments(feats, tau, bias, lab)
+    return LossArguments(feats, tau, bias, lab, None if extra is None else extra[1])
 
 
 def _check_extra_columns(name: str, value: Any, rows_name: str, rows: torch.Tensor) -> None:

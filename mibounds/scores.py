@@ -105,8 +105,10 @@ def _bias_tensor(bias: float | Tensor | None) -> Tensor | None:
     """A checked bias as the scores hold it: a 0-d tensor. A Python float becomes float64,
     which keeps every digit and, as a 0-d tensor, does not promote the scores it is added to
     (float32 scores stay float32)."""
-    if bias is None or isinstance(bias, Tensor):
-        return None if bias is None else bias.reshape(())
+    if bias is None:
+        return None
+    if isinstance(bias, Tensor):
+        return bias.reshape(())
     return torch.tensor(float(bias), dtype=torch.float64)
 
 
@@ -166,6 +168,7 @@ class SeparableScores:
     _group: Any = field(init=False, repr=False, compare=False)
     _layout: PairLayout = field(init=False, repr=False, compare=False)
     _counts: tuple[Tensor, Tensor] | None = field(init=False, repr=False, compare=False)
+    _plain: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         group = distributed.resolve_group(self.gather)
@@ -198,16 +201,21 @@ class SeparableScores:
         object.__setattr__(self, "exclude", pairing.exclude)
         _checks.check_values("x", self.x)
         _checks.check_values("y", self.y)
-        self._carry(group, layout.to(self.x.device), None)
+        plain = pairing.plain and self.bias is None and self.x.shape[-2] == self.y.shape[-2]
+        self._carry(group, layout.to(self.x.device), None, plain)
 
-    def _carry(self, group: Any, layout: PairLayout, counts: tuple[Tensor, Tensor] | None) -> None:
+    def _carry(
+        self, group: Any, layout: PairLayout, counts: tuple[Tensor, Tensor] | None, plain: bool
+    ) -> None:
         """Keep what is decided once when the scores are built, for the batch that reduces
         them: the process group of ``gather`` (``None``: this process only), the pairing laid
-        out for these rows and columns (labels on the features' device) and, where already
-        known, its per-row counts of positives and candidates."""
+        out for these rows and columns (labels on the features' device), where already known
+        its per-row counts of positives and candidates, and whether the scores are plain
+        (square, the positives on the diagonal, no bias: the batch's unweighted formulas)."""
         object.__setattr__(self, "_group", group)
         object.__setattr__(self, "_layout", layout)
         object.__setattr__(self, "_counts", counts)
+        object.__setattr__(self, "_plain", plain)
 
     @classmethod
     def _of_loss(
@@ -253,9 +261,9 @@ class SeparableScores:
         elif row_labels is not None:
             x = y = feats[0]
             exclude = "self"
-        elif extra is not None:
-            x, y, queue = feats
-            y = torch.cat([y, queue.detach().to(y.dtype)], dim=0)
+        elif args.extra is not None:
+            x, y = feats
+            y = torch.cat([y, args.extra.detach().to(y.dtype)], dim=0)
             exclude = "batch"
         else:
             x, y = feats
@@ -270,11 +278,10 @@ class SeparableScores:
         n, m = x.shape[-2], y.shape[-2]
         on_device = None if row_labels is None else row_labels.to(x.device)
         layout = PairLayout(on_device, on_device, 0, EXCLUDE.index(exclude), n)
-        counts = None
-        if on_device is not None or bias is not None or m != n:  # the batch weighs rows by them
-            counts = layout.counts(n, m, x.device)
+        plain = row_labels is None and exclude == "none" and bias is None and m == n
+        counts = None if plain else layout.counts(n, m, x.device)  # the batch weighs rows by them
         group = None if gather is False or gather is None else distributed.resolve_group(gather)
-        out._carry(group, layout, counts)
+        out._carry(group, layout, counts, plain)
         return out
 
     @property
@@ -344,6 +351,7 @@ class DenseScores:
     y_labels: Tensor | None = None
     exclude: str = "none"
     _layout: PairLayout = field(init=False, repr=False, compare=False)
+    _plain: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _checks.check_scores("scores", self.scores, rectangular=True)
@@ -354,6 +362,8 @@ class DenseScores:
         object.__setattr__(self, "exclude", pairing.exclude)
         # laid out once, for the batch that reduces them (labels on the scores' device)
         object.__setattr__(self, "_layout", layout.to(self.scores.device))
+        square = self.scores.shape[-2] == self.scores.shape[-1]
+        object.__setattr__(self, "_plain", pairing.plain and square)
 
     @property
     def pairing(self) -> Pairing:

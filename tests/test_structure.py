@@ -144,6 +144,7 @@ def _same_scores(built, checked) -> None:
         if a is not None:
             assert a.dtype == b.dtype and torch.equal(a, b), name
     assert built._group is checked._group is None
+    assert built._plain == checked._plain and (built._counts is None) == built._plain
     for a, b in zip(built._layout, checked._layout, strict=True):
         assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
     if built._counts is not None:  # known when the loss built them; the batch's otherwise

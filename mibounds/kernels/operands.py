@@ -38,7 +38,7 @@ class Operands(NamedTuple):
     dtype: torch.dtype
     #: the dtype sums are accumulated in (float32 for half precision)
     acc: torch.dtype
-    #: whether values are validated on this call (see :func:`mibounds.set_validation`)
+    #: whether values are validated on this call (see :func:`mibounds.set_validate_args`)
     validated: bool
 
 

@@ -137,14 +137,16 @@ class _PairedBatch(abc.ABC):
     def joint(self, fn: str = "identity") -> Tensor:
         r"""Mean over the rows with positives of the mean of ``fn(S)`` over their positives;
         ``fn`` is a name registered with :func:`mibounds.kernels.streaming.elementwise`."""
-        if self.plain:
-            return self.positives_fn(fn).mean(-1)
-        if self.layout.row_labels is None and isinstance(self, SeparableBatch):
+        if self.plain or (self.layout.row_labels is None and isinstance(self, SeparableBatch)):
             # the own pairs are the positives (none if excluded, then the weights are 0)
-            return (self.positives_fn(fn) * self.w_pos).sum(-1)
+            return self._own_pairs_mean(self.positives_fn(fn))
         if fn == "identity":
             return (self.positive_sums() * self.w_pos).sum(-1)
         return self._sums(True, self.w_pos, fn)[1]
+
+    def _own_pairs_mean(self, terms: Tensor) -> Tensor:
+        """:meth:`joint` of per-row terms of the own pairs, where those are the positives."""
+        return terms.mean(-1) if self.plain else (terms * self.w_pos).sum(-1)
 
     def positives_fn(self, fn: str) -> Tensor:
         """``fn`` of the own pairs' scores, ``(..., N)`` (plain pairing)."""
@@ -363,10 +365,9 @@ class SeparableBatch(_PairedBatch):
         self._acc = self.x.new_zeros((), dtype=ops.acc)
         if offset or n_paired is not None:  # one rank's rows within the global batch
             self.layout = scores.pairing.layout(self.n, self.m, offset, n_paired).to(self.x.device)
+            self.plain = self.layout.plain and self.m == self.n and self.bias is None and not offset
         else:  # laid out when the scores were built
-            self.layout, self._counts = scores._layout, scores._counts
-        own_pairs = self.layout.row_labels is None and self.layout.exclude == 0
-        self.plain = own_pairs and self.m == self.n and self.bias is None and not offset
+            self.layout, self._counts, self.plain = scores._layout, scores._counts, scores._plain
         self._setup(total)
 
     def positives(self) -> Tensor:
@@ -377,8 +378,7 @@ class SeparableBatch(_PairedBatch):
         positives are the own pairs, formed from them directly."""
         if self.layout.row_labels is not None:
             return self.joint("softplus-neg")
-        terms = F.softplus(-self.positives())
-        return terms.mean(-1) if self.plain else (terms * self.w_pos).sum(-1)
+        return self._own_pairs_mean(F.softplus(-self.positives()))
 
     def positive_sums(self, columns: bool = False) -> Tensor:
         r""":math:`\sum_{j \in P_i} S_{ij}` per row (or per column), in O((N + M) d) from

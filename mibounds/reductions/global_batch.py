@@ -35,10 +35,7 @@ class GlobalBatch:
     def __init__(self, scores: Any, group: Any) -> None:
         self.group = group
         self.rank, self.world = distributed._world(group)
-        self.plain = isinstance(scores, Tensor) or (
-            scores.pairing.plain and getattr(scores, "bias", None) is None
-            and scores.shape[-1] == scores.shape[-2]
-        )  # fmt: skip
+        self.plain = isinstance(scores, Tensor) or scores._plain
         if not self.plain and not isinstance(scores, SeparableScores):
             raise ValueError(
                 "with gather, dense scores support the plain pairing only (positives on the "

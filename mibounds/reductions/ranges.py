@@ -59,9 +59,7 @@ def is_plain(scores: Scores) -> bool:
     columns (and, for separable scores, no bias)."""
     if isinstance(scores, Tensor):
         return scores.shape[-1] == scores.shape[-2]
-    square = scores.shape[-1] == scores.shape[-2]
-    bias = getattr(scores, "bias", None)
-    return square and scores.pairing.plain and bias is None
+    return scores._plain  # decided when the scores were built
 
 
 def _describe(scores: Scores) -> str:
