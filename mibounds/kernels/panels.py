@@ -104,9 +104,14 @@ def get_backend() -> str:
     return _BACKEND[0]
 
 
+def _eager() -> bool:
+    """Whether the sweep runs its panel functions eagerly (the ``"eager"`` backend)."""
+    return _BACKEND[0] == "eager"
+
+
 def _kernel(fn):
     """``fn`` itself, or its ``torch.compile(dynamic=True)`` version with the compiled backend."""
-    if _BACKEND[0] == "eager":
+    if _eager():
         return fn
     key = fn.__name__
     if key not in _COMPILED:
