@@ -249,6 +249,7 @@ class _Sweep:
             self.total = self.x.new_zeros(self.b)  # sum of G (the bias gradient)
             # the accumulators hold the gradient times 2^-exp2 (see accumulate_scaled)
             self.exp2 = self.x.new_zeros(self.b)
+            self.unit = True  # whether the scale is known to be 2^0 (no product needed)
 
     def panels(self):
         for r0 in range(0, self.n, self.panel):
@@ -350,13 +351,17 @@ class _Sweep:
         :math:`2^{-e}` with every entry so far at most 1 in magnitude, so the products with
         ``x`` and ``y`` cannot overflow; :meth:`finish` scales back, which gives +-inf (never
         NaN) where the true gradient is beyond the dtype's range. Powers of two are exact."""
-        top = torch.frexp(g.abs().amax((1, 2)))[1].to(g.dtype).clamp_(min=0.0)
+        # the largest magnitude, max |g|, without a copy of the panel for its absolute values
+        largest = torch.maximum(g.amax((1, 2)), -g.amin((1, 2)))
+        top = torch.frexp(largest)[1].to(g.dtype).clamp_(min=0.0)
         new = torch.maximum(self.exp2, top)
         # on the CPU reading the flag costs nothing; elsewhere rescale unconditionally
         if g.device.type != "cpu" or bool((new != self.exp2).any()):
             self.rescale(torch.exp2(self.exp2 - new), r0)
-            self.exp2 = new
-        self.accumulate(g.mul_(torch.exp2(-new)[:, None, None]), r0, r1)
+            self.exp2, self.unit = new, False
+        if not self.unit:  # at 2^0 (on the CPU, while nothing is large) the product is by 1
+            g = g.mul_(torch.exp2(-new)[:, None, None])
+        self.accumulate(g, r0, r1)
 
     def rescale(self, factor: Tensor, upto: int) -> None:
         """Multiply what was accumulated so far (rows ``< upto``) by ``factor`` ``(B,)``."""
@@ -380,13 +385,15 @@ class _Sweep:
             sum_gs = (
                 2 * cross - (self.sqx * self.rowsum).sum(-1) - (self.sqy * self.colsum).sum(-1)
             ) * inv
-        # undo the scale of accumulate_scaled in two exact halves (2^e alone may overflow)
-        half = torch.floor(self.exp2 * 0.5)
-        up1, up2 = torch.exp2(half), torch.exp2(self.exp2 - half)
-        dx = dx * up1[:, None, None] * up2[:, None, None]
-        dy = dy * up1[:, None, None] * up2[:, None, None]
-        dtau = -sum_gs * up1 * up2 * inv  # dS/dtau = -(S - bias) / tau
-        dbias = self.total * up1 * up2
+        dtau, dbias = -sum_gs, self.total  # dS/dtau = -(S - bias) / tau
+        if not self.unit:
+            # undo the scale of accumulate_scaled in two exact halves (2^e alone may overflow)
+            half = torch.floor(self.exp2 * 0.5)
+            up1, up2 = torch.exp2(half), torch.exp2(self.exp2 - half)
+            dx = dx * up1[:, None, None] * up2[:, None, None]
+            dy = dy * up1[:, None, None] * up2[:, None, None]
+            dtau, dbias = dtau * up1 * up2, dbias * up1 * up2
+        dtau = dtau * inv
         if scale is not None:
             dx, dy = dx * scale[:, None, None], dy * scale[:, None, None]
             dtau, dbias = dtau * scale, dbias * scale
