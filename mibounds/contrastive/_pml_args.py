@@ -290,7 +290,8 @@ def _pair_scores(
 ) -> Tensor:
     """The scores of the listed pairs ``(rows[k], cols[k])`` (``z``, ``r`` prepared for the
     distance), in the accumulation dtype: similarity over ``tau``, or minus an Lp distance."""
-    a, b = upcast(z)[rows], upcast(r)[cols]
+    # index_select, not indexing: its gradient is summed in a fixed order (reproducible)
+    a, b = upcast(z).index_select(0, rows), upcast(r).index_select(0, cols)
     if dist.kind == "lp":
         return -(torch.linalg.vector_norm(a - b, ord=dist.p, dim=-1) ** dist.power) / tau
     return (a * b).sum(-1) / tau

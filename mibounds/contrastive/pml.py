@@ -366,7 +366,7 @@ class PMLNTXentLoss(nn.Module):
             loss = zero.new_zeros((0,)) if self.reduction == "none" else zero
             return loss.to(z.dtype)
         s_pos = _pair_scores(zn, rn, a, p, tau, dist)
-        losses = F.softplus(log_neg[a] - s_pos)  # log(e^s + sum_neg e^t) - s
+        losses = F.softplus(log_neg.index_select(0, a) - s_pos)  # log(e^s + sum_neg e^t) - s
         if self.reducer is not None:
             return _cast(_pml_reduce(self.reducer, losses, a, p, n, z), z.dtype)
         loss = losses.mean() if self.reduction == "mean" else _reduce(losses, self.reduction)
