@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mibounds import _checks
 from mibounds._dtypes import accumulation_dtype, cuda_autocast_dtype, finite_derivatives_
-from mibounds.kernels.ops import row_logsumexp_mean
+from mibounds.kernels.entry import row_logsumexp_mean
 from mibounds.kernels.selfcheck import triton_on
 
 __all__ = ["Operands", "operands"]

@@ -3,9 +3,11 @@ r"""Streaming reductions of separable scores: O(N) memory, gradient computed in 
 The score matrix ``S = sim(x, y) / tau + bias`` of a separable critic is never materialised.
 This module is the one place the rest of the library calls; behind it:
 
+* :mod:`mibounds.kernels.entry`: the entry points below (leading dimensions, temperature,
+  pairing and CUDA autocast turned into one op call);
 * :mod:`mibounds.kernels.ops`: the ``mibounds::`` custom ops (fake and autograd
-  registrations, so an outer ``torch.compile`` treats each as one node), the public entry points
-  below, and the decision where a call runs;
+  registrations, so an outer ``torch.compile`` treats each as one node) and the decision where
+  a call runs;
 * :mod:`mibounds.kernels.cost`: the cost model that picks each call's path (fused kernels,
   tensor-core panels or the sweep);
 * :mod:`mibounds.kernels.triton_kernels`: the fused GPU kernels (tiles of ``S`` in registers,
@@ -32,14 +34,14 @@ from mibounds.kernels.elementwise import (
     forward_derivative,
     mark_triton,
 )
-from mibounds.kernels.ops import (
+from mibounds.kernels.entry import (
     interpolated_terms,
     offdiag_logmeanexp,
     offdiag_means,
-    path_usage,
     row_logsumexp_mean,
     symmetric_logsumexp_mean,
 )
+from mibounds.kernels.ops import path_usage
 from mibounds.kernels.panels import (
     get_backend,
     get_memory_budget,

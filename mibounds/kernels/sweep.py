@@ -135,8 +135,9 @@ def sym_lse_mean_sweep(
     e^{S_{ij}}` (with ``minus_pos``, each row's and column's term less the mean score of its
     positives, formed from its own maximum as in :func:`row_lse_mean_sweep`; the gradient is
     the log-sum-exps') in two sweeps and four matrix products: the first gathers the row and the
-    (online) column log-sum-exp, the second forms the gradient of both terms at once. Without
-    weights, :math:`u = v = 1/(2n)` (CLIP's average of the two directions).
+    (online) column log-sum-exp, the second forms the gradient of both terms at once. A batch
+    that fits one panel keeps its scores and row softmax for the second sweep: three products.
+    Without weights, :math:`u = v = 1/(2n)` (CLIP's average of the two directions).
 
     Where every column of a panel has its maximum within :data:`_SHARED_RANGE` of the panel's
     maximum :math:`c` (always, for cosine scores at usual temperatures), the row softmax
