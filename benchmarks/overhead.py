@@ -12,7 +12,9 @@ alternate call by call (the machine is noisy), and the table gives the median ti
 their ratio, ours / OpenCLIP's. Beside them, "kernel" times the streamed kernel call our loss
 makes, alone, on the operands its batch forms (forward and backward, the backward ending at
 those operands): the rest of our time is the checks, the scores, the batch and the autograd
-steps around the kernel. Without ``open_clip`` installed, the peer is the same loss
+steps around the kernel. "ops" counts the tensor operations one call dispatches, ours and the
+peer's (views not counted): at small N each costs a few microseconds, whatever its size, and
+they set the time. Without ``open_clip`` installed, the peer is the same loss
 written plainly on the dense logits (``cross_entropy`` / ``logsigmoid``), as OpenCLIP writes it.
 """
 
@@ -104,6 +106,30 @@ def kernel_call(name: str, u: torch.Tensor, v: torch.Tensor):
     )[1], (x, y)
 
 
+def count_ops(loss: Callable[..., Any], args: tuple[torch.Tensor, ...]) -> int:
+    """The tensor operations one forward+backward call dispatches (views, which move no data,
+    not counted): at small N each costs a few microseconds of the CPU, whatever its size."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counted = [0]
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view and func.overloadpacket.__name__ not in _NOT_COUNTED:
+                counted[0] += 1
+            return func(*args, **(kwargs or {}))
+
+    for t in args:
+        t.grad = None
+    with _Count():
+        loss(*args).backward()
+    return counted[0]
+
+
+#: operations that only alias or wrap a tensor but are not marked as views
+_NOT_COUNTED = {"detach", "alias", "lift_fresh"}
+
+
 def _step(loss: Callable[..., Any], args: tuple[torch.Tensor, ...]) -> float:
     for t in args:
         t.grad = None
@@ -140,9 +166,10 @@ def measure(
             theirs.append(_step(peer, args))
             kernels.append(_step(kernel, kernel_args))
         t_ours, t_peer = statistics.median(mine), statistics.median(theirs)
+        ops = {"ours_ops": count_ops(ours, args), "peer_ops": count_ops(peer, args)}
         rows.append({"loss": name, "n": n, "d": d, "device": device, "ours_ms": 1e3 * t_ours,
                      "peer_ms": 1e3 * t_peer, "ratio": t_ours / t_peer,
-                     "kernel_ms": 1e3 * statistics.median(kernels)})  # fmt: skip
+                     "kernel_ms": 1e3 * statistics.median(kernels), **ops})  # fmt: skip
     return rows
 
 
@@ -161,11 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         rows += measure(n, args.dim, calls, losses, args.device)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"peer: {peer}; torch {torch.__version__} on {where}, {torch.get_num_threads()} threads")
-    print("| loss | N | d | ours (ms) | peer (ms) | ours / peer | kernel (ms) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| loss | N | d | ours (ms) | peer (ms) | ours / peer | kernel (ms) | ops ours / peer |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['loss']} | {r['n']} | {r['d']} | {r['ours_ms']:.3f} | {r['peer_ms']:.3f} "
-              f"| {r['ratio']:.2f} | {r['kernel_ms']:.3f} |")  # fmt: skip
+              f"| {r['ratio']:.2f} | {r['kernel_ms']:.3f} "
+              f"| {r['ours_ops']} / {r['peer_ops']} |")  # fmt: skip
     if args.json:
         meta = {"peer": peer, "torch": torch.__version__, "device": where,
                 "threads": torch.get_num_threads()}  # fmt: skip

@@ -103,6 +103,21 @@ def test_the_overhead_benchmark_times_ours_against_the_peer():
     assert all(r["ours_ms"] > 0 and r["peer_ms"] > 0 and r["kernel_ms"] > 0 for r in rows)
 
 
+def test_the_overhead_benchmark_counts_the_operations_a_call_dispatches():
+    overhead = _benchmark("overhead")
+    u = torch.randn(5, 3, requires_grad=True)
+    v = torch.randn(5, 3, requires_grad=True)
+    # forward: product, log-softmax, sum; backward: the seed, the sum's, the log-softmax's
+    # and the two products' (transposes and the diagonal are views)
+    n = overhead.count_ops(lambda u, v: torch.log_softmax(u @ v.T, -1).diagonal().sum(), (u, v))
+    assert n == 8
+    # views are not counted: a transpose and a reshape add nothing
+    m = overhead.count_ops(
+        lambda u, v: torch.log_softmax(u @ v.T.reshape(3, 5), -1).diagonal().sum(), (u, v)
+    )
+    assert m == n
+
+
 def test_the_overhead_benchmark_times_the_kernel_call_the_loss_makes():
     from mibounds import contrastive
 
