@@ -172,6 +172,19 @@ def test_overflowing_streamed_scores_raise_naming_the_temperature():
         mibounds.infonce(SeparableScores(x, y, temperature=1e-38).dense())
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+@pytest.mark.parametrize("similarity", ["dot", "gaussian"])
+def test_scores_that_overflow_the_dtype_itself_raise_at_any_temperature(similarity, temperature):
+    """Features whose products overflow float32 at temperature 1 (nothing to fold) are
+    refused as at any other temperature, never a NaN; the message says the scores are beyond
+    the dtype's range instead of giving a number."""
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(8, 4, generator=g) * 1e19 for _ in range(2))
+    scores = SeparableScores(x, y, similarity, temperature)
+    with pytest.raises(ValueError, match=r"temperature.*beyond torch.float32's range"):
+        mibounds.infonce(scores)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
     "make",

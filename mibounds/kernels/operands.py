@@ -64,9 +64,9 @@ def operands(x: Tensor, y: Tensor, similarity: str, temperature: float | Tensor)
         xa, ya = x.to(accumulation_dtype(x.dtype)), y.to(accumulation_dtype(y.dtype))
         t = temperature
         if xa is x and ya is y and similarity != "cosine" and not isinstance(t, Tensor) and t == 1:
-            # nothing to fold: the scores as given
-            return Operands(x, y, t, similarity, dtype, accumulation_dtype(x.dtype), validated)
-        x, y, sim = _folded(xa, ya, similarity, t)
+            x, y, sim = xa, ya, similarity  # nothing to fold: the scores as given
+        else:
+            x, y, sim = _folded(xa, ya, similarity, t)
         tau = 1.0
     if validated:
         _check_no_overflow(x, y, sim, tau, temperature)
@@ -216,6 +216,8 @@ def _check_no_overflow(
             bottom = row_logsumexp_mean(-x, y, t, sim) if sim == "dot" else top
             # each row's log-sum-exp is within log M of its largest score
             largest = float(torch.maximum(top.abs(), bottom.abs()).amax())
+    if math.isnan(largest):  # the scores themselves overflow: inf - inf in the sums
+        largest = math.inf
     if not _within_range(largest, m, dtype):
         raise ValueError(_overflow_message(temperature, dtype, largest, m))
 
@@ -234,9 +236,10 @@ def _score_limit(dtype: torch.dtype, m: int) -> float:
 
 def _overflow_message(temperature: Any, dtype: torch.dtype, largest: float, m: int) -> str:
     t = float(temperature.detach()) if isinstance(temperature, Tensor) else float(temperature)
+    about = f"about {largest:.3g}" if math.isfinite(largest) else f"beyond {dtype}'s range"
     return (
         f"temperature={t:g} makes the scores sim(x, y) / temperature overflow {dtype} in "
-        f"a bound's sums: the largest is about {largest:.3g} (accepted: below "
+        f"a bound's sums: the largest is {about} (accepted: below "
         f"{_score_limit(dtype, m):.3g} with {m} columns); use a larger temperature or smaller "
         "features"
     )
