@@ -63,6 +63,18 @@ def test_nan_inf_scores(fn, bad):
         fn(s)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_the_largest_finite_values_pass_the_value_check(dtype):
+    """Values at the edge of the dtype's range are finite: only NaN and Inf are refused."""
+    from mibounds import _checks
+
+    top = torch.finfo(dtype).max
+    _checks.check_values("x", torch.tensor([top, top, -top], dtype=dtype))
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="x must be finite"):
+            _checks.check_values("x", torch.tensor([top, bad], dtype=dtype))
+
+
 def test_value_checks_can_be_switched_off():
     s = torch.randn(3, 3)
     s[0, 0] = math.nan
