@@ -72,9 +72,8 @@ def check_values(name: str, tensor: torch.Tensor) -> None:
     if not _VALIDATE_ARGS or _compiling() or tensor.numel() == 0:
         return
     # one reduction pass and no boolean copy: a NaN anywhere makes both extremes NaN (see
-    # torch.aminmax), an infinity makes one of them infinite
-    low, high = torch.aminmax(tensor.detach())
-    if not (math.isfinite(float(low)) and math.isfinite(float(high))):
+    # torch.aminmax), an infinity makes one of them infinite; both read back in one copy
+    if not all(math.isfinite(v) for v in torch.stack(torch.aminmax(tensor.detach())).tolist()):
         n_nan = int(torch.isnan(tensor.detach()).sum())
         n_inf = int(torch.isinf(tensor.detach()).sum())
         raise ValueError(
