@@ -358,22 +358,28 @@ def check_labels_of(name: str, labels: Any, n: int) -> torch.Tensor:
     return out
 
 
+def _is_scalar_tensor(name: str, value: Any) -> bool:
+    """Whether ``value`` is a one-element floating tensor (``True``) or a real Python number
+    (``False``); anything else raises, naming ``name``."""
+    if isinstance(value, torch.Tensor):
+        check_tensor(name, value)
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
+        return True
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
+    return False
+
+
 def check_scale(name: str, logit_scale: Any) -> torch.Tensor | float:
     """A positive, finite logit scale (float or scalar tensor) whose inverse, the temperature,
     is finite too."""
-    if isinstance(logit_scale, torch.Tensor):
-        check_tensor(name, logit_scale)
-        if logit_scale.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got shape {tuple(logit_scale.shape)}")
+    if _is_scalar_tensor(name, logit_scale):
         if not validating():
             return logit_scale
         value = float(logit_scale.detach())
         inverse = float((1 / logit_scale.detach()).float())
     else:
-        if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)):
-            raise TypeError(
-                f"{name} must be a float or a scalar tensor, got {type(logit_scale).__name__}"
-            )
         value = float(logit_scale)
         inverse = 1.0 / value if value > 0 else math.inf
     if not (math.isfinite(value) and value > 0):
@@ -388,14 +394,9 @@ def check_scale(name: str, logit_scale: Any) -> torch.Tensor | float:
 
 def check_scalar(name: str, value: Any) -> torch.Tensor | float:
     """A finite scalar: a float or a one-element tensor."""
-    if isinstance(value, torch.Tensor):
-        check_tensor(name, value)
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
+    if _is_scalar_tensor(name, value):
         check_values(name, value)
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
     return check_real(name, value)
 
 

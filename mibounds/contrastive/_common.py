@@ -14,9 +14,6 @@ from mibounds.distributed import GroupArg, all_gather, batch_layout
 from mibounds.reductions import separable_rows
 from mibounds.scores import SeparableScores
 
-#: ``(n,)`` integer labels that must be given, named as the caller passed them
-_labels = _checks.check_labels_of
-
 
 def _features(name: str, t: Any, min_n: int = 2) -> Tensor:
     """``(N, d)`` features with ``N >= min_n`` rows and finite values (checked while values

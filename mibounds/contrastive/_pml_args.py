@@ -16,7 +16,6 @@ from mibounds._dtypes import upcast
 from mibounds.contrastive._common import (
     _anchor_losses,
     _features,
-    _labels,
     _reduction,
 )
 from mibounds.kernels.panels import get_memory_budget, panel_rows
@@ -232,7 +231,9 @@ def _pml_reference(
     ``ref`` the embeddings themselves when ``ref_emb`` is None (``ref_labels`` are then the
     labels)."""
     z = _features("embeddings", embeddings, 1)
-    lab = _labels("labels", labels, z.shape[0]) if need_labels or labels is not None else None
+    lab = None
+    if need_labels or labels is not None:
+        lab = _checks.check_labels_of("labels", labels, z.shape[0])
     if ref_emb is None:
         if ref_labels is not None:
             raise ValueError("ref_labels was given without ref_emb: pass both, or neither")
@@ -241,7 +242,7 @@ def _pml_reference(
     _checks.check_same_last_dim("embeddings", z, "ref_emb", r)
     rl = None
     if need_labels or ref_labels is not None:
-        rl = _labels("ref_labels", ref_labels, r.shape[0])
+        rl = _checks.check_labels_of("ref_labels", ref_labels, r.shape[0])
     return z, lab, r, rl
 
 

@@ -13,13 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mibounds import reductions
+from mibounds import _checks, reductions
 from mibounds.bounds.lower import infonce
 from mibounds.contrastive._common import (
     _anchor_losses,
     _features,
     _global_rows,
-    _labels,
     _min_rows,
     _reduce,
 )
@@ -181,7 +180,7 @@ class SupConLoss(nn.Module):
         single = isinstance(embeddings, Tensor) and embeddings.dim() == 2
         if single and ref_emb is None and not self.gather and embeddings.shape[0] == 1:
             z = _features("embeddings", embeddings, 1)  # one embedding: no pair at all
-            _labels("labels", labels, 1)
+            _checks.check_labels_of("labels", labels, 1)
             return _cast(_no_pairs(self.reducer, z), z.dtype)
         fewer = (
             isinstance(ref_emb, Tensor)

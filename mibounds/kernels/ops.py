@@ -359,9 +359,9 @@ _MEANS_CALL = EagerOp(_offdiag_means_op, _offdiag_means, _setup_scalar, _backwar
 
 # Under CPU autocast (and for the interpolated bound, which only sweeps, on every device) the
 # ops run with autocast off and their inputs in float32: the sweep accumulates in float32 and
-# its panel products must not be recast to half. Under CUDA autocast the entry points below
-# cast the features to the autocast dtype themselves, so the fused kernels multiply them on
-# tensor cores, as torch.matmul would.
+# its panel products must not be recast to half. Under CUDA autocast the entry points
+# (mibounds.kernels.entry) cast the features to the autocast dtype themselves, so the fused
+# kernels multiply them on tensor cores, as torch.matmul would.
 for _op in (
     "mibounds::row_lse_mean",
     "mibounds::sym_lse_mean",
