@@ -14,8 +14,8 @@ Scores arrive as a dense tensor or a :class:`~mibounds.scores.SeparableScores`. 
 chosen here from the representation, never by the bound. float16/bfloat16 scores are
 accumulated in float32.
 
-The package holds the rooms of that step: :mod:`~mibounds.reductions.ranges` (validation, the
-range rule and the streaming operands), :mod:`~mibounds.reductions.batches` (one process's
+The package holds the rooms of that step: :mod:`~mibounds.reductions.ranges` (the validation
+of dense scores and their range rule), :mod:`~mibounds.reductions.batches` (one process's
 batch, streamed or dense), :mod:`~mibounds.reductions.global_batch` (the batch of all ranks)
 and :mod:`~mibounds.reductions.dense` (the dense reductions). A bound asks
 :func:`batch_statistics` (or :func:`separable_rows`, for per-sample terms) for its batch.
@@ -43,7 +43,7 @@ from mibounds.reductions.dense import (
     row_logsumexp,
 )
 from mibounds.reductions.global_batch import GlobalBatch
-from mibounds.reductions.ranges import Scores, is_plain, prepare, sep_diagonal
+from mibounds.reductions.ranges import Scores, is_plain, prepare
 from mibounds.scores import DenseScores, SeparableScores
 
 __all__ = [
@@ -66,7 +66,6 @@ __all__ = [
     "positive_mask",
     "prepare",
     "reduce_terms",
-    "sep_diagonal",
     "separable_rows",
     "sigmoid_loss",
     "row_logsumexp",

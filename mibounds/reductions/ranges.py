@@ -90,9 +90,3 @@ def _check_dense_range(name: str, dense: Tensor, temperature: Any = None) -> Non
         f"{name} overflow {dtype} in a bound's sums: the largest |score| is {largest:.3g} "
         f"(accepted: below {_score_limit(dtype, m):.3g} with {m} columns); scale them down"
     )
-
-
-def sep_diagonal(scores: SeparableScores) -> Tensor:
-    """Positive scores ``S[..., i, i]`` in O(N d), in the accumulation dtype, with the overflow
-    rule on their gradient (as for dense scores)."""
-    return dense_scores(scores.diagonal())
