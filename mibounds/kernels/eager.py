@@ -25,13 +25,21 @@ class _Eager(torch.autograd.Function):
         out = op.impl(*args)
         # the outputs after the values are the gradients stored for the backward pass
         ctx.mark_non_differentiable(*out[op.n_values :])
+        # no zero gradients are formed for the stored gradients (the backward ignores them)
+        ctx.set_materialize_grads(False)
         op.setup_context(ctx, args, out)
-        ctx.op = op
+        ctx.op, ctx.n_args = op, len(args)
         return out
 
     @staticmethod
-    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
-        return (None, *ctx.op.backward(ctx, *grads))
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        # a value that did not reach the loss has no gradient: zeros, as the custom op gets
+        values = grads[: ctx.op.n_values]
+        given = [g for g in values if g is not None]
+        if not given:
+            return (None,) * (1 + ctx.n_args)
+        values = tuple(torch.zeros_like(given[0]) if g is None else g for g in values)
+        return (None, *ctx.op.backward(ctx, *values))
 
 
 class EagerOp:

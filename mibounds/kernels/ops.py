@@ -314,16 +314,19 @@ def _backward_scalar(ctx, grad_value):
             "(it ran with need_grad=False); call it with gradients enabled"
         )
     g = grad_value.to(dtau.dtype)
-    gx = _times(dx.to(g.dtype), g[:, None, None]).to(dx.dtype)
-    gy = _times(dy.to(g.dtype), g[:, None, None]).to(dy.dtype)
-    gt = _times(dtau, g).sum().reshape(ctx.tau_shape).to(ctx.tau_dtype)
+    zero = g == 0
+    gx = _times(dx.to(g.dtype), g[:, None, None], zero[:, None, None]).to(dx.dtype)
+    gy = _times(dy.to(g.dtype), g[:, None, None], zero[:, None, None]).to(dy.dtype)
+    gt = _times(dtau, g, zero).sum().reshape(ctx.tau_shape).to(ctx.tau_dtype)
     return gx, gy, gt
 
 
-def _times(stored: Tensor, g: Tensor) -> Tensor:
+def _times(stored: Tensor, g: Tensor, zero: Tensor | None = None) -> Tensor:
     """``stored * g`` with the overflow rule: a product beyond the dtype's range is 0, and a
-    zero incoming gradient gives 0 (an output that does not reach the loss adds nothing)."""
-    return finite_derivatives_(torch.where(g == 0, 0.0, stored * g))
+    zero incoming gradient gives 0 (an output that does not reach the loss adds nothing);
+    ``zero`` is ``g == 0``, where the caller has it already."""
+    zero = g == 0 if zero is None else zero
+    return finite_derivatives_((stored * g).masked_fill_(zero, 0.0))
 
 
 def _backward_op(ctx, grad_value):

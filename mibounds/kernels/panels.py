@@ -208,10 +208,11 @@ class _Sweep:
 
     Holds the operands (in the accumulation dtype), the pairing of rows and columns
     (:class:`~mibounds.pairing.PairLayout`) and, when a gradient is needed, the unscaled
-    accumulators ``G Y`` (per row), ``G^T X`` (per column) and the row and column sums of
-    ``G = dL/dS``, from which :meth:`finish` forms the gradients with respect to ``x``, ``y``,
-    ``tau`` and ``bias`` in O(N d): for dot scores :math:`\partial L/\partial\tau =
-    -\tau^{-2}\sum_i x_i \cdot (GY)_i`, so no extra pass over the scores is needed.
+    accumulators ``G Y`` (per row), ``G^T X`` (per column), the sum of ``G = dL/dS`` and,
+    for Gaussian scores, its row and column sums, from which :meth:`finish` forms the
+    gradients with respect to ``x``, ``y``, ``tau`` and ``bias`` in O(N d): for dot scores
+    :math:`\partial L/\partial\tau = -\tau^{-2}\sum_i x_i \cdot (GY)_i`, so no extra pass
+    over the scores is needed.
     """
 
     def __init__(
@@ -244,8 +245,9 @@ class _Sweep:
         if need_grad:
             self.gy = torch.zeros_like(self.x)  # rows of G Y
             self.gtx = torch.zeros_like(self.y)  # rows of G^T X
-            self.rowsum = self.x.new_zeros(self.b, self.n)
-            self.colsum = self.x.new_zeros(self.b, self.m)
+            if sim == 1:  # the row and column sums of G (Gaussian scores)
+                self.rowsum = self.x.new_zeros(self.b, self.n)
+                self.colsum = self.x.new_zeros(self.b, self.m)
             self.total = self.x.new_zeros(self.b)  # sum of G (the bias gradient)
             # the accumulators hold the gradient times 2^-exp2 (see accumulate_scaled)
             self.exp2 = self.x.new_zeros(self.b)
@@ -340,9 +342,9 @@ class _Sweep:
             self.gtx.baddbmm_(g.transpose(1, 2), self.x[:, r0:r1])
         if self.sim == 1 or self.bias is not None:
             rs = g.sum(-1)
-            self.rowsum[:, r0:r1] = rs
             self.total += rs.sum(-1)
             if self.sim == 1:
+                self.rowsum[:, r0:r1] = rs
                 self.colsum += g.sum(1)
 
     def accumulate_scaled(self, g: Tensor, r0: int, r1: int) -> None:
@@ -368,8 +370,9 @@ class _Sweep:
         f = factor[:, None, None]
         self.gy[:, :upto] *= f
         self.gtx *= f
-        self.rowsum[:, :upto] *= factor[:, None]
-        self.colsum *= factor[:, None]
+        if self.sim == 1:
+            self.rowsum[:, :upto] *= factor[:, None]
+            self.colsum *= factor[:, None]
         self.total *= factor
 
     def finish(self, scale: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -149,12 +149,13 @@ def sym_lse_mean_sweep(
     sw = _Sweep(x, y, tau, sim, need_grad, _layout(rl, cl, offset, exclude, n_paired), bias)
     n, m = sw.n, sw.m
     u = _weights(row_w, sw.x, 0.5 / n)
-    v = _weights(col_w, sw.x, 0.5 / n)
+    # unweighted, the columns have the rows' weights (a panel may not hold its columns)
+    v = u if col_w is None and m == n else _weights(col_w, sw.x, 0.5 / n)
     # with exclusions a panel may hold a column without candidates
     col_softmax = _col_softmax_lse if sw.plain else _col_softmax_lse_empty
     row_lse = sw.x.new_empty(sw.b, n)
-    col_lse = sw.x.new_full((sw.b, m), -math.inf)
     below = _Below(sw) if minus_pos else None
+    col_lse = sw.x.new_full((sw.b, m), -math.inf) if below is None else None
     shared: list[bool] = []
     # one panel: its scores (and, eager, its row softmax) serve the gradient pass as they are
     kept: tuple[Tensor, Tensor | None] | None = None
@@ -179,12 +180,16 @@ def sym_lse_mean_sweep(
             panel_col_lse = c[:, None] + torch.log(col_sums)
         else:
             panel_col_lse = _kernel(col_softmax)(s)[1]
+        assert col_lse is not None
         col_lse = torch.logaddexp(col_lse, panel_col_lse)
     if below is not None:
         col_lse = below.col_lse()
-    counted = v != 0
+    assert col_lse is not None
+    # columns of weight 0 add nothing (not even a NaN from an empty column); without column
+    # weights every one counts
+    counted = None if col_w is None else v != 0
     rows, cols = (row_lse, col_lse) if below is None else below.terms()
-    value = (rows * u).sum(-1) + torch.where(counted, cols * v, 0.0).sum(-1)
+    value = (rows * u).sum(-1) + _where_counted(counted, cols * v).sum(-1)
     if not need_grad:
         return (value, *sw.no_grads())
     for k, (r0, r1) in enumerate(sw.panels()):
@@ -197,7 +202,7 @@ def sym_lse_mean_sweep(
             p = torch.softmax(s, dim=-1) if p_row is None else p_row
             c = row_lse[:, r0:r1].amax(-1)  # any shift works: alpha and beta cancel it
             alpha = torch.exp(row_lse[:, r0:r1] - c[:, None])  # (B, P)
-            beta = torch.where(counted, v * torch.exp(c[:, None] - col_lse), 0.0)  # (B, M)
+            beta = _where_counted(counted, v * torch.exp(c[:, None] - col_lse))  # (B, M)
             outer = torch.baddbmm(
                 u[r0:r1].expand(sw.b, -1)[:, :, None], alpha[:, :, None], beta[:, None, :]
             )
@@ -212,6 +217,11 @@ def sym_lse_mean_sweep(
     return (value, *sw.finish())
 
 
+def _where_counted(counted: Tensor | None, t: Tensor) -> Tensor:
+    """``t``, 0 where ``counted`` is False."""
+    return t if counted is None else torch.where(counted, t, 0.0)
+
+
 class _Below:
     """The row and column log-sum-exps less their positives' mean scores, each formed from
     its own maximum (no rounding of a large log-sum-exp before the subtraction): per row
@@ -222,14 +232,22 @@ class _Below:
         self.sw = sw
         b, n, m = sw.b, sw.n, sw.m
         self.rows = sw.x.new_empty(b, n)
-        self.col_max = sw.x.new_full((b, m), -math.inf)
-        self.col_log = sw.x.new_full((b, m), -math.inf)  # log sum e^{S - col_max}
-        self.col_pos = sw.x.new_zeros(b, m)
-        self.col_npos = sw.x.new_zeros(m)
+        # the running column maximum and log sum e^{S - col_max}; None before the first panel
+        self.col_max: Tensor | None = None
+        self.col_log: Tensor | None = None
+        # one panel of the plain square pairing: each column's one positive is on the diagonal
+        self.square = sw.plain and sw.panel >= n and n == m and sw.layout.offset == 0
+        self.diagonal: Tensor | None = None
+        if not self.square:  # the sum and count of each column's positives
+            self.col_pos = sw.x.new_zeros(b, m)
+            self.col_npos = sw.x.new_zeros(m)
 
     def positives(self, s: Tensor, r0: int, r1: int) -> None:
         """The columns' positive scores of a panel (before the non-candidates are dropped)."""
         sw = self.sw
+        if self.square:
+            self.diagonal = s.diagonal(dim1=1, dim2=2).clone()
+            return
         if sw.plain:
             rows, cols = sw.diag(r0, r1)
             self.col_pos[:, cols] += s[:, rows, cols]
@@ -247,6 +265,9 @@ class _Below:
         m_p = s.amax(1)
         # log sum_i e^{S_ij - m_p}; -inf for an empty column (no candidate in this panel)
         l_p = torch.where(torch.isneginf(m_p), -math.inf, _log_sum_from_max(p_col, 1))
+        if self.col_max is None or self.col_log is None:  # the first panel: nothing to merge
+            self.col_max, self.col_log = m_p, l_p
+            return
         new = torch.maximum(self.col_max, m_p)
         safe = torch.where(torch.isneginf(new), 0.0, new)
         self.col_log = torch.logaddexp(
@@ -257,12 +278,16 @@ class _Below:
 
     def col_lse(self) -> Tensor:
         """Per column, the log-sum-exp over its candidates (``-inf`` for none)."""
+        assert self.col_max is not None and self.col_log is not None
         empty = torch.isneginf(self.col_max)
         return torch.where(empty, -math.inf, self.col_max + self.col_log)
 
     def terms(self) -> tuple[Tensor, Tensor]:
         """Per row and per column, the log-sum-exp less the positives' mean (a line without
         a positive keeps its log-sum-exp)."""
+        assert self.col_max is not None and self.col_log is not None
+        if self.diagonal is not None:  # every column has its one positive
+            return self.rows, (self.col_max - self.diagonal) + self.col_log
         mean = self.col_pos / self.col_npos.clamp_min(1)
         has = self.col_npos > 0
         cols = torch.where(has, self.col_max - mean, self.col_max) + self.col_log
