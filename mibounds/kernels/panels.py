@@ -239,6 +239,7 @@ class _Sweep:
         self.inv = (1.0 / tau.to(dt)).reshape(1, 1, 1)
         self.bias = None if bias is None else bias.to(dt).reshape(())
         self.panel = panel_rows(self.m, get_memory_budget(self.x.device))
+        self._diag: tuple[tuple[int, int], Tensor, Tensor] | None = None
         if sim == 1:
             self.sqx = (self.x * self.x).sum(-1)
             self.sqy = (self.y * self.y).sum(-1)
@@ -410,9 +411,12 @@ class _Sweep:
         return (*empty, self.x.new_zeros(self.b), self.x.new_zeros(self.b))
 
     def diag(self, r0: int, r1: int) -> tuple[Tensor, Tensor]:
-        """Local row and global column indices of the own pairs in rows ``r0:r1``."""
-        rows = torch.arange(r1 - r0, device=self.x.device)
-        return rows, rows + (r0 + self.layout.offset)
+        """Local row and global column indices of the own pairs in rows ``r0:r1`` (formed once
+        per panel; the callers only read them)."""
+        if self._diag is None or self._diag[0] != (r0, r1):
+            rows = torch.arange(r1 - r0, device=self.x.device)
+            self._diag = ((r0, r1), rows, rows + (r0 + self.layout.offset))
+        return self._diag[1], self._diag[2]
 
 
 #: What :meth:`_Sweep.drop` returns after dropping the own pairs of the plain pairing.
