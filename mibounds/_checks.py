@@ -378,7 +378,7 @@ def check_scale(name: str, logit_scale: Any) -> torch.Tensor | float:
         if not validating():
             return logit_scale
         value = float(logit_scale.detach())
-        inverse = float((1 / logit_scale.detach()).float())
+        inverse = float(logit_scale.detach().reciprocal().float())
     else:
         value = float(logit_scale)
         inverse = 1.0 / value if value > 0 else math.inf
@@ -435,7 +435,8 @@ def check_loss_arguments(
         check_temperature(*temperature)
         tau = temperature[1]
     if logit_scale is not None:
-        tau = 1 / check_scale(*logit_scale)
+        scale = check_scale(*logit_scale)
+        tau = scale.reciprocal() if isinstance(scale, torch.Tensor) else 1 / scale
     bias = None
     if logit_bias is not None and logit_bias[1] is not None:
         bias = check_scalar(*logit_bias)

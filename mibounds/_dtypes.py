@@ -26,6 +26,17 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
     return t.to(accumulation_dtype(t.dtype))
 
 
+def promoted(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """``torch.promote_types(a, b)``, without a call when the two are the same."""
+    return a if a == b else torch.promote_types(a, b)
+
+
+def finite_derivatives(g: torch.Tensor) -> torch.Tensor:
+    """A copy of ``g`` with every entry that is not finite replaced by 0 (see
+    :func:`finite_derivatives_`)."""
+    return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def finite_derivatives_(g: torch.Tensor) -> torch.Tensor:
     """``g`` with every entry that is not finite replaced by 0, in place.
 

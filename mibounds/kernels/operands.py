@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mibounds import _checks
-from mibounds._dtypes import accumulation_dtype, cuda_autocast_dtype, finite_derivatives_
+from mibounds._dtypes import (
+    accumulation_dtype,
+    cuda_autocast_dtype,
+    finite_derivatives,
+    finite_derivatives_,
+    promoted,
+)
 from mibounds.kernels.entry import row_logsumexp_mean
 from mibounds.kernels.selfcheck import triton_on
 
@@ -54,7 +60,7 @@ def operands(x: Tensor, y: Tensor, similarity: str, temperature: float | Tensor)
     add up before the one division by ``tau``. While values are validated, scores that
     overflow the accumulation dtype raise a ``ValueError`` naming the temperature.
     """
-    dtype = torch.promote_types(x.dtype, y.dtype)
+    dtype = promoted(x.dtype, y.dtype)
     validated = _checks.validating()
     half = _fused_dtype(x, y, similarity)
     if half is not None:
@@ -87,7 +93,7 @@ class _InverseSqrtScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, gx: Tensor, gy: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         x, y, tau, r = ctx.saved_tensors
-        gx, gy = finite_derivatives_(gx.clone()), finite_derivatives_(gy.clone())
+        gx, gy = finite_derivatives(gx), finite_derivatives(gy)
         dtau = None
         if ctx.needs_input_grad[2]:
             total = (x * gx).sum() + (y * gy).sum()
@@ -202,7 +208,7 @@ def _check_no_overflow(
     message names ``temperature``, as given. A bound on the largest score decides in O(N d);
     only if it is too large are the scores themselves swept (no gradient)."""
     x, y = x.detach(), y.detach()
-    dtype = accumulation_dtype(torch.promote_types(x.dtype, y.dtype))
+    dtype = accumulation_dtype(promoted(x.dtype, y.dtype))
     t = float(tau.detach()) if isinstance(tau, Tensor) else float(tau)
     m = y.shape[-2]
     nx, ny = x.to(dtype).norm(dim=-1).amax(), y.to(dtype).norm(dim=-1).amax()

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from mibounds._dtypes import accumulation_dtype as _acc
-from mibounds._dtypes import finite_derivatives_
+from mibounds._dtypes import finite_derivatives_, promoted
 from mibounds.pairing import PairLayout
 
 __all__ = [
@@ -226,7 +226,7 @@ class _Sweep:
         bias: Tensor | None = None,
     ) -> None:
         # mixed x and y dtypes are promoted, as torch promotes them
-        dt = _acc(torch.promote_types(x.dtype, y.dtype))
+        dt = _acc(promoted(x.dtype, y.dtype))
         self.x_dtype, self.y_dtype = x.dtype, y.dtype
         self.x, self.y = x.to(dt), y.to(dt)
         # half-precision features are multiplied as they are, with float32 results
@@ -236,7 +236,7 @@ class _Sweep:
         self.layout = PairLayout(n_paired=self.n) if layout is None else layout
         self.plain = self.layout.plain
         self.sim, self.need_grad = sim, need_grad
-        self.inv = (1.0 / tau.to(dt)).reshape(1, 1, 1)
+        self.inv = tau.to(dt).reciprocal().reshape(1, 1, 1)
         self.bias = None if bias is None else bias.to(dt).reshape(())
         self.panel = panel_rows(self.m, get_memory_budget(self.x.device))
         self._diag: tuple[tuple[int, int], Tensor, Tensor] | None = None

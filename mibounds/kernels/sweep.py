@@ -153,7 +153,8 @@ def sym_lse_mean_sweep(
     v = u if col_w is None and m == n else _weights(col_w, sw.x, 0.5 / n)
     # with exclusions a panel may hold a column without candidates
     col_softmax = _col_softmax_lse if sw.plain else _col_softmax_lse_empty
-    row_lse = sw.x.new_empty(sw.b, n)
+    # one panel of every row forms the row log-sum-exps whole; more fill them in
+    row_lse: Tensor | None = None if sw.panel >= n else sw.x.new_empty(sw.b, n)
     below = _Below(sw) if minus_pos else None
     col_lse = sw.x.new_full((sw.b, m), -math.inf) if below is None else None
     shared: list[bool] = []
@@ -170,7 +171,10 @@ def sym_lse_mean_sweep(
         p, lse = _kernel(_softmax_lse)(s)
         if single:
             kept = (s, p if _eager() else None)
-        row_lse[:, r0:r1] = lse
+        if row_lse is None:
+            row_lse = lse
+        else:
+            row_lse[:, r0:r1] = lse
         if below is not None:  # the column statistics come from each column's own softmax
             below.panel(s, r0, r1, p, _kernel(col_softmax)(s)[0])
             continue
@@ -184,7 +188,7 @@ def sym_lse_mean_sweep(
         col_lse = torch.logaddexp(col_lse, panel_col_lse)
     if below is not None:
         col_lse = below.col_lse()
-    assert col_lse is not None
+    assert col_lse is not None and row_lse is not None
     # columns of weight 0 add nothing (not even a NaN from an empty column); without column
     # weights every one counts
     counted = None if col_w is None else v != 0
@@ -231,7 +235,8 @@ class _Below:
     def __init__(self, sw: _Sweep) -> None:
         self.sw = sw
         b, n, m = sw.b, sw.n, sw.m
-        self.rows = sw.x.new_empty(b, n)
+        # each row's term; one panel of every row forms them whole
+        self.rows: Tensor | None = None if sw.panel >= n else sw.x.new_empty(b, n)
         # the running column maximum and log sum e^{S - col_max}; None before the first panel
         self.col_max: Tensor | None = None
         self.col_log: Tensor | None = None
@@ -261,7 +266,11 @@ class _Below:
     def panel(self, s: Tensor, r0: int, r1: int, p: Tensor, p_col: Tensor) -> None:
         """Rows ``r0:r1`` of the candidates' scores ``s`` (``-inf`` elsewhere), with their
         row softmax ``p`` and column softmax ``p_col``."""
-        self.rows[:, r0:r1] = _gap_to_positives(self.sw, s, r0, r1) + _log_sum_from_max(p, -1)
+        rows = _gap_to_positives(self.sw, s, r0, r1) + _log_sum_from_max(p, -1)
+        if self.rows is None:
+            self.rows = rows
+        else:
+            self.rows[:, r0:r1] = rows
         m_p = s.amax(1)
         # log sum_i e^{S_ij - m_p}; -inf for an empty column (no candidate in this panel)
         l_p = torch.where(torch.isneginf(m_p), -math.inf, _log_sum_from_max(p_col, 1))
@@ -285,7 +294,7 @@ class _Below:
     def terms(self) -> tuple[Tensor, Tensor]:
         """Per row and per column, the log-sum-exp less the positives' mean (a line without
         a positive keeps its log-sum-exp)."""
-        assert self.col_max is not None and self.col_log is not None
+        assert self.rows is not None and self.col_max is not None and self.col_log is not None
         if self.diagonal is not None:  # every column has its one positive
             return self.rows, (self.col_max - self.diagonal) + self.col_log
         mean = self.col_pos / self.col_npos.clamp_min(1)
