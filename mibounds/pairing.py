@@ -175,8 +175,11 @@ class PairLayout(NamedTuple):
             n, m = self.row_labels.shape[0], self.col_labels.shape[0]
             device = self.row_labels.device
         assert n is not None and m is not None
-        own_col = torch.arange(n, device=device) + self.offset
-        has_own = ((own_col >= 0) & (own_col < m)).double()
+        if self.offset == 0 and n <= m:  # every row has its own column
+            has_own = torch.ones(n, dtype=torch.float64, device=device)
+        else:
+            own_col = torch.arange(n, device=device) + self.offset
+            has_own = ((own_col >= 0) & (own_col < m)).double()
         if self.row_labels is None:
             npos = has_own.clone()
         else:
@@ -191,6 +194,7 @@ class PairLayout(NamedTuple):
                 npos = npos - has_own
             else:
                 assert self.col_labels is not None
+                own_col = torch.arange(n, device=device) + self.offset
                 own = self.col_labels[own_col.clamp(0, m - 1)] == self.row_labels
                 npos = npos - (own.double() * has_own)
             ncand = m - has_own
