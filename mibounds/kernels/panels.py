@@ -496,14 +496,14 @@ def _layout(rl, cl, offset: int, exclude: int, n_paired: int) -> PairLayout:
 _SHARED_RANGE = 60.0
 
 
-def _shared_shift(s: Tensor) -> Tensor | None:
-    """The panel maximum ``c`` ``(B,)`` if every column's maximum lies within
-    :data:`_SHARED_RANGE` of it (columns without candidates aside), else ``None``. CPU only: on
-    accelerators the answer would need a device synchronisation, so they always take the
-    softmax route."""
+def _shared_shift(s: Tensor, col_max: Tensor | None = None) -> Tensor | None:
+    """The panel maximum ``c`` ``(B,)`` if every column's maximum (``col_max``, if the caller
+    has it) lies within :data:`_SHARED_RANGE` of it (columns without candidates aside), else
+    ``None``. CPU only: on accelerators the answer would need a device synchronisation, so
+    they always take the softmax route."""
     if s.device.type != "cpu":
         return None
-    col_max = s.amax(1)
+    col_max = s.amax(1) if col_max is None else col_max
     c = col_max.amax(-1)
     low = torch.where(torch.isneginf(col_max), c[:, None], col_max).amin(-1)
     if bool((c - low <= _SHARED_RANGE).all()):

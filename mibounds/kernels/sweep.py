@@ -166,8 +166,6 @@ def sym_lse_mean_sweep(
         if below is not None:
             below.positives(s, r0, r1)
         sw.drop(s, r0, r1, "cand", -math.inf)
-        c = _shared_shift(s)
-        shared.append(c is not None)
         p, lse = _kernel(_softmax_lse)(s)
         if single:
             kept = (s, p if _eager() else None)
@@ -177,7 +175,10 @@ def sym_lse_mean_sweep(
             row_lse[:, r0:r1] = lse
         if below is not None:  # the column statistics come from each column's own softmax
             below.panel(s, r0, r1, p, _kernel(col_softmax)(s)[0])
+            shared.append(_shared_shift(s, below.panel_max) is not None)
             continue
+        c = _shared_shift(s)
+        shared.append(c is not None)
         if c is not None:
             scale = torch.exp(lse - c[:, None])  # (B, P), e^{l_i - c}
             col_sums = torch.bmm(scale[:, None, :], p)[:, 0]  # sum_i e^{S_ij - c}
@@ -243,6 +244,7 @@ class _Below:
         # one panel of the plain square pairing: each column's one positive is on the diagonal
         self.square = sw.plain and sw.panel >= n and n == m and sw.layout.offset == 0
         self.diagonal: Tensor | None = None
+        self.panel_max: Tensor | None = None  # the last panel's column maxima
         if not self.square:  # the sum and count of each column's positives
             self.col_pos = sw.x.new_zeros(b, m)
             self.col_npos = sw.x.new_zeros(m)
@@ -271,7 +273,7 @@ class _Below:
             self.rows = rows
         else:
             self.rows[:, r0:r1] = rows
-        m_p = s.amax(1)
+        m_p = self.panel_max = s.amax(1)
         # log sum_i e^{S_ij - m_p}; -inf for an empty column (no candidate in this panel)
         l_p = torch.where(torch.isneginf(m_p), -math.inf, _log_sum_from_max(p_col, 1))
         if self.col_max is None or self.col_log is None:  # the first panel: nothing to merge

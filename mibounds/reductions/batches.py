@@ -340,7 +340,8 @@ def own_pair_scores(
     with the overflow rule on their gradient (as for dense scores)."""
     y = y[..., : x.shape[-2], :]
     d = -((x - y) ** 2).sum(-1) if sim == "gaussian" else (x * y).sum(-1)
-    d = d / tau
+    if isinstance(tau, Tensor) or tau != 1.0:  # folded into the features: nothing to divide
+        d = d / tau
     if bias is not None:
         d = d + bias
     return finite_grad(d.to(acc))
