@@ -239,6 +239,7 @@ class _Sweep:
         self.inv = tau.to(dt).reciprocal().reshape(1, 1, 1)
         self.bias = None if bias is None else bias.to(dt).reshape(())
         self.panel = panel_rows(self.m, get_memory_budget(self.x.device))
+        self.whole = self.panel >= self.n  # one panel holds every row
         self._diag: tuple[tuple[int, int], Tensor, Tensor] | None = None
         if sim == 1:
             self.sqx = (self.x * self.x).sum(-1)

@@ -149,33 +149,32 @@ def sym_lse_mean_sweep(
     sw = _Sweep(x, y, tau, sim, need_grad, _layout(rl, cl, offset, exclude, n_paired), bias)
     n, m = sw.n, sw.m
     u = _weights(row_w, sw.x, 0.5 / n)
-    # unweighted, the columns have the rows' weights (a panel may not hold its columns)
+    # unweighted, the columns share the rows' weights (the same 1 / (2n))
     v = u if col_w is None and m == n else _weights(col_w, sw.x, 0.5 / n)
     # with exclusions a panel may hold a column without candidates
     col_softmax = _col_softmax_lse if sw.plain else _col_softmax_lse_empty
     # one panel of every row forms the row log-sum-exps whole; more fill them in
-    row_lse: Tensor | None = None if sw.panel >= n else sw.x.new_empty(sw.b, n)
+    row_lse: Tensor | None = None if sw.whole else sw.x.new_empty(sw.b, n)
     below = _Below(sw) if minus_pos else None
     col_lse = sw.x.new_full((sw.b, m), -math.inf) if below is None else None
     shared: list[bool] = []
     # one panel: its scores (and, eager, its row softmax) serve the gradient pass as they are
     kept: tuple[Tensor, Tensor | None] | None = None
-    single = need_grad and sw.panel >= n
     for r0, r1 in sw.panels():
         s = sw.scores(r0, r1)
         if below is not None:
             below.positives(s, r0, r1)
         sw.drop(s, r0, r1, "cand", -math.inf)
         p, lse = _kernel(_softmax_lse)(s)
-        if single:
+        if need_grad and sw.whole:
             kept = (s, p if _eager() else None)
         if row_lse is None:
             row_lse = lse
         else:
             row_lse[:, r0:r1] = lse
         if below is not None:  # the column statistics come from each column's own softmax
-            below.panel(s, r0, r1, p, _kernel(col_softmax)(s)[0])
-            shared.append(_shared_shift(s, below.panel_max) is not None)
+            col_max = below.panel(s, r0, r1, p, _kernel(col_softmax)(s)[0])
+            shared.append(_shared_shift(s, col_max) is not None)
             continue
         c = _shared_shift(s)
         shared.append(c is not None)
@@ -237,14 +236,13 @@ class _Below:
         self.sw = sw
         b, n, m = sw.b, sw.n, sw.m
         # each row's term; one panel of every row forms them whole
-        self.rows: Tensor | None = None if sw.panel >= n else sw.x.new_empty(b, n)
+        self.rows: Tensor | None = None if sw.whole else sw.x.new_empty(b, n)
         # the running column maximum and log sum e^{S - col_max}; None before the first panel
         self.col_max: Tensor | None = None
         self.col_log: Tensor | None = None
         # one panel of the plain square pairing: each column's one positive is on the diagonal
-        self.square = sw.plain and sw.panel >= n and n == m and sw.layout.offset == 0
+        self.square = sw.plain and sw.whole and n == m and sw.layout.offset == 0
         self.diagonal: Tensor | None = None
-        self.panel_max: Tensor | None = None  # the last panel's column maxima
         if not self.square:  # the sum and count of each column's positives
             self.col_pos = sw.x.new_zeros(b, m)
             self.col_npos = sw.x.new_zeros(m)
@@ -265,20 +263,20 @@ class _Below:
         self.col_pos += (s * kept).sum(1)
         self.col_npos += kept.sum(0)
 
-    def panel(self, s: Tensor, r0: int, r1: int, p: Tensor, p_col: Tensor) -> None:
+    def panel(self, s: Tensor, r0: int, r1: int, p: Tensor, p_col: Tensor) -> Tensor:
         """Rows ``r0:r1`` of the candidates' scores ``s`` (``-inf`` elsewhere), with their
-        row softmax ``p`` and column softmax ``p_col``."""
+        row softmax ``p`` and column softmax ``p_col``; returns the panel's column maxima."""
         rows = _gap_to_positives(self.sw, s, r0, r1) + _log_sum_from_max(p, -1)
         if self.rows is None:
             self.rows = rows
         else:
             self.rows[:, r0:r1] = rows
-        m_p = self.panel_max = s.amax(1)
+        m_p = s.amax(1)
         # log sum_i e^{S_ij - m_p}; -inf for an empty column (no candidate in this panel)
         l_p = torch.where(torch.isneginf(m_p), -math.inf, _log_sum_from_max(p_col, 1))
         if self.col_max is None or self.col_log is None:  # the first panel: nothing to merge
             self.col_max, self.col_log = m_p, l_p
-            return
+            return m_p
         new = torch.maximum(self.col_max, m_p)
         safe = torch.where(torch.isneginf(new), 0.0, new)
         self.col_log = torch.logaddexp(
@@ -286,6 +284,7 @@ class _Below:
             l_p + torch.where(torch.isneginf(m_p), 0.0, m_p - safe),
         )
         self.col_max = new
+        return m_p
 
     def col_lse(self) -> Tensor:
         """Per column, the log-sum-exp over its candidates (``-inf`` for none)."""
