@@ -244,7 +244,9 @@ def run(args: argparse.Namespace) -> dict:
                             if impl == "mibounds":
                                 after = streaming.path_usage()
                                 row["path"] = "+".join(
-                                    p for p in cost.PATHS if after.get(p, 0) > before.get(p, 0)
+                                    p
+                                    for p in ("dense", *cost.PATHS)
+                                    if after.get(p, 0) > before.get(p, 0)
                                 )
                         except Exception as err:  # out of memory and the like: reported
                             row[f"{impl}_error"] = f"{type(err).__name__}: {err}"[:200]

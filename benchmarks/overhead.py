@@ -9,10 +9,12 @@ a path); from N of a few thousand on it is the products and the exponentials. Ea
 the same normalised float32 features, d = 128 by default, on the CPU unless ``--device`` says
 otherwise (on a GPU each call is synchronised before its time is read). The two losses
 alternate call by call (the machine is noisy), and the table gives the median time of each and
-their ratio, ours / OpenCLIP's. Beside them, "kernel" times the streamed kernel call our loss
-makes, alone, on the operands its batch forms (forward and backward, the backward ending at
-those operands): the rest of our time is the checks, the scores, the batch and the autograd
-steps around the kernel. "ops" counts the tensor operations one call dispatches, ours and the
+their ratio, ours / OpenCLIP's. Beside them, "kernel" times the kernel call our loss makes,
+alone (forward and backward, the backward ending at its operands): for a batch whose score
+matrix is small, the dense path's whole loss (``mibounds.kernels.small``, "path" dense);
+otherwise the streamed kernel call on the operands its batch forms ("path" streamed). The
+rest of our time is the checks, the scores, the batch and the autograd steps around the
+kernel. "ops" counts the tensor operations one call dispatches, ours and the
 peer's (views not counted): at small N each costs a few microseconds, whatever its size, and
 they set the time. Without ``open_clip`` installed, the peer is the same loss
 written plainly on the dense logits (``cross_entropy`` / ``logsigmoid``), as OpenCLIP writes it.
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from mibounds import contrastive
-from mibounds.kernels import streaming
+from mibounds.kernels import small, streaming
 from mibounds.reductions import SeparableBatch
 from mibounds.scores import SeparableScores
 
@@ -90,10 +92,23 @@ def pairs() -> tuple[str, dict[str, tuple[Callable[..., Any], Callable[..., Any]
     }
 
 
+#: the loss of :mod:`mibounds.kernels.small` each of ours is
+_SMALL_LOSS = {"clip": "cross_entropy", "siglip": "sigmoid"}
+
+
 def kernel_call(name: str, u: torch.Tensor, v: torch.Tensor):
-    """The streamed kernel call of our loss ``name`` alone, and its arguments: the operands the
-    loss's batch forms, as leaves (the backward pass ends there)."""
+    """The kernel call of our loss ``name`` alone, and its arguments: the operands the loss
+    forms, as leaves (the backward pass ends there). A batch small enough for the dense path
+    (:mod:`mibounds.kernels.small`) calls its loss there, whole; a larger one calls the
+    streamed kernel its batch forms."""
     bias = BIAS if name == "siglip" else None
+    if small.covers(u, v, "dot", _SMALL_LOSS[name]):
+        x, y = u.detach().requires_grad_(), v.detach().requires_grad_()
+        scale = torch.tensor(SCALE, device=u.device)
+        if name == "clip":
+            return lambda x, y: small.cross_entropy(x, y, 1 / SCALE, True, scale), (x, y)
+        b = torch.tensor(BIAS, device=u.device)
+        return lambda x, y: small.sigmoid_loss(x, y, 1 / SCALE, b, scale), (x, y)
     st = SeparableBatch(SeparableScores(u.detach(), v.detach(), "dot", 1 / SCALE, bias=bias))
     x, y = st.x.detach().requires_grad_(), st.y.detach().requires_grad_()
     if name == "clip":
@@ -167,9 +182,11 @@ def measure(
             kernels.append(_step(kernel, kernel_args))
         t_ours, t_peer = statistics.median(mine), statistics.median(theirs)
         ops = {"ours_ops": count_ops(ours, args), "peer_ops": count_ops(peer, args)}
+        path = "dense" if small.covers(u0, v0, "dot", _SMALL_LOSS[name]) else "streamed"
         rows.append({"loss": name, "n": n, "d": d, "device": device, "ours_ms": 1e3 * t_ours,
                      "peer_ms": 1e3 * t_peer, "ratio": t_ours / t_peer,
-                     "kernel_ms": 1e3 * statistics.median(kernels), **ops})  # fmt: skip
+                     "kernel_ms": 1e3 * statistics.median(kernels), "path": path,
+                     **ops})  # fmt: skip
     return rows
 
 
@@ -188,11 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         rows += measure(n, args.dim, calls, losses, args.device)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"peer: {peer}; torch {torch.__version__} on {where}, {torch.get_num_threads()} threads")
-    print("| loss | N | d | ours (ms) | peer (ms) | ours / peer | kernel (ms) | ops ours / peer |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| loss | N | d | ours (ms) | peer (ms) | ours / peer | path | kernel (ms) "
+          "| ops ours / peer |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['loss']} | {r['n']} | {r['d']} | {r['ours_ms']:.3f} | {r['peer_ms']:.3f} "
-              f"| {r['ratio']:.2f} | {r['kernel_ms']:.3f} "
+              f"| {r['ratio']:.2f} | {r['path']} | {r['kernel_ms']:.3f} "
               f"| {r['ours_ops']} / {r['peer_ops']} |")  # fmt: skip
     if args.json:
         meta = {"peer": peer, "torch": torch.__version__, "device": where,

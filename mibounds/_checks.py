@@ -71,6 +71,8 @@ def check_values(name: str, tensor: torch.Tensor) -> None:
     """Raise if ``tensor`` holds NaN or Inf while value validation is on (eager only)."""
     if not _VALIDATE_ARGS or _compiling() or tensor.numel() == 0:
         return
+    if tensor.numel() == 1 and math.isfinite(tensor.item()):  # one read, no reduction
+        return
     # one reduction pass and no boolean copy: a NaN anywhere makes both extremes NaN (see
     # torch.aminmax), an infinity makes one of them infinite; both read back in one copy
     if not all(math.isfinite(v) for v in torch.stack(torch.aminmax(tensor.detach())).tolist()):
@@ -113,7 +115,6 @@ def check_embeddings(min_n: int, **named: Any) -> list[torch.Tensor]:
                 f"{name} needs at least {min_n} samples (rows) for a contrastive loss, got "
                 f"shape {tuple(t.shape)}"
             )
-        check_values(name, t)
         out.append(t)
     (a_name, a), *others = zip(named, out, strict=True)
     for b_name, b in others:
@@ -122,7 +123,22 @@ def check_embeddings(min_n: int, **named: Any) -> list[torch.Tensor]:
                 f"{a_name} and {b_name} must have the same shape (N, d), got "
                 f"{tuple(a.shape)} and {tuple(b.shape)}"
             )
+    _check_values_of(named)
     return out
+
+
+def _check_values_of(named: dict[str, torch.Tensor]) -> None:
+    """:func:`check_values` of each tensor, in order, with the extremes of all of them read
+    back at once where they share a dtype and a device (one device synchronisation)."""
+    if not _VALIDATE_ARGS or _compiling():
+        return
+    ts = list(named.values())
+    if len({(t.dtype, t.device) for t in ts}) == 1 and all(t.numel() for t in ts):
+        extremes = torch.stack([e for t in ts for e in torch.aminmax(t.detach())]).tolist()
+        if all(math.isfinite(v) for v in extremes):
+            return
+    for name, t in named.items():
+        check_values(name, t)
 
 
 def check_scores(name: str, scores: Any, rectangular: bool = False) -> torch.Tensor:
@@ -371,17 +387,19 @@ def _is_scalar_tensor(name: str, value: Any) -> bool:
     return False
 
 
-def check_scale(name: str, logit_scale: Any) -> torch.Tensor | float:
-    """A positive, finite logit scale (float or scalar tensor) whose inverse, the temperature,
-    is finite too."""
+def scale_temperature(name: str, logit_scale: Any) -> torch.Tensor | float:
+    """The temperature ``1 / logit_scale`` of a positive, finite logit scale (float or scalar
+    tensor, the temperature then a tensor with its gradient) whose inverse is finite too."""
     if _is_scalar_tensor(name, logit_scale):
+        tau = logit_scale.reciprocal()
         if not validating():
-            return logit_scale
+            return tau
         value = float(logit_scale.detach())
-        inverse = float(logit_scale.detach().reciprocal().float())
+        inverse = float(tau.detach().float())
     else:
         value = float(logit_scale)
         inverse = 1.0 / value if value > 0 else math.inf
+        tau = inverse
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be finite and > 0, got {value}")
     if not math.isfinite(inverse):
@@ -389,7 +407,7 @@ def check_scale(name: str, logit_scale: Any) -> torch.Tensor | float:
             f"{name}={value:g} is too small: the temperature 1 / {name} overflows "
             f"{logit_scale.dtype if isinstance(logit_scale, torch.Tensor) else 'float'}"
         )
-    return logit_scale
+    return tau
 
 
 def check_scalar(name: str, value: Any) -> torch.Tensor | float:
@@ -435,8 +453,7 @@ def check_loss_arguments(
         check_temperature(*temperature)
         tau = temperature[1]
     if logit_scale is not None:
-        scale = check_scale(*logit_scale)
-        tau = scale.reciprocal() if isinstance(scale, torch.Tensor) else 1 / scale
+        tau = scale_temperature(*logit_scale)
     bias = None
     if logit_bias is not None and logit_bias[1] is not None:
         bias = check_scalar(*logit_bias)

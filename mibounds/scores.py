@@ -169,6 +169,8 @@ class SeparableScores:
     _layout: PairLayout = field(init=False, repr=False, compare=False)
     _counts: tuple[Tensor, Tensor] | None = field(init=False, repr=False, compare=False)
     _plain: bool = field(init=False, repr=False, compare=False)
+    # the logit scale a loss was given (the temperature is its inverse), or None
+    _scale: float | Tensor | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         group = distributed.resolve_group(self.gather)
@@ -279,9 +281,13 @@ class SeparableScores:
         on_device = None if row_labels is None else row_labels.to(x.device)
         layout = PairLayout(on_device, on_device, 0, EXCLUDE.index(exclude), n)
         plain = row_labels is None and exclude == "none" and bias is None and m == n
-        counts = None if plain else layout.counts(n, m, x.device)  # the batch weighs rows by them
+        # the batch weighs rows by the counts (the plain layout needs none: a bias alone)
+        laid_plain = row_labels is None and exclude == "none"
+        counts = None if laid_plain else layout.counts(n, m, x.device)
         group = None if gather is False or gather is None else distributed.resolve_group(gather)
         out._carry(group, layout, counts, plain)
+        if logit_scale is not None:
+            object.__setattr__(out, "_scale", logit_scale[1])
         return out
 
     @property

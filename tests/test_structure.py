@@ -118,13 +118,20 @@ def test_the_overhead_benchmark_counts_the_operations_a_call_dispatches():
     assert m == n
 
 
-def test_the_overhead_benchmark_times_the_kernel_call_the_loss_makes():
+def test_the_overhead_benchmark_times_the_kernel_call_the_loss_makes(monkeypatch):
     from mibounds import contrastive
+    from mibounds.kernels import small
 
     overhead = _benchmark("overhead")
     g = torch.Generator().manual_seed(0)
     u, v = torch.nn.functional.normalize(torch.randn(2, 6, 3, generator=g), dim=-1)
     scale, bias = overhead.SCALE, overhead.BIAS
+    # a batch small enough for the dense path: its kernel call is the loss, whole
+    for name, loss in (("clip", contrastive.CLIPLoss()), ("siglip", contrastive.SigLIPLoss())):
+        kernel, (x, y) = overhead.kernel_call(name, u, v)
+        assert torch.allclose(kernel(x, y), loss(u, v, scale, bias), atol=1e-5)
+    # a streamed batch (the dense path's limit set to 0 here)
+    monkeypatch.setattr(small, "MAX_ENTRIES", {"cross_entropy": 0, "sigmoid": 0})
     # CLIP's loss is the kernel's value: each direction's log-sum-exp less its positive
     kernel, (x, y) = overhead.kernel_call("clip", u, v)
     assert torch.allclose(kernel(x, y), contrastive.CLIPLoss()(u, v, scale), atol=1e-5)
@@ -159,7 +166,10 @@ def _same_scores(built, checked) -> None:
         if a is not None:
             assert a.dtype == b.dtype and torch.equal(a, b), name
     assert built._group is checked._group is None
-    assert built._plain == checked._plain and (built._counts is None) == built._plain
+    assert built._plain == checked._plain
+    # counted when rows are weighted by them: labels or exclusions (a bias alone needs none)
+    laid_plain = built.labels is None and built.exclude == "none"
+    assert (built._counts is None) == laid_plain
     for a, b in zip(built._layout, checked._layout, strict=True):
         assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
     if built._counts is not None:  # known when the loss built them; the batch's otherwise
@@ -178,7 +188,7 @@ def test_scores_of_a_loss_are_those_of_the_constructor():
             logit_scale=("logit_scale", 10.0), logit_bias=("logit_bias", bias),
         )  # fmt: skip
         _same_scores(built, checked)
-        assert (built._counts is None) == (bias is None)
+        assert built._counts is None  # a bias alone weighs no row: the batch counts if asked
 
 
 def test_scores_of_views_and_of_labels_are_those_of_the_constructor():

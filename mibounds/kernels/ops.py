@@ -89,7 +89,8 @@ _PATH_USAGE: dict[str, int] = {}
 
 def path_usage() -> dict[str, int]:
     """How many streamed op calls each path (``"fused"``, ``"panels"``, ``"sweep"``) was
-    chosen for in this process (see :func:`mibounds.kernels.cost.choose_path`).
+    chosen for in this process (see :func:`mibounds.kernels.cost.choose_path`), and how many
+    loss calls the small-batch path computed whole (``"dense"``, :mod:`mibounds.kernels.small`).
 
     Example:
         >>> isinstance(path_usage(), dict)

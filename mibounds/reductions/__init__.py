@@ -28,6 +28,7 @@ from typing import TypeAlias
 from torch import Tensor
 
 from mibounds import distributed
+from mibounds.kernels import small
 from mibounds.reductions.batches import DenseBatch, SeparableBatch
 from mibounds.reductions.dense import (
     all_pairs_from_means,
@@ -117,6 +118,8 @@ def nce_loss(scores: SeparableScores, symmetric: bool = False) -> Tensor | None:
     the bound's value over the global batch then)."""
     if scores._group is not None:
         return None
+    if scores._plain and small.covers(scores.x, scores.y, scores.similarity):
+        return small.cross_entropy(scores.x, scores.y, scores.temperature, symmetric, scores._scale)
     return SeparableBatch(scores).nce_loss(symmetric)
 
 
@@ -126,6 +129,21 @@ def sigmoid_loss(scores: SeparableScores, n_columns: int | None = None) -> Tenso
     ``n_columns - 1`` (default ``N - 1``) times the mean of :math:`\mathrm{softplus}(S)` over
     the negatives."""
     group = scores._group
+    # the plain pairing with a bias: square, the positives on the diagonal
+    square = (
+        scores.labels is None
+        and scores.exclude == "none"
+        and scores.x.shape[-2] == scores.y.shape[-2]
+    )
+    if (
+        group is None
+        and n_columns is None
+        and square
+        and small.covers(scores.x, scores.y, scores.similarity, "sigmoid")
+    ):
+        return small.sigmoid_loss(
+            scores.x, scores.y, scores.temperature, scores.bias, scores._scale
+        )
     batch = SeparableBatch(scores) if group is None else GlobalBatch(scores, group)
     _, negatives = batch.offdiag_means("softplus")
     return batch.positive_softplus() + ((n_columns or batch.n) - 1) * negatives

@@ -1,0 +1,263 @@
+r"""The small-batch path: a plain batch whose score matrix is small is reduced from that
+matrix, held whole.
+
+At a few hundred samples a call costs its number of tensor operations (each a few
+microseconds on a CPU, whatever its size), not its arithmetic. The streamed sweep forms its
+statistics panel by panel with float64 sums and the gradient in the forward pass: a CLIP loss
+call dispatches about 160 operations in all. Here each of the plain pairing's two losses is
+one :class:`torch.autograd.Function`, about 35 operations a call with the checks and the
+autograd steps: the logits ``S = (k x) y^T`` (``k`` the logit scale, or the inverse
+temperature) in one product, each row's (and column's) statistic from the matrix, and the
+gradient only when the backward pass asks for it, from the stored matrices, in two products.
+
+* :func:`cross_entropy`: the InfoNCE family's cross-entropy, each row's
+  :math:`\log\sum_j e^{S_{ij}} - S_{ii}` formed from the row's own maximum with ``log1p``,
+  as the sweep forms it (a row whose positive dominates keeps its small loss, which the
+  dense ``cross_entropy`` rounds to 0 below about 6e-8);
+* :func:`sigmoid_loss`: SigLIP's :math:`\frac1N\sum_{ij} -\log\sigma(\pm z_{ij})` for the
+  logits ``z = S + bias``.
+
+:func:`covers` says whether a call takes this path: dot scores of 2-D features with at most
+:data:`MAX_ENTRIES` scores for the loss, whose four matrices fit the sweep's panel workspace
+(:func:`mibounds.kernels.streaming.get_memory_budget`), called eagerly (not while compiling:
+there the custom op is one node of the graph), outside autocast, where no path is forced
+(:func:`mibounds.kernels.cost.set_path`) and the fused kernels are off (on a GPU with Triton
+they keep every call). The range rule is the one of the streamed and the dense paths
+(:func:`mibounds.kernels.operands._within_range`), checked on the matrix while values are
+validated.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from mibounds import _checks
+from mibounds._dtypes import accumulation_dtype, promoted
+from mibounds.kernels import cost
+from mibounds.kernels.operands import _overflow_message, _within_range
+from mibounds.kernels.ops import _PATH_USAGE
+from mibounds.kernels.panels import _BUDGET, get_memory_budget
+from mibounds.kernels.selfcheck import triton_on
+
+__all__ = ["MAX_ENTRIES", "covers", "cross_entropy", "sigmoid_loss"]
+
+#: The most score entries (``N x M``) each loss reduces whole: up to them its matrices (four
+#: of ``N x M`` in the accumulation dtype) cost less time than the sweep's operations do
+#: (``benchmarks/overhead.py`` times both): N = 768 for the cross-entropy, 1448 (32 MiB of
+#: float32 matrices) for the sigmoid loss, whose sweep forms a transcendental per entry more.
+MAX_ENTRIES = {"cross_entropy": 768 * 768, "sigmoid": 2**21}
+
+
+def covers(x: Tensor, y: Tensor, similarity: str, loss: str = "cross_entropy") -> bool:
+    """Whether the scores ``similarity(x, y)`` of one process are reduced whole here for
+    ``loss`` (``"cross_entropy"`` or ``"sigmoid"``)."""
+    if similarity != "dot" or x.dim() != 2 or y.dim() != 2:
+        return False
+    entries = x.shape[0] * y.shape[0]
+    if entries > MAX_ENTRIES[loss] or torch.compiler.is_compiling():
+        return False
+    # its matrices within the panel workspace the sweep would take (the CPU's, or one set)
+    budget = get_memory_budget() if x.device.type == "cpu" else _BUDGET[0]
+    if budget is not None and 4 * entries * max(4, x.element_size()) > budget:
+        return False
+    if torch.is_autocast_enabled(x.device.type) or cost.get_path() is not None:
+        return False
+    return not triton_on(x.device)
+
+
+def _scores(x: Tensor, y: Tensor, k: float | Tensor, tau: Any) -> tuple[Tensor, Tensor]:
+    """``S = (k x) y^T`` in the features' dtype (the logits as OpenCLIP forms them), and
+    ``k x``; while values are validated, the range rule on ``S``, as on the streamed path
+    (the message names the temperature ``tau``)."""
+    if isinstance(k, Tensor) or k != 1.0:
+        x = x * k
+    s = torch.mm(x, y.t())
+    if _checks.validating():
+        lo, hi = (float(v) for v in torch.aminmax(s))
+        largest = math.inf if math.isnan(lo + hi) else max(-lo, hi)
+        if not _within_range(largest, s.shape[-1], s.dtype):
+            raise ValueError(_overflow_message(tau, s.dtype, largest, s.shape[-1]))
+    return s, x
+
+
+def _keep(
+    ctx: Any, x: Tensor, xk: Tensor, y: Tensor, k: float | Tensor, count: int, *more: Tensor
+) -> None:
+    """Save what :func:`_feature_grads` needs (``xk = k x``), and ``more``."""
+    ctx.k = None if isinstance(k, Tensor) else k
+    ctx.count = count
+    ctx.save_for_backward(x, xk, y, k if isinstance(k, Tensor) else None, *more)
+
+
+def _feature_grads(
+    ctx: Any, saved: tuple, g: Tensor, grad: Tensor | None, bias: bool = False
+) -> tuple[Tensor | None, ...]:
+    r"""The gradients with respect to ``x``, ``y``, the multiplier ``k`` (and, with ``bias``,
+    the bias) of ``grad`` times a loss whose gradient with respect to the scores
+    ``S = (k x) y^T`` is ``g / count`` (``count`` the number of terms the loss averages), ``g``
+    scaled in place: :math:`k\,g\,y`, :math:`g^T (k x)` and :math:`\sum g \odot S / k =
+    (g y) \cdot x`; ``saved`` are the context's saved tensors."""
+    x, xk, y, k = saved[:4]
+    need = ctx.needs_input_grad
+    if grad is not None:  # None: g is scaled already
+        g.mul_(grad / ctx.count)
+    gb = g.sum() if bias else None
+    gy = torch.mm(g.t(), xk) if need[1] else None
+    gx = gk = None
+    if need[0] or (k is not None and need[2]):
+        gyx = torch.mm(g, y)  # the gradient with respect to k x
+        if k is not None and need[2]:  # in O(N d)
+            gk = torch.dot(gyx.reshape(-1), x.reshape(-1))
+        if need[0]:
+            gx = gyx.mul_(ctx.k if k is None else k) if k is not None or ctx.k != 1.0 else gyx
+    return gx, gy, gk, gb
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """The mean over the rows (and, symmetric, the columns) of each line's log-sum-exp less
+    its positive (the diagonal score)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, y: Tensor, k: float | Tensor, symmetric: bool, tau: Any
+    ) -> Tensor:
+        s, xk = _scores(x, y, k, tau)
+        pos = s.diagonal()
+        # one line per row, and per column when symmetric: d[k, i, j] = line_i[j] - positive_i
+        lines = torch.stack((s, s.t())) if symmetric else s[None]
+        d = lines - pos[:, None]
+        # each line's maximum is >= 0 (its positive is 0); its log-sum-exp less the positive
+        # is top + log(e^{-top} + rest), rest the sum of the others below the maximum, formed
+        # as top + log1p(rest + expm1(-top)): the positive's entry e^{-top} is replaced by
+        # expm1(-top), 0 where the positive is the maximum (then log1p(rest) keeps a small
+        # loss), and where it is not, rest holds the maximum's own 1
+        top = d.amax(-1)
+        e = torch.exp(d - top[..., None])
+        e.diagonal(dim1=-2, dim2=-1).copy_(torch.expm1(-top))
+        terms = top + torch.log1p(e.sum(-1))
+        _keep(ctx, x, xk, y, k, d.shape[0] * d.shape[1], d, terms)
+        return terms.mean()
+
+    @staticmethod
+    @once_differentiable  # the gradient is formed from stored matrices: no second order
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        d, terms = saved[4:]
+        # each line's softmax, e^{S_ij - lse_i}; the positive's -1 on the diagonal
+        p = torch.exp(d - terms[..., None])
+        lines = p.shape[0]
+        g = p[0] + p[1].t() if lines == 2 else p[0]
+        g.diagonal().sub_(lines)
+        return (*_feature_grads(ctx, saved, g, grad)[:3], None, None)
+
+
+class _Sigmoid(torch.autograd.Function):
+    """SigLIP's loss: every pair a binary classification, the diagonal positive."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, y: Tensor, k: float | Tensor, bias: float | Tensor | None, tau: Any
+    ) -> Tensor:
+        s, xk = _scores(x, y, k, tau)
+        # each pair's loss is -log sigmoid(a) for a = -z off the diagonal and z on it (the
+        # logits z = S + bias); the buffer of log sigmoid serves its derivative
+        a = s.neg() if bias is None else torch.sub(-bias, s)
+        a.diagonal().neg_()
+        out, buffer = torch.ops.aten.log_sigmoid_forward(a)
+        value = out.sum() * (-1.0 / a.shape[0])
+        _keep(ctx, x, xk, y, k, a.shape[0], a, buffer)
+        ctx.tensor_bias = isinstance(bias, Tensor)
+        return value
+
+    @staticmethod
+    @once_differentiable  # the gradient is formed from stored matrices: no second order
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        a, buffer = saved[4:]
+        # d(-log sigmoid(a)) / dz = sigmoid(-a) off the diagonal (da / dz = -1), its
+        # negative on it; the incoming gradient and the mean's 1 / N are applied to it here
+        g = torch.ops.aten.log_sigmoid_backward((grad / ctx.count).expand_as(a), a, buffer)
+        g.diagonal().neg_()
+        need_bias = ctx.tensor_bias and ctx.needs_input_grad[3]
+        return (*_feature_grads(ctx, saved, g, None, need_bias), None)
+
+
+def cross_entropy(
+    x: Tensor, y: Tensor, tau: float | Tensor, symmetric: bool, scale: float | Tensor | None = None
+) -> Tensor:
+    r"""The mean over the rows of :math:`\log\sum_j e^{S_{ij}} - S_{ii}` (averaged with the
+    columns' if ``symmetric``), ``S = x y^T / tau``, in the accumulation dtype. ``scale``, the
+    logit scale the temperature is the inverse of where a loss was given one, multiplies the
+    products instead (its gradient then reaches it directly).
+
+    Example:
+        >>> x, y = torch.randn(6, 3), torch.randn(6, 3)
+        >>> s = x @ y.T / 0.5
+        >>> dense = torch.nn.functional.cross_entropy(s, torch.arange(6))
+        >>> torch.allclose(cross_entropy(x, y, 0.5, False), dense)
+        True
+    """
+    _count()
+    x, y, k, _ = _operands(x, y, tau, scale)
+    return _CrossEntropy.apply(x, y, k, symmetric, tau)
+
+
+def sigmoid_loss(
+    x: Tensor,
+    y: Tensor,
+    tau: float | Tensor,
+    bias: float | Tensor | None,
+    scale: float | Tensor | None = None,
+) -> Tensor:
+    r""":math:`\frac1N\big[\sum_i \mathrm{softplus}(-z_{ii}) + \sum_{i \ne j}
+    \mathrm{softplus}(z_{ij})\big]` for the logits ``z = x y^T / tau + bias``, in the
+    accumulation dtype (``scale`` as in :func:`cross_entropy`).
+
+    Example:
+        >>> x, y = torch.randn(6, 3), torch.randn(6, 3)
+        >>> z = x @ y.T / 0.5 - 1.0
+        >>> dense = -torch.nn.functional.logsigmoid((2 * torch.eye(6) - 1) * z).sum() / 6
+        >>> torch.allclose(sigmoid_loss(x, y, 0.5, torch.tensor(-1.0)), dense)
+        True
+    """
+    _count()
+    x, y, k, b = _operands(x, y, tau, scale, bias)
+    return _Sigmoid.apply(x, y, k, b, tau)
+
+
+def _operands(
+    x: Tensor,
+    y: Tensor,
+    tau: float | Tensor,
+    scale: float | Tensor | None,
+    bias: float | Tensor | None = None,
+) -> tuple[Any, ...]:
+    """The features in their accumulation dtype (half precision upcast, differentiably), the
+    multiplier of their products (``scale``, else ``1 / tau``) and the bias, a tensor
+    multiplier and bias as 0-d tensors of that dtype."""
+    dt = accumulation_dtype(promoted(x.dtype, y.dtype))
+    k = scale
+    if k is None:
+        k = tau.reciprocal() if isinstance(tau, Tensor) else 1.0 / tau
+    k = _scalar(k, dt) if isinstance(k, Tensor) else float(k)
+    b = _scalar(bias, dt) if isinstance(bias, Tensor) else bias
+    return _as(x, dt), _as(y, dt), k, b
+
+
+def _as(t: Tensor, dt: torch.dtype) -> Tensor:
+    """``t`` in ``dt`` (no call, so no autograd step, when it is already)."""
+    return t if t.dtype == dt else t.to(dt)
+
+
+def _scalar(t: Tensor, dt: torch.dtype) -> Tensor:
+    """A one-element tensor as a 0-d tensor of ``dt``."""
+    return _as(t if t.dim() == 0 else t.reshape(()), dt)
+
+
+def _count() -> None:
+    _PATH_USAGE["dense"] = _PATH_USAGE.get("dense", 0) + 1

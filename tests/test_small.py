@@ -1,0 +1,269 @@
+"""The small-batch path (:mod:`mibounds.kernels.small`): CLIP's and SigLIP's losses of a batch
+whose score matrix is small, reduced from that matrix, against the independent references
+(values and gradients, float64 tight, float32 to rounding), its accuracy where the positive
+dominates, its range rule, and when it is (and is not) taken."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import mibounds
+from mibounds.contrastive import CLIPLoss, SigLIPLoss
+from mibounds.kernels import cost, small, streaming
+from tests import reference as ref
+
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+def _pair(n, d=6, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(n, d, generator=g, dtype=torch.float64)
+    v = 0.6 * u + 0.8 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    u, v = torch.nn.functional.normalize(u, dim=1), torch.nn.functional.normalize(v, dim=1)
+    return u.to(dtype).requires_grad_(True), v.to(dtype).requires_grad_(True)
+
+
+def _dense_runs() -> int:
+    return streaming.path_usage().get("dense", 0)
+
+
+def _grads(value, inputs):
+    return torch.autograd.grad(value, [t for t in inputs if t.requires_grad])
+
+
+def _clip(u, v, scale, bias=None):
+    return CLIPLoss()(u, v, scale, bias)
+
+
+def _siglip(u, v, scale, bias=None):
+    return SigLIPLoss()(u, v, scale, bias)
+
+
+def _clip_ref(u, v, scale, bias=None):
+    return ref.openclip_clip_loss(u, v, scale, bias)
+
+
+def _siglip_ref(u, v, scale, bias=None):
+    return ref.openclip_siglip_loss(u, v, scale, bias)
+
+
+LOSSES = {"clip": (_clip, _clip_ref), "siglip": (_siglip, _siglip_ref)}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("n", [2, 3, 17, 64])
+@pytest.mark.parametrize("scale_kind", ["tensor", "float"])
+@pytest.mark.parametrize("bias_kind", ["none", "tensor", "float"])
+def test_matches_the_reference_in_float64(name, n, scale_kind, bias_kind):
+    ours, theirs = LOSSES[name]
+    u, v = _pair(n, seed=n)
+    scale = torch.tensor(7.5, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-2.5, dtype=torch.float64, requires_grad=True)
+    s = scale if scale_kind == "tensor" else 7.5
+    b = {"none": None, "tensor": bias, "float": -2.5}[bias_kind]
+    before = _dense_runs()
+    got = ours(u, v, s, b)
+    # the small path computed it; CLIP's loss with a bias (which does not change it) streams
+    small_path = name == "siglip" or b is None
+    assert _dense_runs() == before + small_path
+    want = theirs(u, v, scale, None if b is None else bias)
+    torch.testing.assert_close(got, want, **TOL)
+    inputs = [u, v] + ([scale] if scale_kind == "tensor" else [])
+    inputs += [bias] if bias_kind == "tensor" else []
+    for a, w in zip(_grads(got, inputs), _grads(want, inputs), strict=True):
+        torch.testing.assert_close(a, w, **TOL)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lower_precision_is_the_float64_value_to_rounding(name, dtype):
+    ours, theirs = LOSSES[name]
+    u, v = _pair(40, d=16, seed=3)
+    scale = torch.tensor(20.0, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-5.0, dtype=torch.float64, requires_grad=True)
+    want = theirs(u, v, scale, bias)
+    want_g = _grads(want, [u, v, scale, bias])
+    ul, vl = (t.detach().to(dtype).requires_grad_(True) for t in (u, v))
+    sl, bl = (t.detach().float().requires_grad_(True) for t in (scale, bias))
+    got = ours(ul, vl, sl, bl)
+    assert got.dtype == dtype
+    got_g = _grads(got, [ul, vl, sl, bl])
+    assert [g.dtype for g in got_g] == [dtype, dtype, torch.float32, torch.float32]
+    # the features themselves are rounded to the dtype: compare with the reference on them
+    want = theirs(ul.detach().double(), vl.detach().double(), scale, bias)
+    tol = dict(rtol=2e-6, atol=2e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(got.double(), want, **tol)
+    limit = 1e-5 if dtype == torch.float32 else 0.05
+    for a, w in zip(got_g, want_g, strict=True):
+        scale_of = max(1.0, float(w.abs().max()))
+        assert float((a.double() - w).abs().max()) / scale_of < limit
+
+
+def test_matches_the_sweep_to_rounding():
+    """The same loss on the small path and on the streamed sweep (forced), float32."""
+    u, v = _pair(48, d=12, seed=5, dtype=torch.float32)
+    scale = torch.tensor(30.0, requires_grad=True)
+    bias = torch.tensor(-8.0, requires_grad=True)
+    for loss in (_clip, _siglip):
+        got = loss(u, v, scale, bias)
+        g = _grads(got, [u, v, scale, bias] if loss is _siglip else [u, v, scale])
+        cost.set_path("sweep")
+        try:
+            before = _dense_runs()
+            want = loss(u, v, scale, bias)
+            assert _dense_runs() == before
+            w = _grads(want, [u, v, scale, bias] if loss is _siglip else [u, v, scale])
+        finally:
+            cost.set_path(None)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        for a, b in zip(g, w, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_dominant_positive_keeps_its_small_loss():
+    """Rows whose positive outscores every other candidate by about 25 nats: each loss is
+    about (N - 1) e^-25 = 2e-10, which the dense float32 cross-entropy rounds to 0; here it
+    keeps its float32 accuracy (the log1p form of the sweep)."""
+    n = 8
+    u = torch.eye(n, 16)
+    v = torch.eye(n, 16)
+    scale = torch.tensor(25.0)
+    got = CLIPLoss()(u, v, scale)
+    want = ref.openclip_clip_loss(u.double(), v.double(), scale.double())
+    assert float(want) > 0
+    assert abs(float(got) - float(want)) <= 1e-5 * float(want)
+    dense = ref.openclip_clip_loss(u, v, scale)
+    assert float(dense) == 0.0  # what the dense float32 formula gives
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_large_scores_stay_finite(name):
+    """Scores of about 1e4 in float32: the loss and its gradients are finite and match the
+    float64 reference."""
+    ours, theirs = LOSSES[name]
+    u, v = _pair(10, d=4, seed=7)
+    scale = torch.tensor(1e4, dtype=torch.float64, requires_grad=True)
+    want = theirs(u, v, scale, None)
+    uf, vf = (t.detach().float().requires_grad_(True) for t in (u, v))
+    sf = scale.detach().float().requires_grad_(True)
+    got = ours(uf, vf, sf)
+    grads = _grads(got, [uf, vf, sf])
+    assert math.isfinite(float(got.detach()))
+    assert all(bool(torch.isfinite(g).all()) for g in grads)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-2)
+
+
+def test_overflowing_scores_are_refused_naming_the_temperature():
+    u = torch.full((4, 3), 1e19)
+    v = torch.full((4, 3), 1e19)
+    with pytest.raises(ValueError, match=r"temperature.*overflow"):
+        CLIPLoss()(u, v, torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"temperature.*overflow"):
+        SigLIPLoss()(u, v, torch.tensor(1.0), torch.tensor(0.0))
+
+
+def test_nonfinite_features_are_refused_by_name():
+    u, v = _pair(6, dtype=torch.float32)
+    bad = u.detach().clone()
+    bad[2, 1] = math.nan
+    with pytest.raises(ValueError, match="image_features must be finite"):
+        CLIPLoss()(bad, v, torch.tensor(10.0))
+    with pytest.raises(ValueError, match="text_features must be finite"):
+        SigLIPLoss()(v, bad, torch.tensor(10.0), torch.tensor(-10.0))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_cross_entropy_gradcheck(symmetric):
+    u, v = _pair(5, d=3, seed=11)
+    scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    tau = scale.detach().reciprocal()
+    assert torch.autograd.gradcheck(
+        lambda a, b, s: small.cross_entropy(a, b, tau, symmetric, s), (u, v, scale)
+    )
+    # a temperature tensor (no logit scale) carries its own gradient
+    t = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b, t: small.cross_entropy(a, b, t, symmetric), (u, v, t)
+    )
+
+
+def test_sigmoid_loss_gradcheck():
+    u, v = _pair(5, d=3, seed=12)
+    scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-1.5, dtype=torch.float64, requires_grad=True)
+    tau = scale.detach().reciprocal()
+    assert torch.autograd.gradcheck(
+        lambda a, b, s, c: small.sigmoid_loss(a, b, tau, c, s), (u, v, scale, bias)
+    )
+
+
+def test_the_path_is_taken_only_where_it_covers_the_call():
+    u, v = _pair(8, dtype=torch.float32)
+    assert small.covers(u, v, "dot")
+    assert not small.covers(u, v, "cosine")
+    assert not small.covers(u, v, "gaussian")
+    assert not small.covers(u[None], v[None], "dot")  # leading dimensions: the sweep
+    for loss, limit in small.MAX_ENTRIES.items():
+        big = torch.zeros(limit // 8 + 1, 2)
+        assert not small.covers(big, torch.zeros(8, 2), "dot", loss)
+        assert small.covers(big[: limit // 8], torch.zeros(8, 2), "dot", loss)
+    cost.set_path("sweep")
+    try:
+        assert not small.covers(u, v, "dot")  # a forced path is honoured
+    finally:
+        cost.set_path(None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not small.covers(u, v, "dot")
+    # its four matrices must fit the sweep's panel workspace
+    streaming.set_memory_budget(4 * 8 * 8 * 4 - 1)
+    try:
+        assert not small.covers(u, v, "dot")
+    finally:
+        streaming.set_memory_budget(None)
+    assert small.covers(u, v, "dot")
+
+
+def test_larger_batches_and_other_pairings_stream():
+    """Above the size limit, or with another pairing, the loss streams; the small path is
+    not used."""
+    before = _dense_runs()
+    n = math.isqrt(small.MAX_ENTRIES["cross_entropy"]) + 1
+    u, v = _pair(n, d=4, dtype=torch.float32)
+    CLIPLoss()(u, v, torch.tensor(10.0))
+    n = math.isqrt(small.MAX_ENTRIES["sigmoid"]) + 1
+    u, v = _pair(n, d=4, dtype=torch.float32)
+    SigLIPLoss()(u, v, torch.tensor(10.0), torch.tensor(-10.0))
+    mibounds.contrastive.NTXentLoss(0.5)(u[:8], v[:8])
+    assert _dense_runs() == before
+
+
+def test_compiled_loss_uses_the_custom_ops():
+    """Under torch.compile the loss keeps the streamed custom op (one node, no size guard)."""
+    u, v = _pair(6, dtype=torch.float32)
+    scale = torch.tensor(10.0)
+    eager = CLIPLoss()(u, v, scale)
+    compiled = torch.compile(lambda a, b, s: CLIPLoss()(a, b, s), backend="eager", dynamic=True)
+    torch.testing.assert_close(compiled(u, v, scale), eager, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_a_second_derivative_is_refused(name):
+    """The gradient is formed from stored matrices: differentiating it again raises instead
+    of returning a wrong second derivative."""
+    ours, _ = LOSSES[name]
+    u, v = _pair(5)
+    bias = torch.tensor(-1.0, dtype=torch.float64) if name == "siglip" else None
+    before = _dense_runs()
+    loss = ours(u, v, torch.tensor(3.0, dtype=torch.float64), bias)
+    assert _dense_runs() == before + 1
+    (g,) = torch.autograd.grad(loss, u, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        torch.autograd.grad(g.sum(), v)
+    # nor through an incoming gradient that itself has one
+    w = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(ours(u, v, 3.0, bias) * w, u, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|not have been used"):
+        torch.autograd.grad(g.sum(), w)
