@@ -14,7 +14,9 @@ alone (forward and backward, the backward ending at its operands): for a batch w
 matrix is small, the dense path's whole loss (``mibounds.kernels.small``, "path" dense);
 otherwise the streamed kernel call on the operands its batch forms ("path" streamed). The
 rest of our time is the checks, the scores, the batch and the autograd steps around the
-kernel. "ops" counts the tensor operations one call dispatches, ours and the
+kernel. "checks off" times ours with the checks on values off
+(``mibounds.set_validate_args(False)``), as the peer runs: its ratio to the peer's time. "ops"
+counts the tensor operations one call dispatches, ours and the
 peer's (views not counted): at small N each costs a few microseconds, whatever its size, and
 they set the time. Without ``open_clip`` installed, the peer is the same loss
 written plainly on the dense logits (``cross_entropy`` / ``logsigmoid``), as OpenCLIP writes it.
@@ -35,6 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import mibounds
 from mibounds import contrastive
 from mibounds.kernels import small, streaming
 from mibounds.reductions import SeparableBatch
@@ -145,17 +148,23 @@ def count_ops(loss: Callable[..., Any], args: tuple[torch.Tensor, ...]) -> int:
 _NOT_COUNTED = {"detach", "alias", "lift_fresh"}
 
 
-def _step(loss: Callable[..., Any], args: tuple[torch.Tensor, ...]) -> float:
+def _step(loss: Callable[..., Any], args: tuple[torch.Tensor, ...], validate: bool = True) -> float:
+    """One timed forward+backward call; ``validate=False``: with the checks on values off
+    (:func:`mibounds.set_validate_args`), as the peers' losses run."""
     for t in args:
         t.grad = None
     cuda = args[0].device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    loss(*args).backward()
-    if cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    mibounds.set_validate_args(validate)
+    try:
+        start = time.perf_counter()
+        loss(*args).backward()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+    finally:
+        mibounds.set_validate_args(True)
 
 
 def measure(
@@ -175,17 +184,19 @@ def measure(
         kernel, kernel_args = kernel_call(name, u0, v0)
         for _ in range(3):  # warm-up: first calls import, cache and allocate
             _step(ours, args), _step(peer, args), _step(kernel, kernel_args)
-        mine, theirs, kernels = [], [], []
+        mine, theirs, kernels, unchecked = [], [], [], []
         for _ in range(calls):
             mine.append(_step(ours, args))
             theirs.append(_step(peer, args))
             kernels.append(_step(kernel, kernel_args))
+            unchecked.append(_step(ours, args, validate=False))
         t_ours, t_peer = statistics.median(mine), statistics.median(theirs)
         ops = {"ours_ops": count_ops(ours, args), "peer_ops": count_ops(peer, args)}
         path = "dense" if small.covers(u0, v0, "dot", _SMALL_LOSS[name]) else "streamed"
         rows.append({"loss": name, "n": n, "d": d, "device": device, "ours_ms": 1e3 * t_ours,
                      "peer_ms": 1e3 * t_peer, "ratio": t_ours / t_peer,
                      "kernel_ms": 1e3 * statistics.median(kernels), "path": path,
+                     "unchecked_ratio": statistics.median(unchecked) / t_peer,
                      **ops})  # fmt: skip
     return rows
 
@@ -205,12 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         rows += measure(n, args.dim, calls, losses, args.device)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"peer: {peer}; torch {torch.__version__} on {where}, {torch.get_num_threads()} threads")
-    print("| loss | N | d | ours (ms) | peer (ms) | ours / peer | path | kernel (ms) "
-          "| ops ours / peer |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| loss | N | d | ours (ms) | peer (ms) | ours / peer | checks off / peer | path "
+          "| kernel (ms) | ops ours / peer |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['loss']} | {r['n']} | {r['d']} | {r['ours_ms']:.3f} | {r['peer_ms']:.3f} "
-              f"| {r['ratio']:.2f} | {r['path']} | {r['kernel_ms']:.3f} "
+              f"| {r['ratio']:.2f} | {r['unchecked_ratio']:.2f} | {r['path']} "
+              f"| {r['kernel_ms']:.3f} "
               f"| {r['ours_ops']} / {r['peer_ops']} |")  # fmt: skip
     if args.json:
         meta = {"peer": peer, "torch": torch.__version__, "device": where,

@@ -107,8 +107,8 @@ def _bias_tensor(bias: float | Tensor | None) -> Tensor | None:
     (float32 scores stay float32)."""
     if bias is None:
         return None
-    if isinstance(bias, Tensor):
-        return bias.reshape(())
+    if isinstance(bias, Tensor):  # a 0-d tensor as it is (no view, no autograd step)
+        return bias if bias.dim() == 0 else bias.reshape(())
     return torch.tensor(float(bias), dtype=torch.float64)
 
 

@@ -33,6 +33,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -76,7 +77,7 @@ def _scores(x: Tensor, y: Tensor, k: float | Tensor, tau: Any) -> tuple[Tensor, 
     (the message names the temperature ``tau``)."""
     if isinstance(k, Tensor) or k != 1.0:
         x = x * k
-    s = torch.mm(x, y.t())
+    s = F.linear(x, y)  # x y^T
     if _checks.validating():
         lo, hi = (float(v) for v in torch.aminmax(s))
         largest = math.inf if math.isnan(lo + hi) else max(-lo, hi)
@@ -130,18 +131,18 @@ class _CrossEntropy(torch.autograd.Function):
         pos = s.diagonal()
         # one line per row, and per column when symmetric: d[k, i, j] = line_i[j] - positive_i
         lines = torch.stack((s, s.t())) if symmetric else s[None]
-        d = lines - pos[:, None]
+        d = lines - pos.unsqueeze(1)
         # each line's maximum is >= 0 (its positive is 0); its log-sum-exp less the positive
         # is top + log(e^{-top} + rest), rest the sum of the others below the maximum, formed
         # as top + log1p(rest + expm1(-top)): the positive's entry e^{-top} is replaced by
         # expm1(-top), 0 where the positive is the maximum (then log1p(rest) keeps a small
         # loss), and where it is not, rest holds the maximum's own 1
         top = d.amax(-1)
-        e = torch.exp(d - top[..., None])
-        e.diagonal(dim1=-2, dim2=-1).copy_(torch.expm1(-top))
-        terms = top + torch.log1p(e.sum(-1))
+        e = (d - top.unsqueeze(-1)).exp_()
+        e.diagonal(0, -2, -1).copy_(torch.expm1(-top))
+        terms = torch.log1p(e.sum(-1)).add_(top)
         _keep(ctx, x, xk, y, k, d.shape[0] * d.shape[1], d, terms)
-        return terms.mean()
+        return terms.double().mean().to(terms.dtype)
 
     @staticmethod
     @once_differentiable  # the gradient is formed from stored matrices: no second order
@@ -149,9 +150,13 @@ class _CrossEntropy(torch.autograd.Function):
         saved = ctx.saved_tensors
         d, terms = saved[4:]
         # each line's softmax, e^{S_ij - lse_i}; the positive's -1 on the diagonal
-        p = torch.exp(d - terms[..., None])
+        p = (d - terms.unsqueeze(-1)).exp_()
         lines = p.shape[0]
-        g = p[0] + p[1].t() if lines == 2 else p[0]
+        if lines == 2:  # the columns' gradient, transposed back onto the scores
+            rows, cols = p.unbind(0)
+            g = rows + cols.t()
+        else:
+            g = p[0]
         g.diagonal().sub_(lines)
         return (*_feature_grads(ctx, saved, g, grad)[:3], None, None)
 
@@ -169,7 +174,8 @@ class _Sigmoid(torch.autograd.Function):
         a = s.neg() if bias is None else torch.sub(-bias, s)
         a.diagonal().neg_()
         out, buffer = torch.ops.aten.log_sigmoid_forward(a)
-        value = out.sum() * (-1.0 / a.shape[0])
+        # each row's sum, then their sum in float64: O(N) work, one rounding of the total
+        value = out.sum(-1).double().sum().div_(-a.shape[0]).to(a.dtype)
         _keep(ctx, x, xk, y, k, a.shape[0], a, buffer)
         ctx.tensor_bias = isinstance(bias, Tensor)
         return value
@@ -204,7 +210,7 @@ def cross_entropy(
     """
     _count()
     x, y, k, _ = _operands(x, y, tau, scale)
-    return _CrossEntropy.apply(x, y, k, symmetric, tau)
+    return _CrossEntropy.apply(x, y, k, symmetric, _named(tau))
 
 
 def sigmoid_loss(
@@ -227,7 +233,7 @@ def sigmoid_loss(
     """
     _count()
     x, y, k, b = _operands(x, y, tau, scale, bias)
-    return _Sigmoid.apply(x, y, k, b, tau)
+    return _Sigmoid.apply(x, y, k, b, _named(tau))
 
 
 def _operands(
@@ -247,6 +253,11 @@ def _operands(
     k = _scalar(k, dt) if isinstance(k, Tensor) else float(k)
     b = _scalar(bias, dt) if isinstance(bias, Tensor) else bias
     return _as(x, dt), _as(y, dt), k, b
+
+
+def _named(tau: float | Tensor) -> float | Tensor:
+    """The temperature as the range rule's message names it (no part of the graph)."""
+    return tau.detach() if isinstance(tau, Tensor) else tau
 
 
 def _as(t: Tensor, dt: torch.dtype) -> Tensor:
