@@ -114,8 +114,9 @@ def batch_statistics(
 
 def nce_loss(scores: SeparableScores, symmetric: bool = False) -> Tensor | None:
     """The InfoNCE family's cross-entropy of one process's separable scores, formed row by
-    row (:meth:`SeparableBatch.nce_loss`); ``None`` for gathered scores (the losses take
-    the bound's value over the global batch then)."""
+    row (:meth:`SeparableBatch.nce_loss`; a small batch of the plain pairing from its score
+    matrix held whole, :func:`mibounds.kernels.small.cross_entropy`); ``None`` for gathered
+    scores (the losses take the bound's value over the global batch then)."""
     if scores._group is not None:
         return None
     if scores._plain and small.covers(scores.x, scores.y, scores.similarity):
@@ -127,7 +128,8 @@ def sigmoid_loss(scores: SeparableScores, n_columns: int | None = None) -> Tenso
     r"""SigLIP's loss of separable scores (over the global batch when they gather): the mean
     over the rows with a positive of :math:`\mathrm{softplus}(-S)` over their positives, plus
     ``n_columns - 1`` (default ``N - 1``) times the mean of :math:`\mathrm{softplus}(S)` over
-    the negatives."""
+    the negatives. A small batch of one process with the plain pairing (and any bias) is
+    reduced from its score matrix held whole (:func:`mibounds.kernels.small.sigmoid_loss`)."""
     group = scores._group
     # the plain pairing with a bias: square, the positives on the diagonal
     square = (
