@@ -4,7 +4,9 @@ One command verifies a device: each bound and contrastive loss is computed on ev
 (dense scores, the streaming sweep, the sweep with compiled panel bodies, the fused Triton
 kernels and the tensor-core panels where they cover the call, and under ``torch.autocast``
 on the path the cost model picks), and its value and gradients are compared with the dense
-float64 reference on the CPU. Each row names the streamed path that computed it. Where a
+float64 reference on the CPU. Each row names the streamed path that computed it (CLIP's and
+SigLIP's losses of the check's small batch run on the small-batch path, "dense", where no
+kernel path is asked for and the panel bodies are not compiled). Where a
 kernel path should run, the check asserts that it did (a kernel that fails its self-check
 falls back otherwise, with one warning). Then a
 short benchmark measures time and peak memory against the bare matrix products and a plain

@@ -217,6 +217,12 @@ def test_the_path_is_taken_only_where_it_covers_the_call():
         cost.set_path(None)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not small.covers(u, v, "dot")
+    # compiled panel bodies, where asked for, are the sweep's
+    streaming.set_backend("compiled")
+    try:
+        assert not small.covers(u, v, "dot")
+    finally:
+        streaming.set_backend("eager")
     # its four matrices must fit the sweep's panel workspace
     streaming.set_memory_budget(4 * 8 * 8 * 4 - 1)
     try:

@@ -21,8 +21,9 @@ gradient only when the backward pass asks for it, from the stored matrices, in t
 :data:`MAX_ENTRIES` scores for the loss, whose four matrices fit the sweep's panel workspace
 (:func:`mibounds.kernels.streaming.get_memory_budget`), called eagerly (not while compiling:
 there the custom op is one node of the graph), outside autocast, where no path is forced
-(:func:`mibounds.kernels.cost.set_path`) and the fused kernels are off (on a GPU with Triton
-they keep every call). The range rule is the one of the streamed and the dense paths
+(:func:`mibounds.kernels.cost.set_path`), the sweep's panel bodies are not compiled
+(:func:`mibounds.kernels.streaming.set_backend`) and the fused kernels are off (on a GPU with
+Triton they keep every call). The range rule is the one of the streamed and the dense paths
 (:func:`mibounds.kernels.operands._within_range`), checked on the matrix while values are
 validated.
 """
@@ -42,7 +43,7 @@ from mibounds._dtypes import accumulation_dtype, promoted
 from mibounds.kernels import cost
 from mibounds.kernels.operands import _overflow_message, _within_range
 from mibounds.kernels.ops import _PATH_USAGE
-from mibounds.kernels.panels import _BUDGET, get_memory_budget
+from mibounds.kernels.panels import _BUDGET, get_backend, get_memory_budget
 from mibounds.kernels.selfcheck import triton_on
 
 __all__ = ["MAX_ENTRIES", "covers", "cross_entropy", "sigmoid_loss"]
@@ -68,7 +69,8 @@ def covers(x: Tensor, y: Tensor, similarity: str, loss: str = "cross_entropy") -
         return False
     if torch.is_autocast_enabled(x.device.type) or cost.get_path() is not None:
         return False
-    return not triton_on(x.device)
+    # compiled panel bodies asked for (set_backend) are the sweep's; the fused kernels too
+    return get_backend() == "eager" and not triton_on(x.device)
 
 
 def _scores(x: Tensor, y: Tensor, k: float | Tensor, tau: Any) -> tuple[Tensor, Tensor]:
