@@ -3,7 +3,7 @@ r"""Drop-in contrastive losses: the exact values of the losses people train with
 Each module returns the **value of the loss it replaces** (the number the original library
 prints, to float rounding), computed on :class:`~mibounds.scores.SeparableScores` by the
 streaming kernels, so the ``N x M`` score matrix is never built (except by CLIP's and SigLIP's
-losses of a batch of at most 512 x 512 pairs, which hold it, a few MiB, where that is faster:
+losses of a batch of at most 768 or 1448 pairs, which hold it, where that is faster:
 :mod:`mibounds.kernels.small`). Each is an MI bound in disguise; :meth:`mi` returns the
 estimate it implies.
 
