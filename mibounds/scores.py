@@ -280,9 +280,9 @@ class SeparableScores:
         n, m = x.shape[-2], y.shape[-2]
         on_device = None if row_labels is None else row_labels.to(x.device)
         layout = PairLayout(on_device, on_device, 0, EXCLUDE.index(exclude), n)
-        plain = row_labels is None and exclude == "none" and bias is None and m == n
         # the batch weighs rows by the counts (the plain layout needs none: a bias alone)
         laid_plain = row_labels is None and exclude == "none"
+        plain = laid_plain and bias is None and m == n
         counts = None if laid_plain else layout.counts(n, m, x.device)
         group = None if gather is False or gather is None else distributed.resolve_group(gather)
         out._carry(group, layout, counts, plain)

@@ -77,7 +77,7 @@ def _scores(x: Tensor, y: Tensor, k: float | Tensor, tau: Any) -> tuple[Tensor, 
     """``S = (k x) y^T`` in the features' dtype (the logits as OpenCLIP forms them), and
     ``k x``; while values are validated, the range rule on ``S``, as on the streamed path
     (the message names the temperature ``tau``)."""
-    if isinstance(k, Tensor) or k != 1.0:
+    if not _is_one(k):
         x = x * k
     s = F.linear(x, y)  # x y^T
     if _checks.validating():
@@ -105,20 +105,27 @@ def _feature_grads(
     ``S = (k x) y^T`` is ``g / count`` (``count`` the number of terms the loss averages), ``g``
     scaled in place: :math:`k\,g\,y`, :math:`g^T (k x)` and :math:`\sum g \odot S / k =
     (g y) \cdot x`; ``saved`` are the context's saved tensors."""
-    x, xk, y, k = saved[:4]
+    x, xk, y, saved_k = saved[:4]
+    k = ctx.k if saved_k is None else saved_k  # a float, or the tensor with its gradient
     need = ctx.needs_input_grad
     if grad is not None:  # None: g is scaled already
         g.mul_(grad / ctx.count)
     gb = g.sum() if bias else None
     gy = torch.mm(g.t(), xk) if need[1] else None
+    need_k = saved_k is not None and need[2]
     gx = gk = None
-    if need[0] or (k is not None and need[2]):
+    if need[0] or need_k:
         gyx = torch.mm(g, y)  # the gradient with respect to k x
-        if k is not None and need[2]:  # in O(N d)
+        if need_k:  # in O(N d)
             gk = torch.dot(gyx.reshape(-1), x.reshape(-1))
         if need[0]:
-            gx = gyx.mul_(ctx.k if k is None else k) if k is not None or ctx.k != 1.0 else gyx
+            gx = gyx if _is_one(k) else gyx.mul_(k)
     return gx, gy, gk, gb
+
+
+def _is_one(k: float | Tensor) -> bool:
+    """Whether the multiplier ``k`` is the float 1 (nothing to multiply)."""
+    return not isinstance(k, Tensor) and k == 1.0
 
 
 class _CrossEntropy(torch.autograd.Function):
