@@ -8,7 +8,7 @@ default in eager mode, switchable off with :func:`set_validate_args`, skipped wh
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -105,6 +105,13 @@ def check_embeddings(min_n: int, **named: Any) -> list[torch.Tensor]:
     """``(N, d)`` features, each with ``N >= min_n`` rows and finite values (checked while
     values are validated), all of one shape; errors name each as the keyword it is passed
     under (the caller's argument name)."""
+    out = _embedding_shapes(min_n, named)
+    check_values_of(named)
+    return out
+
+
+def _embedding_shapes(min_n: int, named: dict[str, Any]) -> list[torch.Tensor]:
+    """:func:`check_embeddings` but for the values."""
     out = []
     for name, t in named.items():
         check_tensor(name, t, min_dim=2)
@@ -123,11 +130,10 @@ def check_embeddings(min_n: int, **named: Any) -> list[torch.Tensor]:
                 f"{a_name} and {b_name} must have the same shape (N, d), got "
                 f"{tuple(a.shape)} and {tuple(b.shape)}"
             )
-    _check_values_of(named)
     return out
 
 
-def _check_values_of(named: dict[str, torch.Tensor]) -> None:
+def check_values_of(named: dict[str, torch.Tensor]) -> None:
     """:func:`check_values` of each tensor, in order, with the extremes of all of them read
     back at once where they share a dtype and a device (one device synchronisation)."""
     if not _VALIDATE_ARGS or _compiling():
@@ -426,6 +432,8 @@ class LossArguments(NamedTuple):
     bias: float | torch.Tensor | None
     labels: torch.Tensor | None
     extra: torch.Tensor | None
+    #: whether the features' values are left to the caller's kernel (see ``held_by``)
+    held: bool = False
 
 
 def check_loss_arguments(
@@ -437,14 +445,23 @@ def check_loss_arguments(
     logit_bias: tuple[str, Any] | None = None,
     labels: tuple[str, Any] | None = None,
     extra: tuple[str, Any] | None = None,
+    held_by: Callable[[torch.Tensor, torch.Tensor], bool] | None = None,
 ) -> LossArguments:
     """Every argument of a drop-in loss's call, checked once, in this order: the ``features``
     (:func:`check_embeddings`), the ``labels`` (one per row of the first features), the
     ``temperature`` or the ``logit_scale`` (whose inverse is the temperature returned), and the
     ``logit_bias``, and the ``extra`` columns (``(K, d)`` negatives beside the features, a
     queue; ``K = 0`` needs two rows). Each is given as ``(name, value)`` with the name the
-    loss's users pass it under, and every message names it so."""
-    feats = check_embeddings(min_n, **features)
+    loss's users pass it under, and every message names it so.
+
+    ``held_by(x, y)``, given two features of checked shapes, says whether the kernel that will
+    reduce them checks their values itself (the small-batch path reads its logits' extremes
+    back once, and names the features only when they are not finite): then they are not read
+    here, and ``held`` is set."""
+    feats = _embedding_shapes(min_n, features)
+    held = held_by is not None and held_by(feats[0], feats[-1])
+    if not held:
+        check_values_of(features)
     if extra is not None:
         _check_extra_columns(*extra, next(iter(features)), feats[0])
     lab = None if labels is None else check_labels_of(labels[0], labels[1], feats[0].shape[0])
@@ -457,7 +474,7 @@ def check_loss_arguments(
     bias = None
     if logit_bias is not None and logit_bias[1] is not None:
         bias = check_scalar(*logit_bias)
-    return LossArguments(feats, tau, bias, lab, None if extra is None else extra[1])
+    return LossArguments(feats, tau, bias, lab, None if extra is None else extra[1], held)
 
 
 def _check_extra_columns(name: str, value: Any, rows_name: str, rows: torch.Tensor) -> None:

@@ -14,6 +14,7 @@ Both carry the pairing (labels, excluded pairs): it belongs to the scores, not t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mibounds import _checks, distributed
+from mibounds.kernels import small as small_kernel
 from mibounds.pairing import EXCLUDE, Pairing, PairLayout
 
 __all__ = ["SIMILARITIES", "DenseScores", "SeparableScores", "pairwise_similarity"]
@@ -171,6 +173,11 @@ class SeparableScores:
     _plain: bool = field(init=False, repr=False, compare=False)
     # the logit scale a loss was given (the temperature is its inverse), or None
     _scale: float | Tensor | None = field(init=False, default=None, repr=False, compare=False)
+    # the small-batch path's loss that reduces these scores, and the names of x and y as the
+    # loss takes them (that path checks their values), or None (see _of_loss)
+    _small: tuple[str, tuple[str, str]] | None = field(
+        init=False, default=None, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         group = distributed.resolve_group(self.gather)
@@ -234,6 +241,7 @@ class SeparableScores:
         labels: tuple[str, Any] | None = None,
         views: bool = False,
         extra: tuple[str, Any] | None = None,
+        small: str | None = None,
     ) -> SeparableScores:
         """The scores of a drop-in loss, built from its call's arguments as its users pass
         them, checked once (:func:`mibounds._checks.check_loss_arguments`: every message names
@@ -248,10 +256,20 @@ class SeparableScores:
         row, each row against its own column and those only (MoCo's pairing). The temperature
         is ``temperature``, or the inverse of ``logit_scale``; the bias is ``logit_bias`` plus
         ``shift``. ``gather`` is the loss's (checked by the loss).
+
+        ``small`` names the loss of :mod:`mibounds.kernels.small` (``"cross_entropy"`` or
+        ``"sigmoid"``) the caller reduces the scores with, whole, when that path covers them
+        (one process, the plain pairing, and for the cross-entropy no bias): the path is
+        decided here, once, and the features' values are then checked on its logits.
         """
+        held_by = None
+        if small is not None and not gather and labels is None and not views and extra is None:
+            unbiased = shift == 0.0 and (logit_bias is None or logit_bias[1] is None)
+            if small == "sigmoid" or unbiased:
+                held_by = partial(small_kernel.covers, similarity=similarity, loss=small)
         args = _checks.check_loss_arguments(
             min_n, features, temperature=temperature, logit_scale=logit_scale,
-            logit_bias=logit_bias, labels=labels, extra=extra,
+            logit_bias=logit_bias, labels=labels, extra=extra, held_by=held_by,
         )  # fmt: skip
         feats, row_labels, exclude = args.features, args.labels, "none"
         if views:
@@ -288,6 +306,8 @@ class SeparableScores:
         out._carry(group, layout, counts, plain)
         if logit_scale is not None:
             object.__setattr__(out, "_scale", logit_scale[1])
+        if args.held:
+            object.__setattr__(out, "_small", (small, tuple(features)))
         return out
 
     @property

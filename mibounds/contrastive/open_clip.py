@@ -67,13 +67,16 @@ def _image_text(
     logit_bias: Any,
     gather: GroupArg,
     shift: float = 0.0,
+    small: str | None = None,
 ) -> SeparableScores:
     """OpenCLIP's operands, checked once and named as its losses take them, as the scores
-    ``t u.v + b`` (plus ``shift``, added to every logit)."""
+    ``t u.v + b`` (plus ``shift``, added to every logit); ``small``: the loss the caller
+    reduces them with on the small-batch path, where it covers them (see
+    :meth:`SeparableScores._of_loss`)."""
     return SeparableScores._of_loss(
         _min_rows(gather), {"image_features": image_features, "text_features": text_features},
         "dot", logit_scale=("logit_scale", logit_scale), logit_bias=("logit_bias", logit_bias),
-        shift=shift, gather=gather,
+        shift=shift, gather=gather, small=small,
     )  # fmt: skip
 
 
@@ -138,9 +141,16 @@ class CLIPLoss(nn.Module):
         self.reduction = _reduction("CLIPLoss", reduction)
 
     def _scores(
-        self, image_features: Tensor, text_features: Tensor, logit_scale: Any, logit_bias: Any
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Any,
+        logit_bias: Any,
+        small: str | None = None,
     ) -> SeparableScores:
-        return _image_text(image_features, text_features, logit_scale, logit_bias, self.gather)
+        return _image_text(
+            image_features, text_features, logit_scale, logit_bias, self.gather, small=small
+        )
 
     def forward(
         self,
@@ -162,7 +172,8 @@ class CLIPLoss(nn.Module):
             output_dict: return ``{"contrastive_loss": loss}``, as OpenCLIP's training loop
                 expects from ``loss(**model_out, output_dict=True)``.
         """
-        s = self._scores(image_features, text_features, logit_scale, logit_bias)
+        small = "cross_entropy" if self.reduction == "mean" and not self.local else None
+        s = self._scores(image_features, text_features, logit_scale, logit_bias, small)
         if self.local:
             loss = self._local_loss(s)
         elif self.reduction == "mean":
@@ -263,8 +274,16 @@ class SigLIPLoss(nn.Module):
         self.local = world_size > 1 and not gather
         self.reduction = _reduction("SigLIPLoss", reduction)
 
-    def _scores(self, u: Any, v: Any, logit_scale: Any, logit_bias: Any, shift: float = 0.0):
-        return _image_text(u, v, logit_scale, logit_bias, self.gather, shift)
+    def _scores(
+        self,
+        u: Any,
+        v: Any,
+        logit_scale: Any,
+        logit_bias: Any,
+        shift: float = 0.0,
+        small: str | None = None,
+    ) -> SeparableScores:
+        return _image_text(u, v, logit_scale, logit_bias, self.gather, shift, small)
 
     def forward(
         self,
@@ -284,7 +303,8 @@ class SigLIPLoss(nn.Module):
                 without one, as OpenCLIP computes them.
             output_dict: return ``{"contrastive_loss": loss}`` (OpenCLIP's training loop).
         """
-        s = self._scores(image_features, text_features, logit_scale, logit_bias)
+        small = "sigmoid" if self.reduction == "mean" and not self.local else None
+        s = self._scores(image_features, text_features, logit_scale, logit_bias, small=small)
         n_columns = None
         if self.local:  # this rank's images against every rank's texts
             s, n_columns = _local_scores(s.x, s.y, s.temperature, s.bias, self.gather)

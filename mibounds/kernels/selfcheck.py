@@ -81,11 +81,12 @@ def triton_on(device: torch.device) -> bool:
         >>> triton_on(torch.device("meta"))
         False
     """
-    if not triton_enabled():
-        return False
     if device.type == "cuda":
-        return True
-    if device.type != "cpu" or os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return triton_enabled()
+    # the CPU: in the interpreter, asked for by set_triton(True) or MIBOUNDS_TRITON=1
+    if device.type != "cpu" or _TRITON_SETTING[0] is False:
+        return False
+    if os.environ.get("TRITON_INTERPRET", "0") != "1" or not triton_kernels.HAS_TRITON:
         return False
     return _TRITON_SETTING[0] is True or os.environ.get("MIBOUNDS_TRITON", "").strip() == "1"
 

@@ -73,19 +73,27 @@ def covers(x: Tensor, y: Tensor, similarity: str, loss: str = "cross_entropy") -
     return get_backend() == "eager" and not triton_on(x.device)
 
 
-def _scores(x: Tensor, y: Tensor, k: float | Tensor, tau: Any) -> tuple[Tensor, Tensor]:
+def _scores(
+    x: Tensor, y: Tensor, k: float | Tensor, tau: Any, names: tuple[str, str] | None
+) -> tuple[Tensor, Tensor]:
     """``S = (k x) y^T`` in the features' dtype (the logits as OpenCLIP forms them), and
     ``k x``; while values are validated, the range rule on ``S``, as on the streamed path
-    (the message names the temperature ``tau``)."""
-    if not _is_one(k):
-        x = x * k
-    s = F.linear(x, y)  # x y^T
+    (the message names the temperature ``tau``). With the features' ``names``, their values
+    are checked here too: a NaN or an infinity in either makes a whole line of ``S`` not
+    finite, so the extremes of ``S`` read back once say whether all are finite; where they
+    are not, the features are read (the message names the one that is not finite) before
+    the range rule's message."""
+    xk = x if _is_one(k) else x * k
+    s = F.linear(xk, y)  # x y^T
     if _checks.validating():
-        lo, hi = (float(v) for v in torch.aminmax(s))
+        extremes = torch.aminmax(s)
+        lo, hi = float(extremes.min), float(extremes.max)
         largest = math.inf if math.isnan(lo + hi) else max(-lo, hi)
         if not _within_range(largest, s.shape[-1], s.dtype):
+            if names is not None and not math.isfinite(largest):
+                _checks.check_values_of(dict(zip(names, (x, y), strict=True)))
             raise ValueError(_overflow_message(tau, s.dtype, largest, s.shape[-1]))
-    return s, x
+    return s, xk
 
 
 def _keep(
@@ -134,24 +142,29 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, y: Tensor, k: float | Tensor, symmetric: bool, tau: Any
+        ctx: Any,
+        x: Tensor,
+        y: Tensor,
+        k: float | Tensor,
+        symmetric: bool,
+        tau: Any,
+        names: tuple[str, str] | None,
     ) -> Tensor:
-        s, xk = _scores(x, y, k, tau)
-        pos = s.diagonal()
+        s, xk = _scores(x, y, k, tau, names)
+        pos = s.diagonal().unsqueeze(1)
         # one line per row, and per column when symmetric: d[k, i, j] = line_i[j] - positive_i
-        lines = torch.stack((s, s.t())) if symmetric else s[None]
-        d = lines - pos.unsqueeze(1)
+        d = torch.stack((s, s.t())).sub_(pos) if symmetric else (s - pos)[None]
         # each line's maximum is >= 0 (its positive is 0); its log-sum-exp less the positive
         # is top + log(e^{-top} + rest), rest the sum of the others below the maximum, formed
-        # as top + log1p(rest + expm1(-top)): the positive's entry e^{-top} is replaced by
-        # expm1(-top), 0 where the positive is the maximum (then log1p(rest) keeps a small
-        # loss), and where it is not, rest holds the maximum's own 1
-        top = d.amax(-1)
-        e = (d - top.unsqueeze(-1)).exp_()
-        e.diagonal(0, -2, -1).copy_(torch.expm1(-top))
-        terms = torch.log1p(e.sum(-1)).add_(top)
-        _keep(ctx, x, xk, y, k, d.shape[0] * d.shape[1], d, terms)
-        return terms.double().mean().to(terms.dtype)
+        # as top + log1p(rest + (e^{-top} - 1)): 1 is taken from the positive's entry, which
+        # leaves 0 where the positive is the maximum (then log1p(rest) keeps a small loss), and
+        # where it is not, rest holds the maximum's own 1 (the sum is at least e^{-top})
+        top = d.amax(-1, keepdim=True)
+        e = (d - top).exp_()
+        e.diagonal(0, -2, -1).sub_(1)
+        terms = torch.log1p(e.sum(-1)).add_(top.squeeze(-1))
+        _keep(ctx, x, xk, y, k, terms.numel(), d, terms)
+        return terms.mean(dtype=torch.float64).to(terms.dtype)
 
     @staticmethod
     @once_differentiable  # the gradient is formed from stored matrices: no second order
@@ -167,7 +180,7 @@ class _CrossEntropy(torch.autograd.Function):
         else:
             g = p[0]
         g.diagonal().sub_(lines)
-        return (*_feature_grads(ctx, saved, g, grad)[:3], None, None)
+        return (*_feature_grads(ctx, saved, g, grad)[:3], None, None, None)
 
 
 class _Sigmoid(torch.autograd.Function):
@@ -175,16 +188,22 @@ class _Sigmoid(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, y: Tensor, k: float | Tensor, bias: float | Tensor | None, tau: Any
+        ctx: Any,
+        x: Tensor,
+        y: Tensor,
+        k: float | Tensor,
+        bias: float | Tensor | None,
+        tau: Any,
+        names: tuple[str, str] | None,
     ) -> Tensor:
-        s, xk = _scores(x, y, k, tau)
+        s, xk = _scores(x, y, k, tau, names)
         # each pair's loss is -log sigmoid(a) for a = -z off the diagonal and z on it (the
         # logits z = S + bias); the buffer of log sigmoid serves its derivative
         a = s.neg() if bias is None else torch.sub(-bias, s)
         a.diagonal().neg_()
         out, buffer = torch.ops.aten.log_sigmoid_forward(a)
         # each row's sum, then their sum in float64: O(N) work, one rounding of the total
-        value = out.sum(-1).double().sum().div_(-a.shape[0]).to(a.dtype)
+        value = out.sum(-1).sum(dtype=torch.float64).div_(-a.shape[0]).to(a.dtype)
         _keep(ctx, x, xk, y, k, a.shape[0], a, buffer)
         ctx.tensor_bias = isinstance(bias, Tensor)
         return value
@@ -199,16 +218,23 @@ class _Sigmoid(torch.autograd.Function):
         g = torch.ops.aten.log_sigmoid_backward((grad / ctx.count).expand_as(a), a, buffer)
         g.diagonal().neg_()
         need_bias = ctx.tensor_bias and ctx.needs_input_grad[3]
-        return (*_feature_grads(ctx, saved, g, None, need_bias), None)
+        return (*_feature_grads(ctx, saved, g, None, need_bias), None, None)
 
 
 def cross_entropy(
-    x: Tensor, y: Tensor, tau: float | Tensor, symmetric: bool, scale: float | Tensor | None = None
+    x: Tensor,
+    y: Tensor,
+    tau: float | Tensor,
+    symmetric: bool,
+    scale: float | Tensor | None = None,
+    names: tuple[str, str] | None = None,
 ) -> Tensor:
     r"""The mean over the rows of :math:`\log\sum_j e^{S_{ij}} - S_{ii}` (averaged with the
     columns' if ``symmetric``), ``S = x y^T / tau``, in the accumulation dtype. ``scale``, the
     logit scale the temperature is the inverse of where a loss was given one, multiplies the
-    products instead (its gradient then reaches it directly).
+    products instead (its gradient then reaches it directly). With ``names`` (those of ``x``
+    and ``y`` as the caller's users pass them), the features' values are checked here, on the
+    logits, while values are validated.
 
     Example:
         >>> x, y = torch.randn(6, 3), torch.randn(6, 3)
@@ -219,7 +245,7 @@ def cross_entropy(
     """
     _count()
     x, y, k, _ = _operands(x, y, tau, scale)
-    return _CrossEntropy.apply(x, y, k, symmetric, _named(tau))
+    return _CrossEntropy.apply(x, y, k, symmetric, _named(tau), names)
 
 
 def sigmoid_loss(
@@ -228,10 +254,11 @@ def sigmoid_loss(
     tau: float | Tensor,
     bias: float | Tensor | None,
     scale: float | Tensor | None = None,
+    names: tuple[str, str] | None = None,
 ) -> Tensor:
     r""":math:`\frac1N\big[\sum_i \mathrm{softplus}(-z_{ii}) + \sum_{i \ne j}
     \mathrm{softplus}(z_{ij})\big]` for the logits ``z = x y^T / tau + bias``, in the
-    accumulation dtype (``scale`` as in :func:`cross_entropy`).
+    accumulation dtype (``scale`` and ``names`` as in :func:`cross_entropy`).
 
     Example:
         >>> x, y = torch.randn(6, 3), torch.randn(6, 3)
@@ -242,7 +269,7 @@ def sigmoid_loss(
     """
     _count()
     x, y, k, b = _operands(x, y, tau, scale, bias)
-    return _Sigmoid.apply(x, y, k, b, _named(tau))
+    return _Sigmoid.apply(x, y, k, b, _named(tau), names)
 
 
 def _operands(

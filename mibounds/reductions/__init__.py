@@ -117,10 +117,12 @@ def nce_loss(scores: SeparableScores, symmetric: bool = False) -> Tensor | None:
     row (:meth:`SeparableBatch.nce_loss`; a small batch of the plain pairing from its score
     matrix held whole, :func:`mibounds.kernels.small.cross_entropy`); ``None`` for gathered
     scores (the losses take the bound's value over the global batch then)."""
+    if scores._small is not None:  # decided when the scores were built
+        return small.cross_entropy(
+            scores.x, scores.y, scores.temperature, symmetric, scores._scale, scores._small[1]
+        )
     if scores._group is not None:
         return None
-    if scores._plain and small.covers(scores.x, scores.y, scores.similarity):
-        return small.cross_entropy(scores.x, scores.y, scores.temperature, symmetric, scores._scale)
     return SeparableBatch(scores).nce_loss(symmetric)
 
 
@@ -131,20 +133,9 @@ def sigmoid_loss(scores: SeparableScores, n_columns: int | None = None) -> Tenso
     the negatives. A small batch of one process with the plain pairing (and any bias) is
     reduced from its score matrix held whole (:func:`mibounds.kernels.small.sigmoid_loss`)."""
     group = scores._group
-    # the plain pairing with a bias: square, the positives on the diagonal
-    square = (
-        scores.labels is None
-        and scores.exclude == "none"
-        and scores.x.shape[-2] == scores.y.shape[-2]
-    )
-    if (
-        group is None
-        and n_columns is None
-        and square
-        and small.covers(scores.x, scores.y, scores.similarity, "sigmoid")
-    ):
+    if scores._small is not None and n_columns is None:  # decided when the scores were built
         return small.sigmoid_loss(
-            scores.x, scores.y, scores.temperature, scores.bias, scores._scale
+            scores.x, scores.y, scores.temperature, scores.bias, scores._scale, scores._small[1]
         )
     batch = SeparableBatch(scores) if group is None else GlobalBatch(scores, group)
     _, negatives = batch.offdiag_means("softplus")
