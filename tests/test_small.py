@@ -175,6 +175,56 @@ def test_nonfinite_features_are_refused_by_name():
         SigLIPLoss()(v, bad, torch.tensor(10.0), torch.tensor(-10.0))
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", ["image_features", "text_features"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda u, v: CLIPLoss()(u, v, torch.tensor(10.0)),  # the small path
+        lambda u, v: SigLIPLoss()(u, v, 10.0, -10.0),  # the small path
+        lambda u, v: CLIPLoss(reduction="sum")(u, v, 10.0),  # the bounds' per-row path
+        lambda u, v: CLIPLoss()(u, v, 10.0, 1.0),  # a bias: the sweep
+        lambda u, v: SigLIPLoss(reduction="none")(u, v, 10.0, -10.0),  # per-row terms
+    ],
+    ids=["clip", "siglip", "clip-sum", "clip-bias", "siglip-none"],
+)
+def test_nonfinite_features_are_refused_on_every_path(call, where, value):
+    """The small path checks the features' values on its logits' extremes (one read-back for
+    the range rule and the values); every other path of the same losses still checks them
+    when the arguments are: an infinity makes a line of logits infinite or NaN, and the
+    message names the features, not the temperature."""
+    u, v = (t.detach() for t in _pair(6, dtype=torch.float32))
+    bad = u.clone()
+    bad[3, 2] = value
+    args = (bad, v) if where == "image_features" else (u, bad)
+    with pytest.raises(ValueError, match=f"{where} must be finite"):
+        call(*args)
+    # with the checks off, the small path's result is not finite (nothing is read back)
+    mibounds.set_validate_args(False)
+    try:
+        out = CLIPLoss()(*args, torch.tensor(10.0))
+    finally:
+        mibounds.set_validate_args(True)
+    assert not math.isfinite(float(out))
+
+
+def test_the_small_path_reads_the_features_only_when_the_logits_are_not_finite(monkeypatch):
+    """Finite features are not read for their values on the small path: the logits' extremes
+    say they are finite (one read-back for the range rule and the features)."""
+    from mibounds import _checks
+
+    seen = []
+    monkeypatch.setattr(_checks, "check_values_of", lambda named: seen.append(list(named)))
+    u, v = _pair(6, dtype=torch.float32)
+    before = _dense_runs()
+    CLIPLoss()(u, v, torch.tensor(10.0)).backward()
+    SigLIPLoss()(u, v, torch.tensor(10.0), torch.tensor(-10.0)).backward()
+    assert _dense_runs() == before + 2 and seen == []
+    # a path that is not the small one reads them when the arguments are checked
+    CLIPLoss(reduction="sum")(u, v, torch.tensor(10.0))
+    assert seen == [["image_features", "text_features"]]
+
+
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_cross_entropy_gradcheck(symmetric):
     u, v = _pair(5, d=3, seed=11)
@@ -255,21 +305,44 @@ def test_compiled_loss_uses_the_custom_ops():
     torch.testing.assert_close(compiled(u, v, scale), eager, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("path", [None, "sweep"])
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_a_second_derivative_is_refused(name):
-    """The gradient is formed from stored matrices: differentiating it again raises instead
-    of returning a wrong second derivative."""
+def test_a_second_derivative_is_refused(name, path):
+    """The gradient is formed from stored matrices (on the small path and on the streamed
+    one): a backward pass that records its own graph raises instead of returning a second
+    derivative that leaves the loss's own out, alone or beside another term that has one."""
     ours, _ = LOSSES[name]
     u, v = _pair(5)
     bias = torch.tensor(-1.0, dtype=torch.float64) if name == "siglip" else None
+    scale = torch.tensor(3.0, dtype=torch.float64)
     before = _dense_runs()
-    loss = ours(u, v, torch.tensor(3.0, dtype=torch.float64), bias)
-    assert _dense_runs() == before + 1
-    (g,) = torch.autograd.grad(loss, u, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
-        torch.autograd.grad(g.sum(), v)
-    # nor through an incoming gradient that itself has one
-    w = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(ours(u, v, 3.0, bias) * w, u, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|not have been used"):
-        torch.autograd.grad(g.sum(), w)
+    cost.set_path(path)
+    try:
+        losses = [ours(u, v, scale, bias), ours(u, v, scale, bias) + (u**3).sum()]
+        w = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+        losses.append(ours(u, v, 3.0, bias) * w)  # an incoming gradient with a graph
+    finally:
+        cost.set_path(None)
+    assert _dense_runs() == before + (3 if path is None else 0)
+    for loss in losses:
+        with pytest.raises(RuntimeError, match="first derivatives only"):
+            torch.autograd.grad(loss, u, create_graph=True, retain_graph=True)
+        # the first derivative alone is as before
+        (g,) = torch.autograd.grad(loss, u, retain_graph=True)
+        assert torch.isfinite(g).all()
+
+
+def test_a_second_derivative_through_dense_scores_matches_the_reference():
+    """Where a second derivative is needed, the bounds on a dense score matrix give it (their
+    operations are PyTorch's own), as the refusal says."""
+    u, v = _pair(5)
+    tau = 0.5
+
+    def hessian_term(bound):
+        (g,) = torch.autograd.grad(bound(u @ v.T / tau), u, create_graph=True)
+        (h,) = torch.autograd.grad((g**2).sum(), v)
+        return h
+
+    got = hessian_term(mibounds.infonce)
+    want = hessian_term(ref.infonce)
+    torch.testing.assert_close(got, want, **TOL)

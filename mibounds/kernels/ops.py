@@ -305,9 +305,24 @@ def _setup_scalar(ctx, inputs, output) -> None:
     ctx.n_inputs = len(inputs)
 
 
+def refuse_second_order() -> None:
+    """Raise where a backward pass records its own graph (``create_graph=True``): the kernels'
+    gradients are formed from stored derivatives, constants to autograd, so a second derivative
+    through them would be silently wrong (or silently 0)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "mibounds: the streamed, fused and small-batch kernels form first derivatives only, "
+            "so a backward pass with create_graph=True cannot go through them (a second "
+            "derivative would leave out the loss's own); for second derivatives pass the dense "
+            "score matrix to the bound, e.g. mibounds.infonce(x @ y.T / tau), whose operations "
+            "are PyTorch's own"
+        )
+
+
 def _backward_scalar(ctx, grad_value):
     """The stored ``(dx, dy, dtau)`` (the first three saved tensors) times the incoming
     per-batch gradient."""
+    refuse_second_order()
     dx, dy, dtau = ctx.saved_tensors[:3]
     if dx.numel() == 0:
         raise RuntimeError(

@@ -36,13 +36,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from mibounds import _checks
 from mibounds._dtypes import accumulation_dtype, promoted
 from mibounds.kernels import cost
 from mibounds.kernels.operands import _overflow_message, _within_range
-from mibounds.kernels.ops import _PATH_USAGE
+from mibounds.kernels.ops import _PATH_USAGE, refuse_second_order
 from mibounds.kernels.panels import _BUDGET, get_backend, get_memory_budget
 from mibounds.kernels.selfcheck import triton_on
 
@@ -167,8 +166,8 @@ class _CrossEntropy(torch.autograd.Function):
         return terms.mean(dtype=torch.float64).to(terms.dtype)
 
     @staticmethod
-    @once_differentiable  # the gradient is formed from stored matrices: no second order
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        refuse_second_order()  # the gradient is formed from stored matrices
         saved = ctx.saved_tensors
         d, terms = saved[4:]
         # each line's softmax, e^{S_ij - lse_i}; the positive's -1 on the diagonal
@@ -209,8 +208,8 @@ class _Sigmoid(torch.autograd.Function):
         return value
 
     @staticmethod
-    @once_differentiable  # the gradient is formed from stored matrices: no second order
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        refuse_second_order()  # the gradient is formed from stored matrices
         saved = ctx.saved_tensors
         a, buffer = saved[4:]
         # d(-log sigmoid(a)) / dz = sigmoid(-a) off the diagonal (da / dz = -1), its
