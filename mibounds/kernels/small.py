@@ -5,9 +5,9 @@ At a few hundred samples a call costs its number of tensor operations (each a fe
 microseconds on a CPU, whatever its size), not its arithmetic. The streamed sweep forms its
 statistics panel by panel with float64 sums and the gradient in the forward pass: a CLIP loss
 call dispatches about 160 operations in all. Here each of the plain pairing's two losses is
-one :class:`torch.autograd.Function`, about 35 operations a call with the checks and the
-autograd steps: the logits ``S = (k x) y^T`` (``k`` the logit scale, or the inverse
-temperature) in one product, each row's (and column's) statistic from the matrix, and the
+one :class:`torch.autograd.Function`, 30 operations a call (CLIP's; SigLIP's 26) with the
+checks and the autograd steps: the logits ``S = (k x) y^T`` (``k`` the logit scale, or the
+inverse temperature) in one product, each row's (and column's) statistic from the matrix, and the
 gradient only when the backward pass asks for it, from the stored matrices, in two products.
 
 * :func:`cross_entropy`: the InfoNCE family's cross-entropy, each row's
@@ -25,7 +25,10 @@ there the custom op is one node of the graph), outside autocast, where no path i
 (:func:`mibounds.kernels.streaming.set_backend`) and the fused kernels are off (on a GPU with
 Triton they keep every call). The range rule is the one of the streamed and the dense paths
 (:func:`mibounds.kernels.operands._within_range`), checked on the matrix while values are
-validated.
+validated; a loss that names its features (``SeparableScores._of_loss`` decides the path
+once, when it builds the scores) has their values checked on the same read-back of
+the matrix's extremes. The gradient is a first derivative only: a backward pass with
+``create_graph=True`` is refused (:func:`mibounds.kernels.ops.refuse_second_order`).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from mibounds._dtypes import accumulation_dtype, promoted
 from mibounds.kernels import cost
 from mibounds.kernels.operands import _overflow_message, _within_range
 from mibounds.kernels.ops import _PATH_USAGE, refuse_second_order
-from mibounds.kernels.panels import _BUDGET, get_backend, get_memory_budget
+from mibounds.kernels.panels import _BUDGET, DEFAULT_MEMORY_BUDGET, get_backend
 from mibounds.kernels.selfcheck import triton_on
 
 __all__ = ["MAX_ENTRIES", "covers", "cross_entropy", "sigmoid_loss"]
@@ -63,13 +66,16 @@ def covers(x: Tensor, y: Tensor, similarity: str, loss: str = "cross_entropy") -
     if entries > MAX_ENTRIES[loss] or torch.compiler.is_compiling():
         return False
     # its matrices within the panel workspace the sweep would take (the CPU's, or one set)
-    budget = get_memory_budget() if x.device.type == "cpu" else _BUDGET[0]
+    device = x.device
+    budget = _BUDGET[0]
+    if budget is None and device.type == "cpu":
+        budget = DEFAULT_MEMORY_BUDGET  # get_memory_budget() of the CPU
     if budget is not None and 4 * entries * max(4, x.element_size()) > budget:
         return False
-    if torch.is_autocast_enabled(x.device.type) or cost.get_path() is not None:
-        return False
     # compiled panel bodies asked for (set_backend) are the sweep's; the fused kernels too
-    return get_backend() == "eager" and not triton_on(x.device)
+    if get_backend() != "eager" or torch.is_autocast_enabled(device.type):
+        return False
+    return cost.get_path() is None and not triton_on(device)
 
 
 def _scores(
