@@ -173,11 +173,9 @@ class SeparableScores:
     _plain: bool = field(init=False, repr=False, compare=False)
     # the logit scale a loss was given (the temperature is its inverse), or None
     _scale: float | Tensor | None = field(init=False, default=None, repr=False, compare=False)
-    # the small-batch path's loss that reduces these scores, and the names of x and y as the
-    # loss takes them (that path checks their values), or None (see _of_loss)
-    _small: tuple[str, tuple[str, str]] | None = field(
-        init=False, default=None, repr=False, compare=False
-    )
+    # where the small-batch path reduces these scores, the names of x and y as the loss takes
+    # them (that path checks their values); None otherwise (see _of_loss)
+    _small: tuple[str, str] | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         group = distributed.resolve_group(self.gather)
@@ -307,7 +305,7 @@ class SeparableScores:
         if logit_scale is not None:
             object.__setattr__(out, "_scale", logit_scale[1])
         if args.held:
-            object.__setattr__(out, "_small", (small, tuple(features)))
+            object.__setattr__(out, "_small", tuple(features))
         return out
 
     @property

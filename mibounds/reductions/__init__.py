@@ -119,7 +119,7 @@ def nce_loss(scores: SeparableScores, symmetric: bool = False) -> Tensor | None:
     scores (the losses take the bound's value over the global batch then)."""
     if scores._small is not None:  # decided when the scores were built
         return small.cross_entropy(
-            scores.x, scores.y, scores.temperature, symmetric, scores._scale, scores._small[1]
+            scores.x, scores.y, scores.temperature, symmetric, scores._scale, scores._small
         )
     if scores._group is not None:
         return None
@@ -135,7 +135,7 @@ def sigmoid_loss(scores: SeparableScores, n_columns: int | None = None) -> Tenso
     group = scores._group
     if scores._small is not None and n_columns is None:  # decided when the scores were built
         return small.sigmoid_loss(
-            scores.x, scores.y, scores.temperature, scores.bias, scores._scale, scores._small[1]
+            scores.x, scores.y, scores.temperature, scores.bias, scores._scale, scores._small
         )
     batch = SeparableBatch(scores) if group is None else GlobalBatch(scores, group)
     _, negatives = batch.offdiag_means("softplus")
