@@ -8,6 +8,7 @@ default in eager mode, switchable off with :func:`set_validate_args`, skipped wh
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -393,27 +394,31 @@ def _is_scalar_tensor(name: str, value: Any) -> bool:
     return False
 
 
-def scale_temperature(name: str, logit_scale: Any) -> torch.Tensor | float:
+def scale_temperature(name: str, logit_scale: Any, number: bool = False) -> torch.Tensor | float:
     """The temperature ``1 / logit_scale`` of a positive, finite logit scale (float or scalar
-    tensor, the temperature then a tensor with its gradient) whose inverse is finite too."""
+    tensor, the temperature then a tensor with its gradient) whose inverse is finite too in
+    its dtype. The scale is read once, while values are validated. With ``number`` (a caller
+    that multiplies by the scale itself and names the temperature only in its messages) the
+    temperature of a validated tensor scale is that Python float, and no tensor is formed."""
     if _is_scalar_tensor(name, logit_scale):
-        tau = logit_scale.reciprocal()
         if not validating():
-            return tau
-        value = float(logit_scale.detach())
-        inverse = float(tau.detach().float())
+            return logit_scale.reciprocal()
+        value = logit_scale.item()
+        largest = torch.finfo(logit_scale.dtype).max
     else:
         value = float(logit_scale)
-        inverse = 1.0 / value if value > 0 else math.inf
-        tau = inverse
+        largest = sys.float_info.max
+    inverse = 1.0 / value if value > 0 else math.inf
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be finite and > 0, got {value}")
-    if not math.isfinite(inverse):
+    if not inverse <= largest:
         raise ValueError(
             f"{name}={value:g} is too small: the temperature 1 / {name} overflows "
             f"{logit_scale.dtype if isinstance(logit_scale, torch.Tensor) else 'float'}"
         )
-    return tau
+    if number or not isinstance(logit_scale, torch.Tensor):
+        return inverse
+    return logit_scale.reciprocal()
 
 
 def check_scalar(name: str, value: Any) -> torch.Tensor | float:
@@ -470,7 +475,7 @@ def check_loss_arguments(
         check_temperature(*temperature)
         tau = temperature[1]
     if logit_scale is not None:
-        tau = scale_temperature(*logit_scale)
+        tau = scale_temperature(*logit_scale, number=held)
     bias = None
     if logit_bias is not None and logit_bias[1] is not None:
         bias = check_scalar(*logit_bias)

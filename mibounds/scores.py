@@ -219,10 +219,8 @@ class SeparableScores:
         out for these rows and columns (labels on the features' device), where already known
         its per-row counts of positives and candidates, and whether the scores are plain
         (square, the positives on the diagonal, no bias: the batch's unweighted formulas)."""
-        object.__setattr__(self, "_group", group)
-        object.__setattr__(self, "_layout", layout)
-        object.__setattr__(self, "_counts", counts)
-        object.__setattr__(self, "_plain", plain)
+        fields = {"_group": group, "_layout": layout, "_counts": counts, "_plain": plain}
+        self.__dict__.update(fields)  # frozen: no setattr
 
     @classmethod
     def _of_loss(
@@ -291,8 +289,7 @@ class SeparableScores:
         out = object.__new__(cls)
         fields = (x, y, similarity, args.temperature, gather, _bias_tensor(bias), row_labels,
                   None, exclude)  # fmt: skip
-        for name, value in zip(_SEPARABLE_FIELDS, fields, strict=True):
-            object.__setattr__(out, name, value)
+        out.__dict__.update(zip(_SEPARABLE_FIELDS, fields, strict=True))  # frozen: no setattr
         n, m = x.shape[-2], y.shape[-2]
         on_device = None if row_labels is None else row_labels.to(x.device)
         layout = PairLayout(on_device, on_device, 0, EXCLUDE.index(exclude), n)

@@ -139,6 +139,68 @@ def test_a_dominant_positive_keeps_its_small_loss():
     assert float(dense) == 0.0  # what the dense float32 formula gives
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("related", [True, False])
+def test_both_forms_of_the_cross_entropy_match_the_reference(symmetric, dtype, related):
+    """While values are validated the extremes of the logits are read, and where the sums of
+    the exponentials stay finite the lines' losses are formed without a shift; otherwise (and
+    with the checks off, when nothing is read) from each line's maximum. Both forms give the
+    float64 reference's value and gradients, with positives that dominate their lines or not
+    (unrelated features: many lines' maxima are elsewhere)."""
+    u, v = _pair(12, d=5, seed=21)
+    if not related:
+        v = torch.randn(12, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        v.requires_grad_(True)
+    scale = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
+
+    def reference(a, b, k):
+        s = k * a @ b.T
+        target = torch.arange(a.shape[0])
+        rows = torch.nn.functional.cross_entropy(s, target)
+        return (rows + torch.nn.functional.cross_entropy(s.T, target)) / 2 if symmetric else rows
+
+    want = reference(u, v, scale)
+    want_g = _grads(want, [u, v, scale])
+    tol = TOL if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    inputs = [t.detach().to(dtype).requires_grad_(True) for t in (u, v, scale)]
+    for validate in (True, False):
+        mibounds.set_validate_args(validate)
+        try:
+            got = small.cross_entropy(*inputs[:2], 1 / 6.0, symmetric, inputs[2])
+        finally:
+            mibounds.set_validate_args(True)
+        torch.testing.assert_close(got.double(), want, **tol)
+        for a, w in zip(_grads(got, inputs), want_g, strict=True):
+            torch.testing.assert_close(a.double(), w, **tol)
+
+
+def test_a_dominant_positive_keeps_its_small_loss_with_the_checks_off():
+    """The shifted form (nothing read back) keeps a dominant positive's small loss too."""
+    n = 8
+    u, v, scale = torch.eye(n, 16), torch.eye(n, 16), torch.tensor(25.0)
+    want = ref.openclip_clip_loss(u.double(), v.double(), scale.double())
+    mibounds.set_validate_args(False)
+    try:
+        got = CLIPLoss()(u, v, scale)
+    finally:
+        mibounds.set_validate_args(True)
+    assert abs(float(got) - float(want)) <= 1e-5 * float(want)
+
+
+def test_a_spread_too_wide_for_unshifted_sums_takes_the_shifted_form():
+    """Logits spread by more than float32's exponent range (about 88): unshifted, the sums
+    of e^(S_ij - S_ii) would overflow; the loss is the float64 reference's all the same."""
+    u, v = _pair(6, d=4, seed=8)
+    scale = torch.tensor(200.0, dtype=torch.float64)
+    want = ref.openclip_clip_loss(u, v, scale)
+    s = (scale * u @ v.T).detach()
+    assert float(s.max() - s.min()) > 100
+    got = CLIPLoss()(u.detach().float(), v.detach().float(), scale.float())
+    assert math.isfinite(float(got))
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_large_scores_stay_finite(name):
     """Scores of about 1e4 in float32: the loss and its gradients are finite and match the
@@ -163,6 +225,20 @@ def test_overflowing_scores_are_refused_naming_the_temperature():
         CLIPLoss()(u, v, torch.tensor(1.0))
     with pytest.raises(ValueError, match=r"temperature.*overflow"):
         SigLIPLoss()(u, v, torch.tensor(1.0), torch.tensor(0.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_a_logit_scale_whose_inverse_overflows_its_dtype_is_refused(dtype):
+    """The temperature 1 / logit_scale must be finite in the scale's own dtype."""
+    u, v = _pair(6, dtype=torch.float32)
+    tiny = {torch.float16: 1e-5, torch.bfloat16: 1e-39, torch.float32: 1e-39}[dtype]
+    scale = torch.tensor(tiny, dtype=dtype)
+    assert float(scale) > 0 and math.isinf(float(scale.reciprocal()))
+    for loss in (CLIPLoss(), SigLIPLoss()):
+        with pytest.raises(ValueError, match=r"logit_scale=.* is too small.*overflows"):
+            loss(u, v, scale)
+    fine = torch.tensor(4 * tiny if dtype == torch.float16 else 1e-37, dtype=dtype)
+    assert math.isfinite(float(CLIPLoss()(u, v, fine).detach()))
 
 
 def test_nonfinite_features_are_refused_by_name():

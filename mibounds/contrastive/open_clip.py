@@ -53,10 +53,13 @@ def _openclip_group(
     return gather
 
 
-def _output(loss: Tensor, output_dict: bool) -> Tensor | dict[str, Tensor]:
-    """OpenCLIP's return convention: ``{"contrastive_loss": loss}`` with ``output_dict``."""
+def _output(loss: Tensor, dtype: torch.dtype, output_dict: bool) -> Tensor | dict[str, Tensor]:
+    """The loss in ``dtype`` (the features'), in OpenCLIP's return convention:
+    ``{"contrastive_loss": loss}`` with ``output_dict``."""
     if not isinstance(output_dict, bool):
         raise TypeError(f"output_dict must be a bool, got {type(output_dict).__name__}")
+    if loss.dtype != dtype:
+        loss = loss.to(dtype)
     return {"contrastive_loss": loss} if output_dict else loss
 
 
@@ -181,7 +184,7 @@ class CLIPLoss(nn.Module):
             loss = torch.log(_global_rows(s)) - infonce(s, symmetric=True) if nce is None else nce
         else:
             loss = _reduce(_anchor_losses(s, symmetric=True), self.reduction)
-        return _output(loss.to(image_features.dtype), output_dict)
+        return _output(loss, image_features.dtype, output_dict)
 
     def _local_loss(self, s: SeparableScores) -> Tensor:
         """OpenCLIP's ``local_loss=True``: this rank's images against every rank's texts and
@@ -313,9 +316,9 @@ class SigLIPLoss(nn.Module):
             assert rows is not None
             losses = rows.row_terms("pos", "softplus-neg") + rows.row_terms("neg", "softplus")
             loss = _reduce(losses, self.reduction)
-            return _output(loss.to(image_features.dtype), output_dict)
+            return _output(loss, image_features.dtype, output_dict)
         loss = reductions.sigmoid_loss(s, n_columns)
-        return _output(loss.to(image_features.dtype), output_dict)
+        return _output(loss, image_features.dtype, output_dict)
 
     def mi(
         self,

@@ -81,10 +81,11 @@ def triton_on(device: torch.device) -> bool:
         >>> triton_on(torch.device("meta"))
         False
     """
-    if device.type == "cuda":
+    kind = device.type
+    if kind == "cuda":
         return triton_enabled()
     # the CPU: in the interpreter, asked for by set_triton(True) or MIBOUNDS_TRITON=1
-    if device.type != "cpu" or _TRITON_SETTING[0] is False:
+    if kind != "cpu" or _TRITON_SETTING[0] is False:
         return False
     if os.environ.get("TRITON_INTERPRET", "0") != "1" or not triton_kernels.HAS_TRITON:
         return False

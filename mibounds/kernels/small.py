@@ -5,15 +5,19 @@ At a few hundred samples a call costs its number of tensor operations (each a fe
 microseconds on a CPU, whatever its size), not its arithmetic. The streamed sweep forms its
 statistics panel by panel with float64 sums and the gradient in the forward pass: a CLIP loss
 call dispatches about 160 operations in all. Here each of the plain pairing's two losses is
-one :class:`torch.autograd.Function`, 30 operations a call (CLIP's; SigLIP's 26) with the
+one :class:`torch.autograd.Function`, 25 operations a call (CLIP's; SigLIP's 24) with the
 checks and the autograd steps: the logits ``S = (k x) y^T`` (``k`` the logit scale, or the
 inverse temperature) in one product, each row's (and column's) statistic from the matrix, and the
 gradient only when the backward pass asks for it, from the stored matrices, in two products.
+The lines' losses (CLIP's) and the rows' sums (SigLIP's) are added in float64: one rounding
+of the total.
 
 * :func:`cross_entropy`: the InfoNCE family's cross-entropy, each row's
-  :math:`\log\sum_j e^{S_{ij}} - S_{ii}` formed from the row's own maximum with ``log1p``,
-  as the sweep forms it (a row whose positive dominates keeps its small loss, which the
-  dense ``cross_entropy`` rounds to 0 below about 6e-8);
+  :math:`\log\sum_j e^{S_{ij}} - S_{ii}` formed as ``log1p`` of the other entries' sum of
+  :math:`e^{S_{ij} - S_{ii}}` (a row whose positive dominates keeps its small loss, which the
+  dense ``cross_entropy`` rounds to 0 below about 6e-8): as they are where the extremes of
+  ``S`` read back while values are validated show that the sums stay finite, else from each
+  line's own maximum, as the sweep forms them;
 * :func:`sigmoid_loss`: SigLIP's :math:`\frac1N\sum_{ij} -\log\sigma(\pm z_{ij})` for the
   logits ``z = S + bias``.
 
@@ -33,6 +37,7 @@ the matrix's extremes. The gradient is a first derivative only: a backward pass 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -56,6 +61,10 @@ __all__ = ["MAX_ENTRIES", "covers", "cross_entropy", "sigmoid_loss"]
 #: float32 matrices) for the sigmoid loss, whose sweep forms a transcendental per entry more.
 MAX_ENTRIES = {"cross_entropy": 768 * 768, "sigmoid": 2**21}
 
+#: the natural log of the largest finite value of each accumulation dtype, less 1: a sum of
+#: ``n`` exponentials of at most ``t`` is finite where ``t + log(n)`` is below it
+_EXP_ROOM = {dt: math.log(torch.finfo(dt).max) - 1.0 for dt in (torch.float32, torch.float64)}
+
 
 def covers(x: Tensor, y: Tensor, similarity: str, loss: str = "cross_entropy") -> bool:
     """Whether the scores ``similarity(x, y)`` of one process are reduced whole here for
@@ -63,42 +72,44 @@ def covers(x: Tensor, y: Tensor, similarity: str, loss: str = "cross_entropy") -
     if similarity != "dot" or x.dim() != 2 or y.dim() != 2:
         return False
     entries = x.shape[0] * y.shape[0]
-    if entries > MAX_ENTRIES[loss] or torch.compiler.is_compiling():
+    # compiled panel bodies asked for (set_backend) are the sweep's
+    if entries > MAX_ENTRIES[loss] or get_backend() != "eager" or torch.compiler.is_compiling():
         return False
     # its matrices within the panel workspace the sweep would take (the CPU's, or one set)
-    device = x.device
+    kind = "cpu" if x.is_cpu else x.device.type
     budget = _BUDGET[0]
-    if budget is None and device.type == "cpu":
+    if budget is None and kind == "cpu":
         budget = DEFAULT_MEMORY_BUDGET  # get_memory_budget() of the CPU
     if budget is not None and 4 * entries * max(4, x.element_size()) > budget:
         return False
-    # compiled panel bodies asked for (set_backend) are the sweep's; the fused kernels too
-    if get_backend() != "eager" or torch.is_autocast_enabled(device.type):
+    if torch.is_autocast_enabled(kind) or cost.get_path() is not None:
         return False
-    return cost.get_path() is None and not triton_on(device)
+    return not triton_on(x.device)  # the fused kernels keep every call they take
 
 
 def _scores(
     x: Tensor, y: Tensor, k: float | Tensor, tau: Any, names: tuple[str, str] | None
-) -> tuple[Tensor, Tensor]:
-    """``S = (k x) y^T`` in the features' dtype (the logits as OpenCLIP forms them), and
-    ``k x``; while values are validated, the range rule on ``S``, as on the streamed path
-    (the message names the temperature ``tau``). With the features' ``names``, their values
-    are checked here too: a NaN or an infinity in either makes a whole line of ``S`` not
-    finite, so the extremes of ``S`` read back once say whether all are finite; where they
-    are not, the features are read (the message names the one that is not finite) before
-    the range rule's message."""
+) -> tuple[Tensor, Tensor, float | None]:
+    """``S = (k x) y^T`` in the features' dtype (the logits as OpenCLIP forms them), ``k x``
+    and, while values are validated, the spread ``max S - min S`` (else ``None``). While
+    values are validated the range rule holds on ``S``, as on the streamed path (the message
+    names the temperature ``tau``). With the features' ``names``, their values are checked
+    here too: a NaN or an infinity in either makes a whole line of ``S`` not finite, so the
+    extremes of ``S`` read back once say whether all are finite; where they are not, the
+    features are read (the message names the one that is not finite) before the range
+    rule's message."""
     xk = x if _is_one(k) else x * k
     s = F.linear(xk, y)  # x y^T
-    if _checks.validating():
-        extremes = torch.aminmax(s)
-        lo, hi = float(extremes.min), float(extremes.max)
-        largest = math.inf if math.isnan(lo + hi) else max(-lo, hi)
-        if not _within_range(largest, s.shape[-1], s.dtype):
-            if names is not None and not math.isfinite(largest):
-                _checks.check_values_of(dict(zip(names, (x, y), strict=True)))
-            raise ValueError(_overflow_message(tau, s.dtype, largest, s.shape[-1]))
-    return s, xk
+    if not _checks.validating():
+        return s, xk, None
+    extremes = torch.aminmax(s)
+    lo, hi = float(extremes.min), float(extremes.max)
+    largest = math.inf if math.isnan(lo + hi) else max(-lo, hi)
+    if not _within_range(largest, s.shape[-1], s.dtype):
+        if names is not None and not math.isfinite(largest):
+            _checks.check_values_of(dict(zip(names, (x, y), strict=True)))
+        raise ValueError(_overflow_message(tau, s.dtype, largest, s.shape[-1]))
+    return s, xk, hi - lo
 
 
 def _keep(
@@ -122,7 +133,7 @@ def _feature_grads(
     k = ctx.k if saved_k is None else saved_k  # a float, or the tensor with its gradient
     need = ctx.needs_input_grad
     if grad is not None:  # None: g is scaled already
-        g.mul_(grad / ctx.count)
+        g.mul_(grad).mul_(_constant(1.0 / ctx.count))
     gb = g.sum() if bias else None
     gy = torch.mm(g.t(), xk) if need[1] else None
     need_k = saved_k is not None and need[2]
@@ -155,19 +166,29 @@ class _CrossEntropy(torch.autograd.Function):
         tau: Any,
         names: tuple[str, str] | None,
     ) -> Tensor:
-        s, xk = _scores(x, y, k, tau, names)
-        pos = s.diagonal().unsqueeze(1)
-        # one line per row, and per column when symmetric: d[k, i, j] = line_i[j] - positive_i
-        d = torch.stack((s, s.t())).sub_(pos) if symmetric else (s - pos)[None]
-        # each line's maximum is >= 0 (its positive is 0); its log-sum-exp less the positive
-        # is top + log(e^{-top} + rest), rest the sum of the others below the maximum, formed
-        # as top + log1p(rest + (e^{-top} - 1)): 1 is taken from the positive's entry, which
-        # leaves 0 where the positive is the maximum (then log1p(rest) keeps a small loss), and
-        # where it is not, rest holds the maximum's own 1 (the sum is at least e^{-top})
-        top = d.amax(-1, keepdim=True)
-        e = (d - top).exp_()
-        e.diagonal(0, -2, -1).sub_(1)
-        terms = torch.log1p(e.sum(-1)).add_(top.squeeze(-1))
+        s, xk, spread = _scores(x, y, k, tau, names)
+        pos = s.diagonal()
+        # the lines run down the columns of d: d[0, j, i] = S_ij - S_ii (row i) and, when
+        # symmetric, d[1, j, i] = S_ji - S_ii (column i), each line's positive at j = i
+        d = (torch.stack((s.t(), s)) if symmetric else s.t()[None]).sub(pos)
+        # each line's log-sum-exp less its positive is log(1 + rest), rest the sum of e^d over
+        # the others (the positive's own e^0 = 1 left out of the sum, so that log1p keeps a
+        # small loss where the positive dominates)
+        if spread is not None and spread + math.log(s.shape[-1]) < _EXP_ROOM[s.dtype]:
+            # every d is at most the spread of S: the sums of e^d are finite as they are
+            e = d.exp()
+            e.diagonal(0, -2, -1).zero_()
+            terms = e.sum(-2, keepdim=True).log1p_()
+        else:
+            # from each line's maximum top >= 0 (its positive is 0): the log-sum-exp less the
+            # positive is top + log(e^{-top} + rest'), rest' the others' sum below the maximum,
+            # formed as top + log1p(rest' + (e^{-top} - 1)): 1 is taken from the positive's
+            # entry, which leaves 0 where the positive is the maximum, and where it is not,
+            # rest' holds the maximum's own 1 (the sum is at least e^{-top})
+            top = d.amax(-2, keepdim=True)
+            e = (d - top).exp_()
+            e.diagonal(0, -2, -1).sub_(1)
+            terms = torch.log1p(e.sum(-2, keepdim=True)).add_(top)
         _keep(ctx, x, xk, y, k, terms.numel(), d, terms)
         return terms.mean(dtype=torch.float64).to(terms.dtype)
 
@@ -177,14 +198,13 @@ class _CrossEntropy(torch.autograd.Function):
         saved = ctx.saved_tensors
         d, terms = saved[4:]
         # each line's softmax, e^{S_ij - lse_i}; the positive's -1 on the diagonal
-        p = (d - terms.unsqueeze(-1)).exp_()
+        p = (d - terms).exp_()
         lines = p.shape[0]
-        if lines == 2:  # the columns' gradient, transposed back onto the scores
-            rows, cols = p.unbind(0)
-            g = rows + cols.t()
+        if lines == 2:  # the rows' lines transposed back onto the scores
+            g = p[0].t() + p[1]
         else:
-            g = p[0]
-        g.diagonal().sub_(lines)
+            g = p[0].t()
+        g.diagonal().sub_(_constant(lines))
         return (*_feature_grads(ctx, saved, g, grad)[:3], None, None, None)
 
 
@@ -201,14 +221,15 @@ class _Sigmoid(torch.autograd.Function):
         tau: Any,
         names: tuple[str, str] | None,
     ) -> Tensor:
-        s, xk = _scores(x, y, k, tau, names)
+        s, xk, _ = _scores(x, y, k, tau, names)
         # each pair's loss is -log sigmoid(a) for a = -z off the diagonal and z on it (the
         # logits z = S + bias); the buffer of log sigmoid serves its derivative
         a = s.neg() if bias is None else torch.sub(-bias, s)
         a.diagonal().neg_()
         out, buffer = torch.ops.aten.log_sigmoid_forward(a)
-        # each row's sum, then their sum in float64: O(N) work, one rounding of the total
-        value = out.sum(-1).sum(dtype=torch.float64).div_(-a.shape[0]).to(a.dtype)
+        # each row's sum, then their total in float64 (N^2 terms: one rounding of the total)
+        total = out.sum(-1).sum(dtype=torch.float64)
+        value = total.mul_(_constant(-1.0 / a.shape[0])).to(a.dtype)
         _keep(ctx, x, xk, y, k, a.shape[0], a, buffer)
         ctx.tensor_bias = isinstance(bias, Tensor)
         return value
@@ -220,7 +241,8 @@ class _Sigmoid(torch.autograd.Function):
         a, buffer = saved[4:]
         # d(-log sigmoid(a)) / dz = sigmoid(-a) off the diagonal (da / dz = -1), its
         # negative on it; the incoming gradient and the mean's 1 / N are applied to it here
-        g = torch.ops.aten.log_sigmoid_backward((grad / ctx.count).expand_as(a), a, buffer)
+        scaled = grad * _constant(1.0 / ctx.count, grad.dtype)
+        g = torch.ops.aten.log_sigmoid_backward(scaled.expand_as(a), a, buffer)
         g.diagonal().neg_()
         need_bias = ctx.tensor_bias and ctx.needs_input_grad[3]
         return (*_feature_grads(ctx, saved, g, None, need_bias), None, None)
@@ -309,6 +331,14 @@ def _as(t: Tensor, dt: torch.dtype) -> Tensor:
 def _scalar(t: Tensor, dt: torch.dtype) -> Tensor:
     """A one-element tensor as a 0-d tensor of ``dt``."""
     return _as(t if t.dim() == 0 else t.reshape(()), dt)
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(value: float, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``value`` as a 0-d tensor of ``dtype`` on the CPU, made once: an operation with a
+    tensor of more dimensions takes it as a scalar of its own dtype, on any device, without
+    wrapping a Python number into a tensor on every call."""
+    return torch.tensor(value, dtype=dtype)
 
 
 def _count() -> None:
