@@ -337,8 +337,9 @@ def _scalar(t: Tensor, dt: torch.dtype) -> Tensor:
 def _constant(value: float, dtype: torch.dtype = torch.float64) -> Tensor:
     """``value`` as a 0-d tensor of ``dtype`` on the CPU, made once: an operation with a
     tensor of more dimensions takes it as a scalar of its own dtype, on any device, without
-    wrapping a Python number into a tensor on every call."""
-    return torch.tensor(value, dtype=dtype)
+    wrapping a Python number into a tensor on every call (made on the CPU whatever the default
+    device: only a CPU scalar tensor combines with tensors of every device)."""
+    return torch.tensor(value, dtype=dtype, device="cpu")
 
 
 def _count() -> None:
