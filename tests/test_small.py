@@ -142,10 +142,13 @@ def test_a_dominant_positive_keeps_its_small_loss():
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("related", [True, False])
-def test_both_forms_of_the_cross_entropy_match_the_reference(symmetric, dtype, related):
-    """While values are validated the extremes of the logits are read, and where the sums of
-    the exponentials stay finite the lines' losses are formed without a shift; otherwise (and
-    with the checks off, when nothing is read) from each line's maximum. Both forms give the
+def test_both_forms_of_the_cross_entropy_match_the_reference(
+    symmetric, dtype, related, monkeypatch
+):
+    """The extremes of the logits are read (while values are validated, and on the CPU with
+    the checks off too), and where the sums of the exponentials stay finite the lines'
+    losses are formed without a shift; otherwise from each line's maximum (here forced by
+    leaving the unshifted form no room). Both forms, with the checks on and off, give the
     float64 reference's value and gradients, with positives that dominate their lines or not
     (unrelated features: many lines' maxima are elsewhere)."""
     u, v = _pair(12, d=5, seed=21)
@@ -164,27 +167,38 @@ def test_both_forms_of_the_cross_entropy_match_the_reference(symmetric, dtype, r
     want_g = _grads(want, [u, v, scale])
     tol = TOL if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     inputs = [t.detach().to(dtype).requires_grad_(True) for t in (u, v, scale)]
-    for validate in (True, False):
-        mibounds.set_validate_args(validate)
-        try:
-            got = small.cross_entropy(*inputs[:2], 1 / 6.0, symmetric, inputs[2])
-        finally:
-            mibounds.set_validate_args(True)
-        torch.testing.assert_close(got.double(), want, **tol)
-        for a, w in zip(_grads(got, inputs), want_g, strict=True):
-            torch.testing.assert_close(a.double(), w, **tol)
+    shifts = []
+    monkeypatch.setattr(torch.Tensor, "amax", _recording(torch.Tensor.amax, shifts))
+    for shifted in (False, True):
+        if shifted:
+            monkeypatch.setattr(small, "_EXP_ROOM", {torch.float32: 0.0, torch.float64: 0.0})
+        for validate in (True, False):
+            mibounds.set_validate_args(validate)
+            try:
+                got = small.cross_entropy(*inputs[:2], 1 / 6.0, symmetric, inputs[2])
+            finally:
+                mibounds.set_validate_args(True)
+            torch.testing.assert_close(got.double(), want, **tol)
+            for a, w in zip(_grads(got, inputs), want_g, strict=True):
+                torch.testing.assert_close(a.double(), w, **tol)
+    assert len(shifts) == 2  # each line's maximum was taken only where forced
 
 
-def test_a_dominant_positive_keeps_its_small_loss_with_the_checks_off():
-    """The shifted form (nothing read back) keeps a dominant positive's small loss too."""
+def _recording(method, calls):
+    def recorded(*args, **kwargs):
+        calls.append(args[1:])
+        return method(*args, **kwargs)
+
+    return recorded
+
+
+def test_a_dominant_positive_keeps_its_small_loss_in_the_shifted_form(monkeypatch):
+    """Formed from each line's maximum, a dominant positive keeps its small loss too."""
     n = 8
     u, v, scale = torch.eye(n, 16), torch.eye(n, 16), torch.tensor(25.0)
     want = ref.openclip_clip_loss(u.double(), v.double(), scale.double())
-    mibounds.set_validate_args(False)
-    try:
-        got = CLIPLoss()(u, v, scale)
-    finally:
-        mibounds.set_validate_args(True)
+    monkeypatch.setattr(small, "_EXP_ROOM", {torch.float32: 0.0, torch.float64: 0.0})
+    got = CLIPLoss()(u, v, scale)
     assert abs(float(got) - float(want)) <= 1e-5 * float(want)
 
 

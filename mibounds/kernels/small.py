@@ -16,8 +16,8 @@ of the total.
   :math:`\log\sum_j e^{S_{ij}} - S_{ii}` formed as ``log1p`` of the other entries' sum of
   :math:`e^{S_{ij} - S_{ii}}` (a row whose positive dominates keeps its small loss, which the
   dense ``cross_entropy`` rounds to 0 below about 6e-8): as they are where the extremes of
-  ``S`` read back while values are validated show that the sums stay finite, else from each
-  line's own maximum, as the sweep forms them;
+  ``S``, read back while values are validated (and on the CPU with the checks off too), show
+  that the sums stay finite, else from each line's own maximum, as the sweep forms them;
 * :func:`sigmoid_loss`: SigLIP's :math:`\frac1N\sum_{ij} -\log\sigma(\pm z_{ij})` for the
   logits ``z = S + bias``.
 
@@ -88,24 +88,31 @@ def covers(x: Tensor, y: Tensor, similarity: str, loss: str = "cross_entropy") -
 
 
 def _scores(
-    x: Tensor, y: Tensor, k: float | Tensor, tau: Any, names: tuple[str, str] | None
+    x: Tensor,
+    y: Tensor,
+    k: float | Tensor,
+    tau: Any,
+    names: tuple[str, str] | None,
+    spread: bool = False,
 ) -> tuple[Tensor, Tensor, float | None]:
     """``S = (k x) y^T`` in the features' dtype (the logits as OpenCLIP forms them), ``k x``
-    and, while values are validated, the spread ``max S - min S`` (else ``None``). While
-    values are validated the range rule holds on ``S``, as on the streamed path (the message
-    names the temperature ``tau``). With the features' ``names``, their values are checked
-    here too: a NaN or an infinity in either makes a whole line of ``S`` not finite, so the
-    extremes of ``S`` read back once say whether all are finite; where they are not, the
-    features are read (the message names the one that is not finite) before the range
-    rule's message."""
+    and the spread ``max S - min S`` where its extremes were read (else ``None``): while
+    values are validated, and with ``spread`` on the CPU, where reading them back costs no
+    device synchronisation. While values are validated the range rule holds on ``S``, as on
+    the streamed path (the message names the temperature ``tau``). With the features'
+    ``names``, their values are checked here too: a NaN or an infinity in either makes a whole
+    line of ``S`` not finite, so the extremes of ``S`` read back once say whether all are
+    finite; where they are not, the features are read (the message names the one that is not
+    finite) before the range rule's message."""
     xk = x if _is_one(k) else x * k
     s = F.linear(xk, y)  # x y^T
-    if not _checks.validating():
+    validating = _checks.validating()
+    if not validating and not (spread and s.is_cpu):
         return s, xk, None
     extremes = torch.aminmax(s)
     lo, hi = float(extremes.min), float(extremes.max)
     largest = math.inf if math.isnan(lo + hi) else max(-lo, hi)
-    if not _within_range(largest, s.shape[-1], s.dtype):
+    if validating and not _within_range(largest, s.shape[-1], s.dtype):
         if names is not None and not math.isfinite(largest):
             _checks.check_values_of(dict(zip(names, (x, y), strict=True)))
         raise ValueError(_overflow_message(tau, s.dtype, largest, s.shape[-1]))
@@ -166,7 +173,7 @@ class _CrossEntropy(torch.autograd.Function):
         tau: Any,
         names: tuple[str, str] | None,
     ) -> Tensor:
-        s, xk, spread = _scores(x, y, k, tau, names)
+        s, xk, spread = _scores(x, y, k, tau, names, spread=True)
         pos = s.diagonal()
         # the lines run down the columns of d: d[0, j, i] = S_ij - S_ii (row i) and, when
         # symmetric, d[1, j, i] = S_ji - S_ii (column i), each line's positive at j = i
