@@ -177,7 +177,9 @@ class _CrossEntropy(torch.autograd.Function):
         pos = s.diagonal()
         # the lines run down the columns of d: d[0, j, i] = S_ij - S_ii (row i) and, when
         # symmetric, d[1, j, i] = S_ji - S_ii (column i), each line's positive at j = i
-        d = (torch.stack((s.t(), s)) if symmetric else s.t()[None]).sub(pos)
+        # (the stacked copy shifted in place; a single line's shift is a new matrix, as the
+        # positives are a view of S)
+        d = torch.stack((s.t(), s)).sub_(pos) if symmetric else s.t().sub(pos)[None]
         # each line's log-sum-exp less its positive is log(1 + rest), rest the sum of e^d over
         # the others (the positive's own e^0 = 1 left out of the sum, so that log1p keeps a
         # small loss where the positive dominates)
