@@ -17,6 +17,8 @@ import torch
 _VALIDATE_ARGS = True
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: the largest finite value of each floating dtype
+_LARGEST = {dt: torch.finfo(dt).max for dt in _FLOAT_DTYPES}
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -113,7 +115,16 @@ def check_embeddings(min_n: int, **named: Any) -> list[torch.Tensor]:
 
 def _embedding_shapes(min_n: int, named: dict[str, Any]) -> list[torch.Tensor]:
     """:func:`check_embeddings` but for the values."""
-    out = []
+    out = list(named.values())
+    first = out[0]
+    if isinstance(first, torch.Tensor) and first.dim() == 2 and first.shape[0] >= min_n:
+        shape = first.shape
+        # the common case, accepted in one test each; anything else gets its message below
+        if all(
+            isinstance(t, torch.Tensor) and t.dtype in _FLOAT_DTYPES and t.shape == shape
+            for t in out
+        ):
+            return out
     for name, t in named.items():
         check_tensor(name, t, min_dim=2)
         if t.dim() != 2:
@@ -123,7 +134,6 @@ def _embedding_shapes(min_n: int, named: dict[str, Any]) -> list[torch.Tensor]:
                 f"{name} needs at least {min_n} samples (rows) for a contrastive loss, got "
                 f"shape {tuple(t.shape)}"
             )
-        out.append(t)
     (a_name, a), *others = zip(named, out, strict=True)
     for b_name, b in others:
         if a.shape != b.shape:
@@ -394,17 +404,20 @@ def _is_scalar_tensor(name: str, value: Any) -> bool:
     return False
 
 
-def scale_temperature(name: str, logit_scale: Any, number: bool = False) -> torch.Tensor | float:
+def scale_temperature(
+    name: str, logit_scale: Any, number: bool = False, validate: bool | None = None
+) -> torch.Tensor | float:
     """The temperature ``1 / logit_scale`` of a positive, finite logit scale (float or scalar
     tensor, the temperature then a tensor with its gradient) whose inverse is finite too in
-    its dtype. The scale is read once, while values are validated. With ``number`` (a caller
-    that multiplies by the scale itself and names the temperature only in its messages) the
-    temperature of a validated tensor scale is that Python float, and no tensor is formed."""
+    its dtype. The scale is read once, while values are validated (``validate``: whether they
+    are, where the caller knows). With ``number`` (a caller that multiplies by the scale
+    itself and names the temperature only in its messages) the temperature of a validated
+    tensor scale is that Python float, and no tensor is formed."""
     if _is_scalar_tensor(name, logit_scale):
-        if not validating():
+        if not (validating() if validate is None else validate):
             return logit_scale.reciprocal()
         value = logit_scale.item()
-        largest = torch.finfo(logit_scale.dtype).max
+        largest = _LARGEST[logit_scale.dtype]
     else:
         value = float(logit_scale)
         largest = sys.float_info.max
@@ -421,10 +434,14 @@ def scale_temperature(name: str, logit_scale: Any, number: bool = False) -> torc
     return logit_scale.reciprocal()
 
 
-def check_scalar(name: str, value: Any) -> torch.Tensor | float:
-    """A finite scalar: a float or a one-element tensor."""
+def check_scalar(name: str, value: Any, validate: bool | None = None) -> torch.Tensor | float:
+    """A finite scalar: a float or a one-element tensor (its value read while values are
+    validated; ``validate``: whether they are, where the caller knows)."""
     if _is_scalar_tensor(name, value):
-        check_values(name, value)
+        if validate is None:
+            check_values(name, value)
+        elif validate and not math.isfinite(value.item()):
+            check_values(name, value)  # its message
         return value
     return check_real(name, value)
 
@@ -465,7 +482,8 @@ def check_loss_arguments(
     here, and ``held`` is set."""
     feats = _embedding_shapes(min_n, features)
     held = held_by is not None and held_by(feats[0], feats[-1])
-    if not held:
+    validate = validating()
+    if not held and validate:
         check_values_of(features)
     if extra is not None:
         _check_extra_columns(*extra, next(iter(features)), feats[0])
@@ -475,10 +493,10 @@ def check_loss_arguments(
         check_temperature(*temperature)
         tau = temperature[1]
     if logit_scale is not None:
-        tau = scale_temperature(*logit_scale, number=held)
+        tau = scale_temperature(*logit_scale, number=held, validate=validate)
     bias = None
     if logit_bias is not None and logit_bias[1] is not None:
-        bias = check_scalar(*logit_bias)
+        bias = check_scalar(*logit_bias, validate=validate)
     return LossArguments(feats, tau, bias, lab, None if extra is None else extra[1], held)
 
 

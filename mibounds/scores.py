@@ -286,10 +286,6 @@ class SeparableScores:
         bias = args.bias
         if shift != 0.0:
             bias = shift if bias is None else bias + shift
-        out = object.__new__(cls)
-        fields = (x, y, similarity, args.temperature, gather, _bias_tensor(bias), row_labels,
-                  None, exclude)  # fmt: skip
-        out.__dict__.update(zip(_SEPARABLE_FIELDS, fields, strict=True))  # frozen: no setattr
         n, m = x.shape[-2], y.shape[-2]
         on_device = None if row_labels is None else row_labels.to(x.device)
         layout = PairLayout(on_device, on_device, 0, EXCLUDE.index(exclude), n)
@@ -298,11 +294,15 @@ class SeparableScores:
         plain = laid_plain and bias is None and m == n
         counts = None if laid_plain else layout.counts(n, m, x.device)
         group = None if gather is False or gather is None else distributed.resolve_group(gather)
-        out._carry(group, layout, counts, plain)
-        if logit_scale is not None:
-            object.__setattr__(out, "_scale", logit_scale[1])
-        if args.held:
-            object.__setattr__(out, "_small", tuple(features))
+        out = object.__new__(cls)
+        fields = (x, y, similarity, args.temperature, gather, _bias_tensor(bias), row_labels,
+                  None, exclude)  # fmt: skip
+        state = dict(zip(_SEPARABLE_FIELDS, fields, strict=True))
+        # what is decided once (see _carry), the logit scale and the small path's names
+        state.update(_group=group, _layout=layout, _counts=counts, _plain=plain)
+        state["_scale"] = None if logit_scale is None else logit_scale[1]
+        state["_small"] = tuple(features) if args.held else None
+        out.__dict__.update(state)  # frozen: no setattr
         return out
 
     @property

@@ -232,7 +232,14 @@ def _within_range(largest: float, m: int, dtype: torch.dtype) -> bool:
     """The range rule, the same on the dense, the streamed and the fused paths: scores of
     magnitude up to ``largest`` are accepted if every sum a bound forms over a row of ``m`` of
     them (and its mean over the rows) stays within ``dtype``'s range."""
-    return math.isfinite(largest) and largest * max(m, 1) < 0.5 * torch.finfo(dtype).max
+    return math.isfinite(largest) and largest * max(m, 1) < _HALF_MAX[dtype]
+
+
+#: half the largest finite value of each floating dtype
+_HALF_MAX = {
+    dt: 0.5 * torch.finfo(dt).max
+    for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+}
 
 
 def _score_limit(dtype: torch.dtype, m: int) -> float:

@@ -85,9 +85,9 @@ def triton_on(device: torch.device) -> bool:
     if kind == "cuda":
         return triton_enabled()
     # the CPU: in the interpreter, asked for by set_triton(True) or MIBOUNDS_TRITON=1
-    if kind != "cpu" or _TRITON_SETTING[0] is False:
+    if kind != "cpu" or _TRITON_SETTING[0] is False or not triton_kernels.HAS_TRITON:
         return False
-    if os.environ.get("TRITON_INTERPRET", "0") != "1" or not triton_kernels.HAS_TRITON:
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
         return False
     return _TRITON_SETTING[0] is True or os.environ.get("MIBOUNDS_TRITON", "").strip() == "1"
 
