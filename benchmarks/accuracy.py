@@ -46,7 +46,9 @@ def _supcon_dense(z, labels, tau):
 
 
 def _siglip_dense(u, v, tau):
-    s = u @ v.T / tau - 1.0 / tau
+    # OpenCLIP's arithmetic: logit_scale * u @ v.T + logit_bias, scale 1 / tau, bias -1 / tau
+    scale = torch.tensor(1.0 / tau, dtype=u.dtype)
+    s = scale * u @ v.T + torch.tensor(-1.0 / tau, dtype=u.dtype)
     sign = 2 * torch.eye(u.shape[0], dtype=u.dtype) - 1
     return -F.logsigmoid(sign * s).sum() / u.shape[0]
 

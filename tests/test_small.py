@@ -142,15 +142,15 @@ def test_a_dominant_positive_keeps_its_small_loss():
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("related", [True, False])
-def test_both_forms_of_the_cross_entropy_match_the_reference(
+def test_every_form_of_the_cross_entropy_matches_the_reference(
     symmetric, dtype, related, monkeypatch
 ):
-    """The extremes of the logits are read (while values are validated, and on the CPU with
-    the checks off too), and where the sums of the exponentials stay finite the lines'
-    losses are formed without a shift; otherwise from each line's maximum (here forced by
-    leaving the unshifted form no room). Both forms, with the checks on and off, give the
-    float64 reference's value and gradients, with positives that dominate their lines or not
-    (unrelated features: many lines' maxima are elsewhere)."""
+    """The dense form (PyTorch's cross-entropy of the logits) where the value is not small;
+    below the floor the log1p form, without a shift where the extremes of the logits show
+    that the sums of the exponentials stay finite, otherwise from each line's maximum (here
+    forced by leaving the unshifted form no room). Every form, with the checks on and off,
+    gives the float64 reference's value and gradients, with positives that dominate their
+    lines or not (unrelated features: many lines' maxima are elsewhere)."""
     u, v = _pair(12, d=5, seed=21)
     if not related:
         v = torch.randn(12, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
@@ -164,13 +164,17 @@ def test_both_forms_of_the_cross_entropy_match_the_reference(
         return (rows + torch.nn.functional.cross_entropy(s.T, target)) / 2 if symmetric else rows
 
     want = reference(u, v, scale)
+    assert float(want.detach()) > small._DENSE_FLOOR  # the dense form's value, unless forced
     want_g = _grads(want, [u, v, scale])
     tol = TOL if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     inputs = [t.detach().to(dtype).requires_grad_(True) for t in (u, v, scale)]
-    shifts = []
+    shifts, log1p = [], []
     monkeypatch.setattr(torch.Tensor, "amax", _recording(torch.Tensor.amax, shifts))
-    for shifted in (False, True):
-        if shifted:
+    monkeypatch.setattr(small, "_log1p_lines", _counted(small._log1p_lines, log1p))
+    for form in ("dense", "log1p", "shifted"):
+        if form == "log1p":
+            monkeypatch.setattr(small, "_DENSE_FLOOR", math.inf)
+        if form == "shifted":
             monkeypatch.setattr(small, "_EXP_ROOM", {torch.float32: 0.0, torch.float64: 0.0})
         for validate in (True, False):
             mibounds.set_validate_args(validate)
@@ -181,7 +185,23 @@ def test_both_forms_of_the_cross_entropy_match_the_reference(
             torch.testing.assert_close(got.double(), want, **tol)
             for a, w in zip(_grads(got, inputs), want_g, strict=True):
                 torch.testing.assert_close(a.double(), w, **tol)
-    assert len(shifts) == 2  # each line's maximum was taken only where forced
+    assert len(log1p) == 4  # the log1p form only where forced
+    assert len(shifts) == 2  # each line's maximum taken only where forced
+
+
+@pytest.mark.parametrize("bias", [None, -2.0, "tensor"])
+def test_the_logits_extremes_read_in_one_copy_as_on_a_gpu(bias):
+    """Off the CPU the extremes, the loss's value and a tensor bias are read back in one copy
+    (one synchronisation); the same numbers as read one by one."""
+    s = torch.tensor([[1.0, -3.0], [4.0, 0.5]])
+    value = torch.tensor(0.25)
+    b = torch.tensor(-2.0) if bias == "tensor" else bias
+    args = (s, s, s, 1.0, None)
+    one_by_one = small._read_extremes(*args, bias=b, value=value, stacked=False)
+    assert small._read_extremes(*args, bias=b, value=value, stacked=True) == one_by_one
+    assert one_by_one == (7.0, 0.25)
+    spread, read = small._read_extremes(*args, bias=b, stacked=True)
+    assert spread == 7.0 and math.isnan(read)
 
 
 def _recording(method, calls):
@@ -190,6 +210,14 @@ def _recording(method, calls):
         return method(*args, **kwargs)
 
     return recorded
+
+
+def _counted(function, calls):
+    def counted(*args, **kwargs):
+        calls.append(None)
+        return function(*args, **kwargs)
+
+    return counted
 
 
 def test_a_dominant_positive_keeps_its_small_loss_in_the_shifted_form(monkeypatch):
@@ -202,15 +230,22 @@ def test_a_dominant_positive_keeps_its_small_loss_in_the_shifted_form(monkeypatc
     assert abs(float(got) - float(want)) <= 1e-5 * float(want)
 
 
-def test_a_spread_too_wide_for_unshifted_sums_takes_the_shifted_form():
+@pytest.mark.parametrize("form", ["dense", "log1p"])
+def test_a_spread_too_wide_for_unshifted_sums_takes_the_shifted_form(form, monkeypatch):
     """Logits spread by more than float32's exponent range (about 88): unshifted, the sums
-    of e^(S_ij - S_ii) would overflow; the loss is the float64 reference's all the same."""
+    of e^(S_ij - S_ii) would overflow; the log1p form (forced here) forms them from each
+    line's maximum, and the loss is the float64 reference's in either form."""
     u, v = _pair(6, d=4, seed=8)
     scale = torch.tensor(200.0, dtype=torch.float64)
     want = ref.openclip_clip_loss(u, v, scale)
     s = (scale * u @ v.T).detach()
     assert float(s.max() - s.min()) > 100
+    shifts = []
+    monkeypatch.setattr(torch.Tensor, "amax", _recording(torch.Tensor.amax, shifts))
+    if form == "log1p":
+        monkeypatch.setattr(small, "_DENSE_FLOOR", math.inf)
     got = CLIPLoss()(u.detach().float(), v.detach().float(), scale.float())
+    assert len(shifts) == (form == "log1p")
     assert math.isfinite(float(got))
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
 
@@ -395,31 +430,55 @@ def test_compiled_loss_uses_the_custom_ops():
     torch.testing.assert_close(compiled(u, v, scale), eager, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("path", [None, "sweep"])
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_a_second_derivative_is_refused(name, path):
-    """The gradient is formed from stored matrices (on the small path and on the streamed
-    one): a backward pass that records its own graph raises instead of returning a second
-    derivative that leaves the loss's own out, alone or beside another term that has one."""
+def test_a_second_derivative_is_refused_on_the_streamed_path(name):
+    """The streamed gradient is formed from stored panels: a backward pass that records its
+    own graph raises instead of returning a second derivative that leaves the loss's own
+    out, alone or beside another term that has one."""
     ours, _ = LOSSES[name]
     u, v = _pair(5)
     bias = torch.tensor(-1.0, dtype=torch.float64) if name == "siglip" else None
     scale = torch.tensor(3.0, dtype=torch.float64)
     before = _dense_runs()
-    cost.set_path(path)
+    cost.set_path("sweep")
     try:
         losses = [ours(u, v, scale, bias), ours(u, v, scale, bias) + (u**3).sum()]
         w = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
         losses.append(ours(u, v, 3.0, bias) * w)  # an incoming gradient with a graph
     finally:
         cost.set_path(None)
-    assert _dense_runs() == before + (3 if path is None else 0)
+    assert _dense_runs() == before
     for loss in losses:
         with pytest.raises(RuntimeError, match="first derivatives only"):
             torch.autograd.grad(loss, u, create_graph=True, retain_graph=True)
         # the first derivative alone is as before
         (g,) = torch.autograd.grad(loss, u, retain_graph=True)
         assert torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("form", ["clip", "clip-log1p", "siglip"])
+def test_the_small_path_has_a_second_derivative(form, monkeypatch):
+    """The small path is PyTorch's own operations (CLIP's in both forms): a gradient penalty
+    through it gets the reference's second derivative, the logit scale (and the bias) in."""
+    name = form.split("-")[0]
+    ours, theirs = LOSSES[name]
+    if form == "clip-log1p":
+        monkeypatch.setattr(small, "_DENSE_FLOOR", math.inf)
+    u, v = _pair(5)
+    scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    extra = [bias] if name == "siglip" else []
+    before = _dense_runs()
+
+    def penalty(loss):
+        value = loss(u, v, scale, bias if extra else None)
+        (g,) = torch.autograd.grad(value, u, create_graph=True)
+        return torch.autograd.grad((g**2).sum(), [v, scale, *extra])
+
+    got = penalty(ours)
+    assert _dense_runs() == before + 1
+    for a, b in zip(got, penalty(theirs), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
 
 
 def test_a_second_derivative_through_dense_scores_matches_the_reference():

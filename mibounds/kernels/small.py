@@ -4,25 +4,24 @@ matrix, held whole.
 At a few hundred samples a call costs its number of tensor operations (each a few
 microseconds on a CPU, whatever its size), not its arithmetic. The streamed sweep forms its
 statistics panel by panel with float64 sums and the gradient in the forward pass: a CLIP loss
-call dispatches about 160 operations in all. Here each of the plain pairing's two losses is
-one :class:`torch.autograd.Function`, 25 operations a call (CLIP's; SigLIP's 24) with the
-checks and the autograd steps: the logits ``S = (k x) y^T`` (``k`` the logit scale, or the
-inverse temperature) in one product, each row's (and column's) statistic from the matrix, and the
-gradient only when the backward pass asks for it, from the stored matrices, in two products.
-The lines' losses (CLIP's) and the rows' sums (SigLIP's) are added in float64: one rounding
-of the total.
+call dispatches about 160 operations in all. Here each of the plain pairing's two losses is a
+few of PyTorch's own operations, recorded by autograd (so their backward runs in C++ and a
+second derivative goes through them), about 20 operations a call with the checks and the
+backward pass: the logits ``S = (k x) y^T`` (``k`` the logit scale, or the inverse
+temperature) in one product and the loss from them, as OpenCLIP forms it.
 
-* :func:`cross_entropy`: the InfoNCE family's cross-entropy, each row's
-  :math:`\log\sum_j e^{S_{ij}} - S_{ii}` formed as ``log1p`` of the other entries' sum of
-  :math:`e^{S_{ij} - S_{ii}}` (a row whose positive dominates keeps its small loss, which the
-  dense ``cross_entropy`` rounds to 0 below about 6e-8): as they are where the extremes of
-  ``S``, read back while values are validated (and on the CPU with the checks off too), show
-  that the sums stay finite, else from each line's own maximum, as the sweep forms them;
+* :func:`cross_entropy`: the InfoNCE family's cross-entropy of the rows of ``S`` (and of its
+  columns, stacked below them), PyTorch's ``cross_entropy``. Where its value, read back on the
+  CPU or while values are validated, is below :data:`_DENSE_FLOOR` (there the dense form's
+  rounding, about 6e-8 per line, is a sizable share of it: a row whose positive dominates
+  rounds to 0 below about 6e-8), the lines' losses are formed again as ``log1p`` of the other
+  entries' sum of :math:`e^{S_{ij} - S_{ii}}`, as the sweep forms them: as they are where the
+  extremes of ``S`` show that the sums stay finite, else from each line's own maximum;
 * :func:`sigmoid_loss`: SigLIP's :math:`\frac1N\sum_{ij} -\log\sigma(\pm z_{ij})` for the
-  logits ``z = S + bias``.
+  logits ``z = S + bias``, OpenCLIP's arithmetic (its value bit for bit on the CPU).
 
 :func:`covers` says whether a call takes this path: dot scores of 2-D features with at most
-:data:`MAX_ENTRIES` scores for the loss, whose four matrices fit the sweep's panel workspace
+:data:`MAX_ENTRIES` scores for the loss, whose matrices fit the sweep's panel workspace
 (:func:`mibounds.kernels.streaming.get_memory_budget`), called eagerly (not while compiling:
 there the custom op is one node of the graph), outside autocast, where no path is forced
 (:func:`mibounds.kernels.cost.set_path`), the sweep's panel bodies are not compiled
@@ -31,8 +30,7 @@ Triton they keep every call). The range rule is the one of the streamed and the 
 (:func:`mibounds.kernels.operands._within_range`), checked on the matrix while values are
 validated; a loss that names its features (``SeparableScores._of_loss`` decides the path
 once, when it builds the scores) has their values checked on the same read-back of
-the matrix's extremes. The gradient is a first derivative only: a backward pass with
-``create_graph=True`` is refused (:func:`mibounds.kernels.ops.refuse_second_order`).
+the matrix's extremes.
 """
 
 from __future__ import annotations
@@ -49,16 +47,17 @@ from mibounds import _checks
 from mibounds._dtypes import accumulation_dtype, promoted
 from mibounds.kernels import cost
 from mibounds.kernels.operands import _overflow_message, _within_range
-from mibounds.kernels.ops import _PATH_USAGE, refuse_second_order
-from mibounds.kernels.panels import _BUDGET, DEFAULT_MEMORY_BUDGET, get_backend
+from mibounds.kernels.ops import _PATH_USAGE
+from mibounds.kernels.panels import _BACKEND, _BUDGET, DEFAULT_MEMORY_BUDGET
 from mibounds.kernels.selfcheck import triton_on
 
 __all__ = ["MAX_ENTRIES", "covers", "cross_entropy", "sigmoid_loss"]
 
-#: The most score entries (``N x M``) each loss reduces whole: up to them its matrices (four
-#: of ``N x M`` in the accumulation dtype) cost less time than the sweep's operations do
-#: (``benchmarks/overhead.py`` times both): N = 768 for the cross-entropy, 1448 (32 MiB of
-#: float32 matrices) for the sigmoid loss, whose sweep forms a transcendental per entry more.
+#: The most score entries (``N x M``) each loss reduces whole: up to them its matrices (about
+#: four of ``N x M`` in the accumulation dtype held at once) cost less time than the sweep's
+#: operations do (``benchmarks/overhead.py`` times both): N = 768 for the cross-entropy, 1448
+#: (32 MiB of float32 matrices) for the sigmoid loss, whose sweep forms a transcendental per
+#: entry more.
 MAX_ENTRIES = {"cross_entropy": 768 * 768, "sigmoid": 2**21}
 
 #: the natural log of the largest finite value of each accumulation dtype, less 1: a sum of
@@ -73,188 +72,67 @@ def covers(x: Tensor, y: Tensor, similarity: str, loss: str = "cross_entropy") -
         return False
     entries = x.shape[0] * y.shape[0]
     # compiled panel bodies asked for (set_backend) are the sweep's
-    if entries > MAX_ENTRIES[loss] or get_backend() != "eager" or torch.compiler.is_compiling():
+    if entries > MAX_ENTRIES[loss] or _BACKEND[0] != "eager":
         return False
     # its matrices within the panel workspace the sweep would take (the CPU's, or one set)
-    kind = "cpu" if x.is_cpu else x.device.type
+    cpu = x.is_cpu
     budget = _BUDGET[0]
-    if budget is None and kind == "cpu":
+    if budget is None and cpu:
         budget = DEFAULT_MEMORY_BUDGET  # get_memory_budget() of the CPU
     if budget is not None and 4 * entries * max(4, x.element_size()) > budget:
         return False
-    if torch.is_autocast_enabled(kind) or cost.get_path() is not None:
+    if torch.is_autocast_enabled("cpu" if cpu else x.device.type):
+        return False
+    if torch.compiler.is_compiling() or cost.get_path() is not None:
         return False
     return not triton_on(x.device)  # the fused kernels keep every call they take
 
 
-def _scores(
+def _read_extremes(
+    s: Tensor,
     x: Tensor,
     y: Tensor,
-    k: float | Tensor,
     tau: Any,
     names: tuple[str, str] | None,
-    spread: bool = False,
-) -> tuple[Tensor, Tensor, float | None]:
-    """``S = (k x) y^T`` in the features' dtype (the logits as OpenCLIP forms them), ``k x``
-    and the spread ``max S - min S`` where its extremes were read (else ``None``): while
-    values are validated, and with ``spread`` on the CPU, where reading them back costs no
-    device synchronisation. While values are validated the range rule holds on ``S``, as on
-    the streamed path (the message names the temperature ``tau``). With the features'
-    ``names``, their values are checked here too: a NaN or an infinity in either makes a whole
-    line of ``S`` not finite, so the extremes of ``S`` read back once say whether all are
-    finite; where they are not, the features are read (the message names the one that is not
-    finite) before the range rule's message."""
-    xk = x if _is_one(k) else x * k
-    s = F.linear(xk, y)  # x y^T
-    validating = _checks.validating()
-    if not validating and not (spread and s.is_cpu):
-        return s, xk, None
+    validating: bool = True,
+    bias: float | Tensor | None = None,
+    value: Tensor | None = None,
+    stacked: bool | None = None,
+) -> tuple[float, float]:
+    """The spread ``max S - min S`` of the logits ``S = s - bias`` of ``x`` and ``y`` (``s``
+    as formed, the bias added) and the ``value`` of a 0-d tensor (``nan`` if none), read back
+    at once (on a GPU one synchronisation: ``stacked``, by default off the CPU, reads them in
+    one copy). While values are ``validating`` the range rule
+    holds on ``S``, as on the streamed path (the message names the temperature ``tau``).
+    With the features' ``names``, their values are checked here too: a NaN or an infinity in
+    either makes a whole line of ``S`` not finite, so the extremes of ``S`` say whether all
+    are finite; where they are not, the features are read (the message names the one that is
+    not finite) before the range rule's message."""
     extremes = torch.aminmax(s)
-    lo, hi = float(extremes.min), float(extremes.max)
+    # a tensor bias (a finite value, checked with the loss's arguments) read with them
+    b = bias.detach() if isinstance(bias, Tensor) else bias
+    if not (not s.is_cpu if stacked is None else stacked):
+        lo, hi = float(extremes.min), float(extremes.max)
+        read = math.nan if value is None else float(value)
+        b = float(b) if isinstance(b, Tensor) else b
+    else:
+        more = [t.to(s.dtype) for t in (value, b) if isinstance(t, Tensor)]
+        lo, hi, *rest = torch.stack([extremes.min, extremes.max, *more]).tolist()
+        read = rest.pop(0) if value is not None else math.nan
+        b = rest.pop(0) if isinstance(b, Tensor) else b
+    if b is not None:
+        lo, hi = lo - b, hi - b
     largest = math.inf if math.isnan(lo + hi) else max(-lo, hi)
     if validating and not _within_range(largest, s.shape[-1], s.dtype):
         if names is not None and not math.isfinite(largest):
             _checks.check_values_of(dict(zip(names, (x, y), strict=True)))
         raise ValueError(_overflow_message(tau, s.dtype, largest, s.shape[-1]))
-    return s, xk, hi - lo
-
-
-def _keep(
-    ctx: Any, x: Tensor, xk: Tensor, y: Tensor, k: float | Tensor, count: int, *more: Tensor
-) -> None:
-    """Save what :func:`_feature_grads` needs (``xk = k x``), and ``more``."""
-    ctx.k = None if isinstance(k, Tensor) else k
-    ctx.count = count
-    ctx.save_for_backward(x, xk, y, k if isinstance(k, Tensor) else None, *more)
-
-
-def _feature_grads(
-    ctx: Any, saved: tuple, g: Tensor, grad: Tensor | None, bias: bool = False
-) -> tuple[Tensor | None, ...]:
-    r"""The gradients with respect to ``x``, ``y``, the multiplier ``k`` (and, with ``bias``,
-    the bias) of ``grad`` times a loss whose gradient with respect to the scores
-    ``S = (k x) y^T`` is ``g / count`` (``count`` the number of terms the loss averages), ``g``
-    scaled in place: :math:`k\,g\,y`, :math:`g^T (k x)` and :math:`\sum g \odot S / k =
-    (g y) \cdot x`; ``saved`` are the context's saved tensors."""
-    x, xk, y, saved_k = saved[:4]
-    k = ctx.k if saved_k is None else saved_k  # a float, or the tensor with its gradient
-    need = ctx.needs_input_grad
-    if grad is not None:  # None: g is scaled already
-        g.mul_(grad).mul_(_constant(1.0 / ctx.count))
-    gb = g.sum() if bias else None
-    gy = torch.mm(g.t(), xk) if need[1] else None
-    need_k = saved_k is not None and need[2]
-    gx = gk = None
-    if need[0] or need_k:
-        gyx = torch.mm(g, y)  # the gradient with respect to k x
-        if need_k:  # in O(N d)
-            gk = torch.dot(gyx.reshape(-1), x.reshape(-1))
-        if need[0]:
-            gx = gyx if _is_one(k) else gyx.mul_(k)
-    return gx, gy, gk, gb
+    return hi - lo, read
 
 
 def _is_one(k: float | Tensor) -> bool:
     """Whether the multiplier ``k`` is the float 1 (nothing to multiply)."""
     return not isinstance(k, Tensor) and k == 1.0
-
-
-class _CrossEntropy(torch.autograd.Function):
-    """The mean over the rows (and, symmetric, the columns) of each line's log-sum-exp less
-    its positive (the diagonal score)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        y: Tensor,
-        k: float | Tensor,
-        symmetric: bool,
-        tau: Any,
-        names: tuple[str, str] | None,
-    ) -> Tensor:
-        s, xk, spread = _scores(x, y, k, tau, names, spread=True)
-        pos = s.diagonal()
-        # the lines run down the columns of d: d[0, j, i] = S_ij - S_ii (row i) and, when
-        # symmetric, d[1, j, i] = S_ji - S_ii (column i), each line's positive at j = i
-        # (the stacked copy shifted in place; a single line's shift is a new matrix, as the
-        # positives are a view of S)
-        d = torch.stack((s.t(), s)).sub_(pos) if symmetric else s.t().sub(pos)[None]
-        # each line's log-sum-exp less its positive is log(1 + rest), rest the sum of e^d over
-        # the others (the positive's own e^0 = 1 left out of the sum, so that log1p keeps a
-        # small loss where the positive dominates)
-        if spread is not None and spread + math.log(s.shape[-1]) < _EXP_ROOM[s.dtype]:
-            # every d is at most the spread of S: the sums of e^d are finite as they are
-            e = d.exp()
-            e.diagonal(0, -2, -1).zero_()
-            terms = e.sum(-2, keepdim=True).log1p_()
-        else:
-            # from each line's maximum top >= 0 (its positive is 0): the log-sum-exp less the
-            # positive is top + log(e^{-top} + rest'), rest' the others' sum below the maximum,
-            # formed as top + log1p(rest' + (e^{-top} - 1)): 1 is taken from the positive's
-            # entry, which leaves 0 where the positive is the maximum, and where it is not,
-            # rest' holds the maximum's own 1 (the sum is at least e^{-top})
-            top = d.amax(-2, keepdim=True)
-            e = (d - top).exp_()
-            e.diagonal(0, -2, -1).sub_(1)
-            terms = torch.log1p(e.sum(-2, keepdim=True)).add_(top)
-        _keep(ctx, x, xk, y, k, terms.numel(), d, terms)
-        return terms.mean(dtype=torch.float64).to(terms.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        refuse_second_order()  # the gradient is formed from stored matrices
-        saved = ctx.saved_tensors
-        d, terms = saved[4:]
-        # each line's softmax, e^{S_ij - lse_i}; the positive's -1 on the diagonal
-        p = (d - terms).exp_()
-        lines = p.shape[0]
-        if lines == 2:  # the rows' lines transposed back onto the scores
-            g = p[0].t() + p[1]
-        else:
-            g = p[0].t()
-        g.diagonal().sub_(_constant(lines))
-        return (*_feature_grads(ctx, saved, g, grad)[:3], None, None, None)
-
-
-class _Sigmoid(torch.autograd.Function):
-    """SigLIP's loss: every pair a binary classification, the diagonal positive."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        y: Tensor,
-        k: float | Tensor,
-        bias: float | Tensor | None,
-        tau: Any,
-        names: tuple[str, str] | None,
-    ) -> Tensor:
-        s, xk, _ = _scores(x, y, k, tau, names)
-        # each pair's loss is -log sigmoid(a) for a = -z off the diagonal and z on it (the
-        # logits z = S + bias); the buffer of log sigmoid serves its derivative
-        a = s.neg() if bias is None else torch.sub(-bias, s)
-        a.diagonal().neg_()
-        out, buffer = torch.ops.aten.log_sigmoid_forward(a)
-        # each row's sum, then their total in float64 (N^2 terms: one rounding of the total)
-        total = out.sum(-1).sum(dtype=torch.float64)
-        value = total.mul_(_constant(-1.0 / a.shape[0])).to(a.dtype)
-        _keep(ctx, x, xk, y, k, a.shape[0], a, buffer)
-        ctx.tensor_bias = isinstance(bias, Tensor)
-        return value
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        refuse_second_order()  # the gradient is formed from stored matrices
-        saved = ctx.saved_tensors
-        a, buffer = saved[4:]
-        # d(-log sigmoid(a)) / dz = sigmoid(-a) off the diagonal (da / dz = -1), its
-        # negative on it; the incoming gradient and the mean's 1 / N are applied to it here
-        scaled = grad * _constant(1.0 / ctx.count, grad.dtype)
-        g = torch.ops.aten.log_sigmoid_backward(scaled.expand_as(a), a, buffer)
-        g.diagonal().neg_()
-        need_bias = ctx.tensor_bias and ctx.needs_input_grad[3]
-        return (*_feature_grads(ctx, saved, g, None, need_bias), None, None)
 
 
 def cross_entropy(
@@ -281,7 +159,57 @@ def cross_entropy(
     """
     _count()
     x, y, k, _ = _operands(x, y, tau, scale)
-    return _CrossEntropy.apply(x, y, k, symmetric, _named(tau), names)
+    # PyTorch's own operations, recorded by autograd: the logits S = (k x) y^T and the
+    # cross-entropy of their rows (and, symmetric, of their columns, stacked below them),
+    # as OpenCLIP forms it
+    s = F.linear(x if _is_one(k) else x * k, y)
+    n = s.shape[0]
+    lines = torch.cat((s, s.t())) if symmetric else s
+    value = F.cross_entropy(lines, _targets(n, lines.shape[0], s.device))
+    # its value, read back where that costs no device synchronisation (the CPU) or one is
+    # made anyway (while values are validated, with the logits' extremes): where it is
+    # small, formed again from the positives' shares (log1p), which keeps the digits the
+    # dense form rounds away
+    spread = None
+    if _checks.validating():
+        spread, read = _read_extremes(s.detach(), x, y, tau, names, value=value.detach())
+    elif s.is_cpu:
+        read = float(value.detach())
+    else:
+        return value
+    if not read < _DENSE_FLOOR:
+        return value
+    if spread is None:
+        spread = _read_extremes(s.detach(), x, y, tau, names, validating=False)[0]
+    return _log1p_lines(s, symmetric, spread)
+
+
+#: the value below which the cross-entropy is formed from the positives' shares: the dense
+#: form's rounding, about 6e-8 per line, is then more than 1e-5 of the value
+_DENSE_FLOOR = 1e-2
+
+
+def _log1p_lines(s: Tensor, symmetric: bool, spread: float) -> Tensor:
+    """The mean over the lines (the rows of ``s``, and its columns if ``symmetric``) of each
+    line's log-sum-exp less its positive (the diagonal score), formed as ``log1p`` of the
+    other entries' sum of :math:`e^{S_{ij} - S_{ii}}` (a line whose positive dominates keeps
+    its small loss): as they are where the ``spread`` of ``s`` shows that the sums stay
+    finite, else from each line's own maximum."""
+    n = s.shape[0]
+    # the lines run down the columns of d: d[0, j, i] = S_ij - S_ii (row i) and, when
+    # symmetric, d[1, j, i] = S_ji - S_ii (column i), each line's positive at j = i
+    d = (torch.stack((s.t(), s)) if symmetric else s.t()[None]) - s.diagonal()
+    others = _eye(n, s.dtype, s.device)  # 1 on the positives
+    if spread + math.log(n) < _EXP_ROOM[s.dtype]:
+        # every d is at most the spread: the sums of e^d are finite as they are, the
+        # positive's own e^0 = 1 left out (log1p keeps a small loss)
+        return (d.exp() * (1 - others)).sum(-2).log1p().mean()
+    # from each line's maximum top >= 0 (its positive is 0), a constant of the graph: the
+    # log-sum-exp less the positive is top + log1p(rest' + (e^{-top} - 1)), rest' the
+    # others' sum below the maximum; 1 is taken from the positive's entry, which leaves 0
+    # where the positive is the maximum
+    top = d.detach().amax(-2, keepdim=True)
+    return ((d - top).exp() - others).sum(-2).log1p().add(top[:, 0]).mean()
 
 
 def sigmoid_loss(
@@ -305,7 +233,19 @@ def sigmoid_loss(
     """
     _count()
     x, y, k, b = _operands(x, y, tau, scale, bias)
-    return _Sigmoid.apply(x, y, k, b, _named(tau), names)
+    # PyTorch's own operations, recorded by autograd (their backward runs in C++): the
+    # logits z (the bias added by the product's own call), each pair's log sigmoid(a) for
+    # a = z on the diagonal and -z off it, their sum and its negative over N, as OpenCLIP
+    # forms them
+    xk = x if _is_one(k) else x * k
+    if isinstance(b, Tensor):
+        z = torch.addmm(b, xk, y.t())
+    else:
+        z = F.linear(xk, y) if b is None else F.linear(xk, y) + b
+    if _checks.validating():
+        _read_extremes(z.detach(), x, y, tau, names, bias=b)
+    a = z.mul(_signs(z.shape[0], z.dtype, z.device))
+    return F.logsigmoid(a).sum().div(-a.shape[0])
 
 
 def _operands(
@@ -327,11 +267,6 @@ def _operands(
     return _as(x, dt), _as(y, dt), k, b
 
 
-def _named(tau: float | Tensor) -> float | Tensor:
-    """The temperature as the range rule's message names it (no part of the graph)."""
-    return tau.detach() if isinstance(tau, Tensor) else tau
-
-
 def _as(t: Tensor, dt: torch.dtype) -> Tensor:
     """``t`` in ``dt`` (no call, so no autograd step, when it is already)."""
     return t if t.dtype == dt else t.to(dt)
@@ -342,13 +277,26 @@ def _scalar(t: Tensor, dt: torch.dtype) -> Tensor:
     return _as(t if t.dim() == 0 else t.reshape(()), dt)
 
 
-@functools.lru_cache(maxsize=256)
-def _constant(value: float, dtype: torch.dtype = torch.float64) -> Tensor:
-    """``value`` as a 0-d tensor of ``dtype`` on the CPU, made once: an operation with a
-    tensor of more dimensions takes it as a scalar of its own dtype, on any device, without
-    wrapping a Python number into a tensor on every call (made on the CPU whatever the default
-    device: only a CPU scalar tensor combines with tensors of every device)."""
-    return torch.tensor(value, dtype=dtype, device="cpu")
+@functools.lru_cache(maxsize=8)
+def _targets(n: int, lines: int, device: torch.device) -> Tensor:
+    """Each of ``lines`` lines' positive, the column ``i mod n`` of line ``i``, made once per
+    size and device."""
+    return torch.arange(lines, device=device) % n
+
+
+@functools.lru_cache(maxsize=4)
+def _eye(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The ``(n, n)`` identity, made once per size, dtype and device."""
+    return torch.eye(n, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=4)
+def _signs(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The ``(n, n)`` matrix of SigLIP's labels, 1 on the diagonal and -1 elsewhere, made once
+    per size, dtype and device."""
+    w = torch.full((n, n), -1.0, dtype=dtype, device=device)
+    w.diagonal().fill_(1.0)
+    return w
 
 
 def _count() -> None:
