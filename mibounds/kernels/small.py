@@ -102,8 +102,8 @@ def _read_extremes(
     """The spread ``max S - min S`` of the logits ``S = s - bias`` of ``x`` and ``y`` (``s``
     as formed, the bias added) and the ``value`` of a 0-d tensor (``nan`` if none), read back
     at once (on a GPU one synchronisation: ``stacked``, by default off the CPU, reads them in
-    one copy). While values are ``validating`` the range rule
-    holds on ``S``, as on the streamed path (the message names the temperature ``tau``).
+    one copy). While values are ``validating`` the range rule holds on ``S``, as on the
+    streamed path (the message names the temperature ``tau``).
     With the features' ``names``, their values are checked here too: a NaN or an infinity in
     either makes a whole line of ``S`` not finite, so the extremes of ``S`` say whether all
     are finite; where they are not, the features are read (the message names the one that is
@@ -116,7 +116,7 @@ def _read_extremes(
         read = math.nan if value is None else float(value)
         b = float(b) if isinstance(b, Tensor) else b
     else:
-        more = [t.to(s.dtype) for t in (value, b) if isinstance(t, Tensor)]
+        more = [t.to(s.device, s.dtype) for t in (value, b) if isinstance(t, Tensor)]
         lo, hi, *rest = torch.stack([extremes.min, extremes.max, *more]).tolist()
         read = rest.pop(0) if value is not None else math.nan
         b = rest.pop(0) if isinstance(b, Tensor) else b
@@ -238,9 +238,9 @@ def sigmoid_loss(
     # a = z on the diagonal and -z off it, their sum and its negative over N, as OpenCLIP
     # forms them
     xk = x if _is_one(k) else x * k
-    if isinstance(b, Tensor):
+    if isinstance(b, Tensor) and b.device == xk.device:
         z = torch.addmm(b, xk, y.t())
-    else:
+    else:  # no bias, a number, or a CPU scalar tensor beside features on a device
         z = F.linear(xk, y) if b is None else F.linear(xk, y) + b
     if _checks.validating():
         _read_extremes(z.detach(), x, y, tau, names, bias=b)
