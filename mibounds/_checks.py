@@ -438,10 +438,8 @@ def check_scalar(name: str, value: Any, validate: bool | None = None) -> torch.T
     """A finite scalar: a float or a one-element tensor (its value read while values are
     validated; ``validate``: whether they are, where the caller knows)."""
     if _is_scalar_tensor(name, value):
-        if validate is None:
+        if validate is not False:
             check_values(name, value)
-        elif validate and not math.isfinite(value.item()):
-            check_values(name, value)  # its message
         return value
     return check_real(name, value)
 

@@ -298,11 +298,11 @@ class SeparableScores:
         fields = (x, y, similarity, args.temperature, gather, _bias_tensor(bias), row_labels,
                   None, exclude)  # fmt: skip
         state = dict(zip(_SEPARABLE_FIELDS, fields, strict=True))
-        # what is decided once (see _carry), the logit scale and the small path's names
-        state.update(_group=group, _layout=layout, _counts=counts, _plain=plain)
+        # the logit scale and the small path's names
         state["_scale"] = None if logit_scale is None else logit_scale[1]
         state["_small"] = tuple(features) if args.held else None
         out.__dict__.update(state)  # frozen: no setattr
+        out._carry(group, layout, counts, plain)
         return out
 
     @property

@@ -232,19 +232,12 @@ def _within_range(largest: float, m: int, dtype: torch.dtype) -> bool:
     """The range rule, the same on the dense, the streamed and the fused paths: scores of
     magnitude up to ``largest`` are accepted if every sum a bound forms over a row of ``m`` of
     them (and its mean over the rows) stays within ``dtype``'s range."""
-    return math.isfinite(largest) and largest * max(m, 1) < _HALF_MAX[dtype]
-
-
-#: half the largest finite value of each floating dtype
-_HALF_MAX = {
-    dt: 0.5 * torch.finfo(dt).max
-    for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-}
+    return math.isfinite(largest) and largest * max(m, 1) < 0.5 * _checks._LARGEST[dtype]
 
 
 def _score_limit(dtype: torch.dtype, m: int) -> float:
     """The largest score magnitude :func:`_within_range` accepts."""
-    return 0.5 * torch.finfo(dtype).max / max(m, 1)
+    return 0.5 * _checks._LARGEST[dtype] / max(m, 1)
 
 
 def _overflow_message(temperature: Any, dtype: torch.dtype, largest: float, m: int) -> str:

@@ -111,7 +111,9 @@ def _read_extremes(
     extremes = torch.aminmax(s)
     # a tensor bias (a finite value, checked with the loss's arguments) read with them
     b = bias.detach() if isinstance(bias, Tensor) else bias
-    if not (not s.is_cpu if stacked is None else stacked):
+    if stacked is None:
+        stacked = not s.is_cpu
+    if not stacked:
         lo, hi = float(extremes.min), float(extremes.max)
         read = math.nan if value is None else float(value)
         b = float(b) if isinstance(b, Tensor) else b
