@@ -61,20 +61,18 @@ def get_validate_args() -> bool:
     return _VALIDATE_ARGS
 
 
-def _compiling() -> bool:
-    return bool(torch.compiler.is_compiling())
-
-
 def validating() -> bool:
     """Whether checks on values run now: validation is on and nothing is being compiled."""
-    return _VALIDATE_ARGS and not _compiling()
+    return _VALIDATE_ARGS and not torch.compiler.is_compiling()
 
 
-def check_values(name: str, tensor: torch.Tensor) -> None:
-    """Raise if ``tensor`` holds NaN or Inf while value validation is on (eager only)."""
-    if not _VALIDATE_ARGS or _compiling() or tensor.numel() == 0:
+def check_values(name: str, tensor: torch.Tensor, validate: bool | None = None) -> None:
+    """Raise if ``tensor`` holds NaN or Inf while value validation is on (eager only;
+    ``validate``: whether values are validated, where the caller knows)."""
+    if not (validating() if validate is None else validate):
         return
-    if tensor.numel() == 1 and math.isfinite(tensor.item()):  # one read, no reduction
+    numel = tensor.numel()
+    if numel == 0 or (numel == 1 and math.isfinite(tensor.item())):  # one read, no reduction
         return
     # one reduction pass and no boolean copy: a NaN anywhere makes both extremes NaN (see
     # torch.aminmax), an infinity makes one of them infinite; both read back in one copy
@@ -116,15 +114,18 @@ def check_embeddings(min_n: int, **named: Any) -> list[torch.Tensor]:
 def _embedding_shapes(min_n: int, named: dict[str, Any]) -> list[torch.Tensor]:
     """:func:`check_embeddings` but for the values."""
     out = list(named.values())
+    # the common case, accepted in one test each; anything else gets its message below
     first = out[0]
-    if isinstance(first, torch.Tensor) and first.dim() == 2 and first.shape[0] >= min_n:
+    if isinstance(first, torch.Tensor) and first.dtype in _FLOAT_DTYPES and first.dim() == 2:
         shape = first.shape
-        # the common case, accepted in one test each; anything else gets its message below
-        if all(
-            isinstance(t, torch.Tensor) and t.dtype in _FLOAT_DTYPES and t.shape == shape
-            for t in out
-        ):
-            return out
+        if shape[0] >= min_n:
+            for t in out[1:]:
+                if not (isinstance(t, torch.Tensor) and t.dtype in _FLOAT_DTYPES):
+                    break
+                if t.shape != shape:
+                    break
+            else:
+                return out
     for name, t in named.items():
         check_tensor(name, t, min_dim=2)
         if t.dim() != 2:
@@ -147,7 +148,7 @@ def _embedding_shapes(min_n: int, named: dict[str, Any]) -> list[torch.Tensor]:
 def check_values_of(named: dict[str, torch.Tensor]) -> None:
     """:func:`check_values` of each tensor, in order, with the extremes of all of them read
     back at once where they share a dtype and a device (one device synchronisation)."""
-    if not _VALIDATE_ARGS or _compiling():
+    if not validating():
         return
     ts = list(named.values())
     if len({(t.dtype, t.device) for t in ts}) == 1 and all(t.numel() for t in ts):
@@ -255,7 +256,7 @@ def check_temperature(name: str, value: Any) -> None:
         check_tensor(name, value)
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar tensor, got shape {tuple(value.shape)}")
-        if _VALIDATE_ARGS and not _compiling() and not bool((value.detach() > 0).all()):
+        if validating() and not bool((value.detach() > 0).all()):
             raise ValueError(f"{name} must be > 0, got {float(value.detach())}")
         return
     check_positive(name, value)
@@ -395,6 +396,8 @@ def _is_scalar_tensor(name: str, value: Any) -> bool:
     """Whether ``value`` is a one-element floating tensor (``True``) or a real Python number
     (``False``); anything else raises, naming ``name``."""
     if isinstance(value, torch.Tensor):
+        if value.dtype in _FLOAT_DTYPES and value.numel() == 1:  # the common case
+            return True
         check_tensor(name, value)
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
@@ -439,7 +442,7 @@ def check_scalar(name: str, value: Any, validate: bool | None = None) -> torch.T
     validated; ``validate``: whether they are, where the caller knows)."""
     if _is_scalar_tensor(name, value):
         if validate is not False:
-            check_values(name, value)
+            check_values(name, value, validate)
         return value
     return check_real(name, value)
 
@@ -459,7 +462,6 @@ class LossArguments(NamedTuple):
 def check_loss_arguments(
     min_n: int,
     features: dict[str, Any],
-    *,
     temperature: tuple[str, Any] | None = None,
     logit_scale: tuple[str, Any] | None = None,
     logit_bias: tuple[str, Any] | None = None,
@@ -477,10 +479,12 @@ def check_loss_arguments(
     ``held_by(x, y)``, given two features of checked shapes, says whether the kernel that will
     reduce them checks their values itself (the small-batch path reads its logits' extremes
     back once, and names the features only when they are not finite): then they are not read
-    here, and ``held`` is set."""
+    here, nor is a tensor bias (read there with them, and named first), and ``held`` is set.
+    It is asked only eagerly (never while compiling)."""
     feats = _embedding_shapes(min_n, features)
-    held = held_by is not None and held_by(feats[0], feats[-1])
-    validate = validating()
+    compiling = torch.compiler.is_compiling()
+    validate = _VALIDATE_ARGS and not compiling
+    held = held_by is not None and not compiling and held_by(feats[0], feats[-1])
     if not held and validate:
         check_values_of(features)
     if extra is not None:
@@ -494,7 +498,7 @@ def check_loss_arguments(
         tau = scale_temperature(*logit_scale, number=held, validate=validate)
     bias = None
     if logit_bias is not None and logit_bias[1] is not None:
-        bias = check_scalar(*logit_bias, validate=validate)
+        bias = check_scalar(*logit_bias, validate=validate and not held)
     return LossArguments(feats, tau, bias, lab, None if extra is None else extra[1], held)
 
 

@@ -14,7 +14,7 @@ Both carry the pairing (labels, excluded pairs): it belongs to the scores, not t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -103,6 +103,12 @@ def _check_bias(bias: Any) -> Tensor | None:
     return None if bias is None else _bias_tensor(_checks.check_scalar("bias", bias))
 
 
+@lru_cache(maxsize=16)
+def _plain_layout(n: int) -> PairLayout:
+    """The plain pairing laid out for ``n`` rows (each row's positive its own column)."""
+    return PairLayout(n_paired=n)
+
+
 def _bias_tensor(bias: float | Tensor | None) -> Tensor | None:
     """A checked bias as the scores hold it: a 0-d tensor. A Python float becomes float64,
     which keeps every digit and, as a 0-d tensor, does not promote the scores it is added to
@@ -174,8 +180,9 @@ class SeparableScores:
     # the logit scale a loss was given (the temperature is its inverse), or None
     _scale: float | Tensor | None = field(init=False, default=None, repr=False, compare=False)
     # where the small-batch path reduces these scores, the names of x and y as the loss takes
-    # them (that path checks their values); None otherwise (see _of_loss)
-    _small: tuple[str, str] | None = field(init=False, default=None, repr=False, compare=False)
+    # them, and of its bias if it takes one (that path checks their values); None otherwise
+    # (see _of_loss)
+    _small: tuple[str, ...] | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         group = distributed.resolve_group(self.gather)
@@ -262,11 +269,10 @@ class SeparableScores:
         if small is not None and not gather and labels is None and not views and extra is None:
             unbiased = shift == 0.0 and (logit_bias is None or logit_bias[1] is None)
             if small == "sigmoid" or unbiased:
-                held_by = partial(small_kernel.covers, similarity=similarity, loss=small)
+                held_by = small_kernel.held_by(similarity, small)
         args = _checks.check_loss_arguments(
-            min_n, features, temperature=temperature, logit_scale=logit_scale,
-            logit_bias=logit_bias, labels=labels, extra=extra, held_by=held_by,
-        )  # fmt: skip
+            min_n, features, temperature, logit_scale, logit_bias, labels, extra, held_by
+        )
         feats, row_labels, exclude = args.features, args.labels, "none"
         if views:
             n = feats[0].shape[0]
@@ -287,22 +293,32 @@ class SeparableScores:
         if shift != 0.0:
             bias = shift if bias is None else bias + shift
         n, m = x.shape[-2], y.shape[-2]
-        on_device = None if row_labels is None else row_labels.to(x.device)
-        layout = PairLayout(on_device, on_device, 0, EXCLUDE.index(exclude), n)
         # the batch weighs rows by the counts (the plain layout needs none: a bias alone)
         laid_plain = row_labels is None and exclude == "none"
+        if laid_plain:
+            layout, counts = _plain_layout(n), None
+        else:
+            on_device = None if row_labels is None else row_labels.to(x.device)
+            layout = PairLayout(on_device, on_device, 0, EXCLUDE.index(exclude), n)
+            counts = layout.counts(n, m, x.device)
         plain = laid_plain and bias is None and m == n
-        counts = None if laid_plain else layout.counts(n, m, x.device)
         group = None if gather is False or gather is None else distributed.resolve_group(gather)
+        if bias is not None and not (isinstance(bias, Tensor) and bias.dim() == 0):
+            bias = _bias_tensor(bias)
+        # the small path's names: the features', and the bias's where the loss takes one
+        held = None
+        if args.held:
+            held = tuple(features)
+            if logit_bias is not None and logit_bias[1] is not None:
+                held = (*held, logit_bias[0])
         out = object.__new__(cls)
-        fields = (x, y, similarity, args.temperature, gather, _bias_tensor(bias), row_labels,
-                  None, exclude)  # fmt: skip
-        state = dict(zip(_SEPARABLE_FIELDS, fields, strict=True))
-        # the logit scale and the small path's names
-        state["_scale"] = None if logit_scale is None else logit_scale[1]
-        state["_small"] = tuple(features) if args.held else None
-        out.__dict__.update(state)  # frozen: no setattr
-        out._carry(group, layout, counts, plain)
+        out.__dict__.update(  # frozen: no setattr
+            x=x, y=y, similarity=similarity, temperature=args.temperature, gather=gather,
+            bias=bias, labels=row_labels, y_labels=None, exclude=exclude,
+            _scale=None if logit_scale is None else logit_scale[1], _small=held,
+            # decided once (see _carry)
+            _group=group, _layout=layout, _counts=counts, _plain=plain,
+        )  # fmt: skip
         return out
 
     @property
@@ -344,11 +360,6 @@ class SeparableScores:
 
 
 #: the fields of SeparableScores, spelled out (torch.compile cannot trace dataclasses.fields)
-_SEPARABLE_FIELDS = (
-    "x", "y", "similarity", "temperature", "gather", "bias", "labels", "y_labels", "exclude"
-)  # fmt: skip
-
-
 @dataclass(frozen=True, eq=False)
 class DenseScores:
     r"""A dense score matrix with a :class:`~mibounds.pairing.Pairing` of its rows and columns.

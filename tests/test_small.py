@@ -333,6 +333,22 @@ def test_nonfinite_features_are_refused_on_every_path(call, where, value):
     assert not math.isfinite(float(out))
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_nonfinite_bias_is_refused_by_name_on_the_small_path(value):
+    """SigLIP's small path reads a tensor bias with its logits' extremes (not beside them,
+    with the arguments): a NaN or an infinity in it is still refused by its name, before
+    the features' values (its own check came first, and still does)."""
+    u, v = (t.detach() for t in _pair(6, dtype=torch.float32))
+    assert small.covers(u, v, "dot", "sigmoid")
+    for bias in (torch.tensor(value), torch.tensor([value]), torch.tensor(value).double()):
+        with pytest.raises(ValueError, match="logit_bias must be finite"):
+            SigLIPLoss()(u, v, torch.tensor(10.0), bias)
+        bad = u.clone()
+        bad[0, 0] = math.nan
+        with pytest.raises(ValueError, match="logit_bias must be finite"):
+            SigLIPLoss()(bad, v, torch.tensor(10.0), bias)
+
+
 def test_the_small_path_reads_the_features_only_when_the_logits_are_not_finite(monkeypatch):
     """Finite features are not read for their values on the small path: the logits' extremes
     say they are finite (one read-back for the range rule and the features)."""
@@ -390,6 +406,14 @@ def test_the_path_is_taken_only_where_it_covers_the_call():
         assert not small.covers(u, v, "dot")  # a forced path is honoured
     finally:
         cost.set_path(None)
+    with pytest.MonkeyPatch.context() as env:  # also where the environment forces it
+        env.setenv("MIBOUNDS_PATH", "sweep")
+        assert not small.covers(u, v, "dot")
+        env.setenv("MIBOUNDS_PATH", "bogus")
+        with pytest.raises(ValueError, match="MIBOUNDS_PATH must be one of"):
+            small.covers(u, v, "dot")
+        env.delenv("MIBOUNDS_PATH")
+        assert small.covers(u, v, "dot")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not small.covers(u, v, "dot")
     # compiled panel bodies, where asked for, are the sweep's

@@ -57,13 +57,19 @@ def test_bounds_do_not_call_kernels():
         assert not any(d.startswith("mibounds.kernels") for d in graph[module]), graph[module]
 
 
-def test_separable_field_list_matches_the_dataclass():
+def test_scores_of_a_loss_set_every_field_of_the_dataclass():
     from dataclasses import fields
 
-    from mibounds import scores
+    from mibounds.scores import SeparableScores
 
-    names = tuple(f.name for f in fields(scores.SeparableScores) if f.init)
-    assert names == scores._SEPARABLE_FIELDS
+    z = torch.randn(4, 3)
+    built = [
+        SeparableScores._of_loss(2, {"u": z, "v": z}, "dot", logit_scale=("s", 10.0), small=s)
+        for s in (None, "cross_entropy", "sigmoid")
+    ]
+    names = {f.name for f in fields(SeparableScores)}
+    for s in built:
+        assert set(vars(s)) == names
 
 
 def test_the_road_benchmark_traces_a_loss_to_its_kernel():

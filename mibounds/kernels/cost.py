@@ -29,11 +29,11 @@ fastest path that covers the call. ``MIBOUNDS_PATH`` (``fused``, ``panels`` or `
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
 
 import torch
 
+from mibounds._environ import setting
 from mibounds.kernels import triton_kernels as tk
 from mibounds.kernels.panels import out_dtype_products
 
@@ -120,7 +120,7 @@ def get_path() -> str | None:
     """
     if _FORCED[0] is not None:
         return _FORCED[0]
-    env = os.environ.get("MIBOUNDS_PATH", "").strip()
+    env = setting("MIBOUNDS_PATH").strip()
     if not env:
         return None
     if env not in PATHS:

@@ -13,13 +13,13 @@ turns every kernel off.
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from mibounds._environ import setting
 from mibounds.kernels import triton_kernels
 
 __all__ = ["set_triton", "triton_enabled", "triton_status", "triton_usage"]
@@ -70,7 +70,7 @@ def triton_enabled() -> bool:
         return False
     if _TRITON_SETTING[0] is not None:
         return _TRITON_SETTING[0]
-    return os.environ.get("MIBOUNDS_TRITON", "1").strip() != "0"
+    return setting("MIBOUNDS_TRITON", "1").strip() != "0"
 
 
 def triton_on(device: torch.device) -> bool:
@@ -84,12 +84,17 @@ def triton_on(device: torch.device) -> bool:
     kind = device.type
     if kind == "cuda":
         return triton_enabled()
-    # the CPU: in the interpreter, asked for by set_triton(True) or MIBOUNDS_TRITON=1
-    if kind != "cpu" or _TRITON_SETTING[0] is False or not triton_kernels.HAS_TRITON:
+    return kind == "cpu" and triton_on_cpu()
+
+
+def triton_on_cpu() -> bool:
+    """:func:`triton_on` the CPU: in Triton's interpreter, asked for by ``set_triton(True)``
+    or ``MIBOUNDS_TRITON=1``."""
+    if _TRITON_SETTING[0] is False or not triton_kernels.HAS_TRITON:
         return False
-    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+    if setting("TRITON_INTERPRET", "0") != "1":
         return False
-    return _TRITON_SETTING[0] is True or os.environ.get("MIBOUNDS_TRITON", "").strip() == "1"
+    return _TRITON_SETTING[0] is True or setting("MIBOUNDS_TRITON").strip() == "1"
 
 
 def triton_status() -> dict[tuple, bool]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -49,9 +50,9 @@ from mibounds.kernels import cost
 from mibounds.kernels.operands import _overflow_message, _within_range
 from mibounds.kernels.ops import _PATH_USAGE
 from mibounds.kernels.panels import _BACKEND, _BUDGET, DEFAULT_MEMORY_BUDGET
-from mibounds.kernels.selfcheck import triton_on
+from mibounds.kernels.selfcheck import triton_on, triton_on_cpu
 
-__all__ = ["MAX_ENTRIES", "covers", "cross_entropy", "sigmoid_loss"]
+__all__ = ["MAX_ENTRIES", "covers", "cross_entropy", "held_by", "sigmoid_loss"]
 
 #: The most score entries (``N x M``) each loss reduces whole: up to them its matrices (about
 #: four of ``N x M`` in the accumulation dtype held at once) cost less time than the sweep's
@@ -65,27 +66,50 @@ MAX_ENTRIES = {"cross_entropy": 768 * 768, "sigmoid": 2**21}
 _EXP_ROOM = {dt: math.log(torch.finfo(dt).max) - 1.0 for dt in (torch.float32, torch.float64)}
 
 
-def covers(x: Tensor, y: Tensor, similarity: str, loss: str = "cross_entropy") -> bool:
+def covers(
+    x: Tensor, y: Tensor, similarity: str, loss: str = "cross_entropy", eager: bool = False
+) -> bool:
     """Whether the scores ``similarity(x, y)`` of one process are reduced whole here for
-    ``loss`` (``"cross_entropy"`` or ``"sigmoid"``)."""
-    if similarity != "dot" or x.dim() != 2 or y.dim() != 2:
-        return False
-    entries = x.shape[0] * y.shape[0]
+    ``loss`` (``"cross_entropy"`` or ``"sigmoid"``); ``eager``: the caller knows that
+    nothing is being compiled."""
     # compiled panel bodies asked for (set_backend) are the sweep's
-    if entries > MAX_ENTRIES[loss] or _BACKEND[0] != "eager":
+    if similarity != "dot" or _BACKEND[0] != "eager":
+        return False
+    rows, columns = x.shape, y.shape
+    if len(rows) != 2 or len(columns) != 2:
+        return False
+    entries = rows[0] * columns[0]
+    if entries > MAX_ENTRIES[loss]:
         return False
     # its matrices within the panel workspace the sweep would take (the CPU's, or one set)
     cpu = x.is_cpu
     budget = _BUDGET[0]
     if budget is None and cpu:
         budget = DEFAULT_MEMORY_BUDGET  # get_memory_budget() of the CPU
-    if budget is not None and 4 * entries * max(4, x.element_size()) > budget:
+    # (where four matrices of 8-byte entries fit, the element size need not be asked)
+    if (
+        budget is not None
+        and 32 * entries > budget
+        and 4 * entries * max(4, x.element_size()) > budget
+    ):
         return False
     if torch.is_autocast_enabled("cpu" if cpu else x.device.type):
         return False
-    if torch.compiler.is_compiling() or cost.get_path() is not None:
+    if (not eager and torch.compiler.is_compiling()) or cost.get_path() is not None:
         return False
-    return not triton_on(x.device)  # the fused kernels keep every call they take
+    # the fused kernels keep every call they take
+    return not (triton_on_cpu() if cpu else triton_on(x.device))
+
+
+@functools.cache
+def held_by(similarity: str, loss: str) -> Callable[[Tensor, Tensor], bool]:
+    """:func:`covers` of ``similarity`` and ``loss`` as one callable of the features, asked
+    eagerly (a loss's checks ask it only then): one per pair."""
+
+    def covered(x: Tensor, y: Tensor) -> bool:
+        return covers(x, y, similarity, loss, True)
+
+    return covered
 
 
 def _read_extremes(
@@ -93,7 +117,7 @@ def _read_extremes(
     x: Tensor,
     y: Tensor,
     tau: Any,
-    names: tuple[str, str] | None,
+    names: tuple[str, ...] | None,
     validating: bool = True,
     bias: float | Tensor | None = None,
     value: Tensor | None = None,
@@ -104,30 +128,30 @@ def _read_extremes(
     at once (on a GPU one synchronisation: ``stacked``, by default off the CPU, reads them in
     one copy). While values are ``validating`` the range rule holds on ``S``, as on the
     streamed path (the message names the temperature ``tau``).
-    With the features' ``names``, their values are checked here too: a NaN or an infinity in
-    either makes a whole line of ``S`` not finite, so the extremes of ``S`` say whether all
-    are finite; where they are not, the features are read (the message names the one that is
-    not finite) before the range rule's message."""
-    extremes = torch.aminmax(s)
-    # a tensor bias (a finite value, checked with the loss's arguments) read with them
-    b = bias.detach() if isinstance(bias, Tensor) else bias
-    if stacked is None:
-        stacked = not s.is_cpu
-    if not stacked:
-        lo, hi = float(extremes.min), float(extremes.max)
-        read = math.nan if value is None else float(value)
-        b = float(b) if isinstance(b, Tensor) else b
+    With the features' ``names`` (and the bias's, third, where the caller left its value to
+    this read), their values are checked here too: a NaN or an infinity in either feature
+    makes a whole line of ``S`` not finite, so the extremes of ``S`` say whether all are
+    finite; where they are not, the bias and the features are read (the message names the
+    one that is not finite) before the range rule's message."""
+    low, high = torch.aminmax(s)
+    # a tensor bias read with them (a NaN or an infinity in it makes them not finite)
+    if not (stacked if stacked is not None else not s.is_cpu):
+        lo, hi = low.item(), high.item()
+        read = math.nan if value is None else value.item()
+        b = bias.item() if isinstance(bias, Tensor) else bias
     else:
-        more = [t.to(s.device, s.dtype) for t in (value, b) if isinstance(t, Tensor)]
-        lo, hi, *rest = torch.stack([extremes.min, extremes.max, *more]).tolist()
+        more = [t.detach().to(s.device, s.dtype) for t in (value, bias) if isinstance(t, Tensor)]
+        lo, hi, *rest = torch.stack([low, high, *more]).tolist()
         read = rest.pop(0) if value is not None else math.nan
-        b = rest.pop(0) if isinstance(b, Tensor) else b
+        b = rest.pop(0) if isinstance(bias, Tensor) else bias
     if b is not None:
         lo, hi = lo - b, hi - b
     largest = math.inf if math.isnan(lo + hi) else max(-lo, hi)
     if validating and not _within_range(largest, s.shape[-1], s.dtype):
         if names is not None and not math.isfinite(largest):
-            _checks.check_values_of(dict(zip(names, (x, y), strict=True)))
+            named = {names[2]: bias} if len(names) > 2 and isinstance(bias, Tensor) else {}
+            named.update(zip(names[:2], (x, y), strict=True))
+            _checks.check_values_of(named)
         raise ValueError(_overflow_message(tau, s.dtype, largest, s.shape[-1]))
     return hi - lo, read
 
@@ -143,7 +167,7 @@ def cross_entropy(
     tau: float | Tensor,
     symmetric: bool,
     scale: float | Tensor | None = None,
-    names: tuple[str, str] | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> Tensor:
     r"""The mean over the rows of :math:`\log\sum_j e^{S_{ij}} - S_{ii}` (averaged with the
     columns' if ``symmetric``), ``S = x y^T / tau``, in the accumulation dtype. ``scale``, the
@@ -160,7 +184,7 @@ def cross_entropy(
         True
     """
     _count()
-    x, y, k, _ = _operands(x, y, tau, scale)
+    x, y, k, _, _ = _operands(x, y, tau, scale)
     # PyTorch's own operations, recorded by autograd: the logits S = (k x) y^T and the
     # cross-entropy of their rows (and, symmetric, of their columns, stacked below them),
     # as OpenCLIP forms it
@@ -220,7 +244,7 @@ def sigmoid_loss(
     tau: float | Tensor,
     bias: float | Tensor | None,
     scale: float | Tensor | None = None,
-    names: tuple[str, str] | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> Tensor:
     r""":math:`\frac1N\big[\sum_i \mathrm{softplus}(-z_{ii}) + \sum_{i \ne j}
     \mathrm{softplus}(z_{ij})\big]` for the logits ``z = x y^T / tau + bias``, in the
@@ -234,20 +258,21 @@ def sigmoid_loss(
         True
     """
     _count()
-    x, y, k, b = _operands(x, y, tau, scale, bias)
+    x, y, k, b, dt = _operands(x, y, tau, scale, bias)
+    cpu = x.is_cpu
     # PyTorch's own operations, recorded by autograd (their backward runs in C++): the
     # logits z (the bias added by the product's own call), each pair's log sigmoid(a) for
     # a = z on the diagonal and -z off it, their sum and its negative over N, as OpenCLIP
     # forms them
     xk = x if _is_one(k) else x * k
-    if isinstance(b, Tensor) and b.device == xk.device:
+    if isinstance(b, Tensor) and (b.is_cpu if cpu else b.device == xk.device):
         z = torch.addmm(b, xk, y.t())
     else:  # no bias, a number, or a CPU scalar tensor beside features on a device
         z = F.linear(xk, y) if b is None else F.linear(xk, y) + b
     if _checks.validating():
-        _read_extremes(z.detach(), x, y, tau, names, bias=b)
-    a = z.mul(_signs(z.shape[0], z.dtype, z.device))
-    return F.logsigmoid(a).sum().div(-a.shape[0])
+        _read_extremes(z.detach(), x, y, tau, names, bias=b, stacked=not cpu)
+    n = x.shape[0]
+    return F.logsigmoid(z.mul(_signs(n, dt, _CPU if cpu else x.device))).sum().div(-n)
 
 
 def _operands(
@@ -259,14 +284,28 @@ def _operands(
 ) -> tuple[Any, ...]:
     """The features in their accumulation dtype (half precision upcast, differentiably), the
     multiplier of their products (``scale``, else ``1 / tau``) and the bias, a tensor
-    multiplier and bias as 0-d tensors of that dtype."""
-    dt = accumulation_dtype(promoted(x.dtype, y.dtype))
+    multiplier and bias as 0-d tensors of that dtype, and that dtype."""
+    dt = x.dtype
+    if dt is not y.dtype or dt not in _WIDE:
+        dt = accumulation_dtype(promoted(x.dtype, y.dtype))
+        x, y = _as(x, dt), _as(y, dt)
     k = scale
     if k is None:
         k = tau.reciprocal() if isinstance(tau, Tensor) else 1.0 / tau
-    k = _scalar(k, dt) if isinstance(k, Tensor) else float(k)
-    b = _scalar(bias, dt) if isinstance(bias, Tensor) else bias
-    return _as(x, dt), _as(y, dt), k, b
+    if not isinstance(k, Tensor):
+        k = float(k)
+    elif k.dtype is not dt or k.dim():
+        k = _scalar(k, dt)
+    b = bias
+    if isinstance(b, Tensor) and (b.dtype is not dt or b.dim()):
+        b = _scalar(b, dt)
+    return x, y, k, b, dt
+
+
+#: the dtypes the products are formed in as they are
+_WIDE = (torch.float32, torch.float64)
+#: the CPU, as the caches of constant tensors key it (no device object formed per call)
+_CPU = torch.device("cpu")
 
 
 def _as(t: Tensor, dt: torch.dtype) -> Tensor:

@@ -30,11 +30,12 @@ without a GPU and reports its shared memory and register spills.
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from mibounds._environ import setting
 
 try:  # pragma: no cover - depends on the environment
     import triton
@@ -249,7 +250,7 @@ def _launch(x: Tensor, y: Tensor, tau: Tensor, pairs: Pairs, bias: Tensor | None
         LABELS=pairs.row_labels is not None,
         EXCLUDE=pairs.exclude,
         PREC=precision(x.dtype),
-        EMU=os.environ.get("TRITON_INTERPRET", "0") == "1",
+        EMU=setting("TRITON_INTERPRET", "0") == "1",
     )
     bias_t = tau if bias is None else bias
     return _Launch(b, n, m, d, tau, bias_t, rl, cl, pairs.offset, n_paired, flags)

@@ -132,11 +132,11 @@ def sigmoid_loss(scores: SeparableScores, n_columns: int | None = None) -> Tenso
     ``n_columns - 1`` (default ``N - 1``) times the mean of :math:`\mathrm{softplus}(S)` over
     the negatives. A small batch of one process with the plain pairing (and any bias) is
     reduced from its score matrix held whole (:func:`mibounds.kernels.small.sigmoid_loss`)."""
-    group = scores._group
     if scores._small is not None and n_columns is None:  # decided when the scores were built
         return small.sigmoid_loss(
             scores.x, scores.y, scores.temperature, scores.bias, scores._scale, scores._small
         )
+    group = scores._group
     batch = SeparableBatch(scores) if group is None else GlobalBatch(scores, group)
     _, negatives = batch.offdiag_means("softplus")
     return batch.positive_softplus() + ((n_columns or batch.n) - 1) * negatives
