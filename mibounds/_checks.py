@@ -116,16 +116,14 @@ def _embedding_shapes(min_n: int, named: dict[str, Any]) -> list[torch.Tensor]:
     out = list(named.values())
     # the common case, accepted in one test each; anything else gets its message below
     first = out[0]
-    if isinstance(first, torch.Tensor) and first.dtype in _FLOAT_DTYPES and first.dim() == 2:
+    common = isinstance(first, torch.Tensor) and first.dtype in _FLOAT_DTYPES
+    if common and first.dim() == 2 and first.shape[0] >= min_n:
         shape = first.shape
-        if shape[0] >= min_n:
-            for t in out[1:]:
-                if not (isinstance(t, torch.Tensor) and t.dtype in _FLOAT_DTYPES):
-                    break
-                if t.shape != shape:
-                    break
-            else:
-                return out
+        for t in out[1:]:
+            if not (isinstance(t, torch.Tensor) and t.dtype in _FLOAT_DTYPES and t.shape == shape):
+                break
+        else:
+            return out
     for name, t in named.items():
         check_tensor(name, t, min_dim=2)
         if t.dim() != 2:

@@ -303,8 +303,6 @@ class SeparableScores:
             counts = layout.counts(n, m, x.device)
         plain = laid_plain and bias is None and m == n
         group = None if gather is False or gather is None else distributed.resolve_group(gather)
-        if bias is not None and not (isinstance(bias, Tensor) and bias.dim() == 0):
-            bias = _bias_tensor(bias)
         # the small path's names: the features', and the bias's where the loss takes one
         held = None
         if args.held:
@@ -314,11 +312,10 @@ class SeparableScores:
         out = object.__new__(cls)
         out.__dict__.update(  # frozen: no setattr
             x=x, y=y, similarity=similarity, temperature=args.temperature, gather=gather,
-            bias=bias, labels=row_labels, y_labels=None, exclude=exclude,
+            bias=_bias_tensor(bias), labels=row_labels, y_labels=None, exclude=exclude,
             _scale=None if logit_scale is None else logit_scale[1], _small=held,
-            # decided once (see _carry)
-            _group=group, _layout=layout, _counts=counts, _plain=plain,
         )  # fmt: skip
+        out._carry(group, layout, counts, plain)
         return out
 
     @property
@@ -359,7 +356,6 @@ class SeparableScores:
         return d if self.bias is None else d + self.bias
 
 
-#: the fields of SeparableScores, spelled out (torch.compile cannot trace dataclasses.fields)
 @dataclass(frozen=True, eq=False)
 class DenseScores:
     r"""A dense score matrix with a :class:`~mibounds.pairing.Pairing` of its rows and columns.

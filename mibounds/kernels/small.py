@@ -86,12 +86,7 @@ def covers(
     budget = _BUDGET[0]
     if budget is None and cpu:
         budget = DEFAULT_MEMORY_BUDGET  # get_memory_budget() of the CPU
-    # (where four matrices of 8-byte entries fit, the element size need not be asked)
-    if (
-        budget is not None
-        and 32 * entries > budget
-        and 4 * entries * max(4, x.element_size()) > budget
-    ):
+    if budget is not None and 4 * entries * max(4, x.element_size()) > budget:
         return False
     if torch.is_autocast_enabled("cpu" if cpu else x.device.type):
         return False
@@ -292,6 +287,7 @@ def _operands(
     k = scale
     if k is None:
         k = tau.reciprocal() if isinstance(tau, Tensor) else 1.0 / tau
+    # a 0-d tensor of that dtype as it is (tested here: this runs on every small call)
     if not isinstance(k, Tensor):
         k = float(k)
     elif k.dtype is not dt or k.dim():
